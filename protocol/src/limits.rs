@@ -1,0 +1,12 @@
+//! Size limits shared by servers and clients.
+
+/// Largest encoded frame (client or server) in bytes: 256 KiB, enough for a video keyframe.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Largest room or user id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest `Publish.kind`, in bytes.
+pub const MAX_KIND_LEN: usize = 64;
+/// Largest codec name in a media frame, in bytes.
+pub const MAX_CODEC_LEN: usize = 32;
+/// Largest token accepted in `Hello`/`RefreshToken`, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
