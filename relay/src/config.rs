@@ -1,0 +1,74 @@
+//! Node configuration (the parts the relay core needs; binaries map flags onto it).
+
+use crate::outbound::QueueLimits;
+use std::time::Duration;
+
+/// Token-bucket rate: a sustained rate per second and a burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_sec: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+/// Configuration of a relay node.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This node's id (a valid subject token), unique in the cluster.
+    pub node_id: String,
+    /// NATS subject prefix.
+    pub subject_prefix: String,
+    /// Interval at which clients must send something (announced in `Welcome`).
+    /// A session silent for three intervals is closed with `HEARTBEAT_TIMEOUT`.
+    pub client_heartbeat: Duration,
+    /// Time allowed between connecting and a valid `Hello`.
+    pub hello_timeout: Duration,
+    /// Interval of this node's heartbeats to the other nodes.
+    pub node_heartbeat: Duration,
+    /// A node not heard from for this long is considered dead: its participants leave.
+    pub node_timeout: Duration,
+    /// Outbound queue bounds per session.
+    pub queue_limits: QueueLimits,
+    /// Rooms one session may be in at once.
+    pub max_rooms_per_session: usize,
+    /// Rate of non-media requests (publish, signal, join, leave) per session.
+    pub request_rate: Rate,
+    /// Rate of media bytes per session.
+    pub media_bytes_rate: Rate,
+    /// A write to a client that takes longer than this ends the session (`SLOW_CONSUMER`).
+    pub write_timeout: Duration,
+    /// Allowed clock skew for token `exp`/`nbf`, in seconds.
+    pub token_leeway_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "node-1".into(),
+            subject_prefix: "sb".into(),
+            client_heartbeat: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(10),
+            node_heartbeat: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            queue_limits: QueueLimits::default(),
+            max_rooms_per_session: 32,
+            request_rate: Rate { per_sec: 200.0, burst: 400.0 },
+            media_bytes_rate: Rate { per_sec: 8.0 * 1024.0 * 1024.0, burst: 16.0 * 1024.0 * 1024.0 },
+            write_timeout: Duration::from_secs(10),
+            token_leeway_secs: 5,
+        }
+    }
+}
+
+/// A fresh random node id: `<base>-<6 random chars>` (the base sanitised to subject-safe
+/// characters), so a restarted node never inherits a dead node's presence.
+pub fn generate_node_id(base: &str) -> String {
+    let clean: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(48)
+        .collect();
+    let base = if clean.is_empty() { "node".to_owned() } else { clean };
+    format!("{base}-{}", crate::ids::random_id(6))
+}

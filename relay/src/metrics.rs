@@ -1,0 +1,117 @@
+//! Prometheus metrics of a node (text exposition via [`Metrics::encode`]).
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+use switchboard_protocol::ErrorCode;
+
+/// Label: the transport a session uses.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `websocket` or `webtransport`.
+    pub transport: &'static str,
+}
+
+/// Label: a frame kind (`publish`, `message`, `media`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The frame kind.
+    pub kind: &'static str,
+}
+
+/// Label: an outbound queue class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `control`, `signal`, `data` or `media`.
+    pub class: &'static str,
+}
+
+/// Label: an error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The protobuf name of the error code, e.g. `ERROR_CODE_TOKEN_EXPIRED`.
+    pub code: &'static str,
+}
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Sessions that completed `Hello`, by transport.
+    pub sessions_total: Family<TransportLabel, Counter>,
+    /// Rooms with at least one local participant.
+    pub rooms: Gauge,
+    /// Frames received from clients, by kind.
+    pub frames_in: Family<KindLabel, Counter>,
+    /// Frames queued to clients, by kind.
+    pub frames_out: Family<KindLabel, Counter>,
+    /// Bytes received from clients.
+    pub bytes_in: Counter,
+    /// Outbound frames dropped, by queue class.
+    pub queue_drops: Family<ClassLabel, Counter>,
+    /// Sessions disconnected because they could not keep up.
+    pub slow_consumer_disconnects: Counter,
+    /// Errors sent to clients, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Failed authentications, by code.
+    pub auth_failures: Family<CodeLabel, Counter>,
+    /// Bus publish failures.
+    pub bus_publish_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric under the `switchboard_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        let m = Self {
+            connections: Family::default(),
+            sessions_total: Family::default(),
+            rooms: Gauge::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            bytes_in: Counter::default(),
+            queue_drops: Family::default(),
+            slow_consumer_disconnects: Counter::default(),
+            errors: Family::default(),
+            auth_failures: Family::default(),
+            bus_publish_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("sessions", "Authenticated sessions", m.sessions_total.clone());
+        registry.register("rooms", "Rooms with local participants", m.rooms.clone());
+        registry.register("frames_in", "Frames received from clients", m.frames_in.clone());
+        registry.register("frames_out", "Frames queued to clients", m.frames_out.clone());
+        registry.register("bytes_in", "Bytes received from clients", m.bytes_in.clone());
+        registry.register("queue_drops", "Outbound frames dropped", m.queue_drops.clone());
+        registry.register(
+            "slow_consumer_disconnects",
+            "Sessions closed because they could not keep up",
+            m.slow_consumer_disconnects.clone(),
+        );
+        registry.register("errors", "Errors sent to clients", m.errors.clone());
+        registry.register("auth_failures", "Rejected tokens", m.auth_failures.clone());
+        registry.register("bus_publish_errors", "Failed publishes to the cluster bus", m.bus_publish_errors.clone());
+        Self { registry, ..m }
+    }
+
+    /// Count an error sent to a client.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.get_or_create(&CodeLabel { code: code.as_str_name() }).inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

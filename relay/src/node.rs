@@ -1,0 +1,221 @@
+//! A relay node: configuration, authentication, the bus, the room registry, node liveness
+//! and drain state. Transport adapters hand connections to [`crate::session::run`].
+
+use crate::auth::Verifier;
+use crate::bus::Bus;
+use crate::config::RelayConfig;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::rooms::Rooms;
+use futures_util::StreamExt;
+use prost::Message as _;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_protocol::pb::{bus_envelope, BusEnvelope, NodeHeartbeat};
+use switchboard_protocol::subject::Subjects;
+use switchboard_protocol::{encode, ErrorCode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// A running relay node. Cheap to share (`Arc<Node>`).
+pub struct Node {
+    pub(crate) config: RelayConfig,
+    pub(crate) verifier: Verifier,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) metrics: Metrics,
+    pub(crate) subjects: Subjects,
+    pub(crate) rooms: Rooms,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Live sessions of this node: id -> outbound queue.
+    sessions: Mutex<HashMap<String, Arc<Outbound>>>,
+    /// Other nodes' last heartbeat.
+    pub(crate) node_seen: Mutex<HashMap<String, Instant>>,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+impl Node {
+    /// Start a node on the current tokio runtime: subscribes to node heartbeats and starts
+    /// the heartbeat and presence-reaper tasks.
+    pub async fn start(config: RelayConfig, verifier: Verifier, bus: Arc<dyn Bus>) -> Result<Arc<Self>, NodeError> {
+        switchboard_protocol::subject::validate_id(&config.node_id)
+            .map_err(|e| NodeError::Config(format!("node id {:?}: {e}", config.node_id)))?;
+        let subjects = Subjects::new(&config.subject_prefix)
+            .map_err(|e| NodeError::Config(format!("subject prefix {:?}: {e}", config.subject_prefix)))?;
+        let (drain_tx, _) = watch::channel(false);
+        let node = Arc::new(Self {
+            config,
+            verifier,
+            bus,
+            metrics: Metrics::new(),
+            subjects,
+            rooms: Rooms::default(),
+            runtime: tokio::runtime::Handle::current(),
+            sessions: Mutex::new(HashMap::new()),
+            node_seen: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            drain_tx,
+        });
+        let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
+        node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));
+        node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
+        tracing::info!(node = %node.config.node_id, bus = node.bus.kind(), "node started");
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// Alive: the process serves (always true while it runs).
+    pub fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Ready for new sessions: the bus is connected and the node is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.bus.is_connected() && !self.is_draining()
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Number of rooms with local participants.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// A watch that turns `true` when the node starts draining.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_tx.subscribe()
+    }
+
+    /// Start draining: unready at once, sessions are told to move (`GoAway`). Then waits up
+    /// to `deadline` for sessions to leave and closes the rest with `SHUTTING_DOWN`.
+    pub async fn drain(&self, deadline: Duration) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(sessions = self.session_count(), ?deadline, "draining");
+        let _ = self.drain_tx.send(true);
+        let end = Instant::now() + deadline;
+        while self.session_count() > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rest: Vec<Arc<Outbound>> =
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for q in rest {
+            q.close(ErrorCode::ShuttingDown, "node shutting down");
+        }
+        let end = Instant::now() + Duration::from_secs(2);
+        while self.session_count() > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.bus.flush().await {
+            tracing::warn!(error = %e, "flushing the bus on drain failed");
+        }
+        tracing::info!("drained");
+    }
+
+    pub(crate) fn register_session(&self, id: &str, q: Arc<Outbound>) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), q);
+    }
+
+    pub(crate) fn unregister_session(&self, id: &str) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Publish an envelope, counting failures.
+    pub(crate) async fn publish(&self, subject: String, kind: bus_envelope::Kind) -> Result<(), crate::bus::BusError> {
+        let env = BusEnvelope { origin_node: self.config.node_id.clone(), kind: Some(kind) };
+        let r = self.bus.publish(subject, encode(&env)).await;
+        if r.is_err() {
+            self.metrics.bus_publish_errors.inc();
+        }
+        r
+    }
+
+    /// Note that `node` is alive now.
+    pub(crate) fn saw_node(&self, node: &str) {
+        self.node_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned(), Instant::now());
+    }
+
+    /// Whether `node` has missed its heartbeats for longer than the node timeout. A node
+    /// never heard of starts its clock now.
+    pub(crate) fn node_is_dead(&self, node: &str, now: Instant) -> bool {
+        if node == self.config.node_id {
+            return false;
+        }
+        let mut seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *seen.entry(node.to_owned()).or_insert(now);
+        now.duration_since(last) > self.config.node_timeout
+    }
+}
+
+async fn heartbeat_listener(node: std::sync::Weak<Node>, mut sub: crate::bus::Subscription) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else { return };
+        match BusEnvelope::decode(msg.payload) {
+            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => node.saw_node(&hb.node),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "bad heartbeat envelope"),
+        }
+    }
+}
+
+async fn heartbeat_and_reap(node: std::sync::Weak<Node>) {
+    let period = match node.upgrade() {
+        Some(n) => n.config.node_heartbeat,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let hb = NodeHeartbeat {
+            node: node.config.node_id.clone(),
+            sessions: node.session_count() as u64,
+            draining: node.is_draining(),
+        };
+        let subject = node.subjects.node_heartbeat(&node.config.node_id);
+        let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
+        crate::rooms::reap_dead_nodes(&node).await;
+    }
+}

@@ -1,0 +1,281 @@
+//! A session's bounded outbound queue with priority classes.
+//!
+//! Frames are queued by class and sent in priority order: control > signal > data > media.
+//! Every class is bounded in frames and bytes. When a class is full:
+//! * media: the queued media frames are discarded and the (sender, track) pairs that lost
+//!   frames skip everything up to their next keyframe (the caller asks the sender for one);
+//! * unreliable data: the new frame is dropped;
+//! * reliable data, signaling, control: the queue closes with `SLOW_CONSUMER`: the session
+//!   is disconnected with a clear reason instead of growing memory.
+
+use bytes::Bytes;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use switchboard_protocol::ErrorCode;
+use tokio::sync::Notify;
+
+/// Priority class of an outbound frame (lower sends first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Session control: welcome, errors, acks, pongs, go-away, presence.
+    Control = 0,
+    /// Signaling.
+    Signal = 1,
+    /// Room messages.
+    Data = 2,
+    /// Media frames.
+    Media = 3,
+}
+
+impl Class {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        ["control", "signal", "data", "media"][self as usize]
+    }
+}
+
+/// Bounds of each class: `(frames, bytes)`, indexed by [`Class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Per class: the maximum number of queued frames and bytes.
+    pub per_class: [(usize, usize); 4],
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            per_class: [
+                (512, 1 << 20),  // control: 1 MiB
+                (512, 2 << 20),  // signal: 2 MiB
+                (1024, 4 << 20), // data: 4 MiB
+                (256, 4 << 20),  // media: 4 MiB
+            ],
+        }
+    }
+}
+
+/// Why a queue was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The error code sent to the client.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for sending.
+    Queued,
+    /// Dropped (droppable frame, class full, or waiting for a keyframe).
+    Dropped,
+    /// Media overflowed: this frame and the queued media were dropped; ask the sender for a
+    /// keyframe.
+    NeedKeyframe,
+    /// The queue overflowed on a reliable frame and is now closed.
+    Overflow,
+    /// The queue was already closed.
+    Closed,
+}
+
+/// What [`Outbound::pop`] returns.
+#[derive(Debug)]
+pub enum Popped {
+    /// The next frame to send.
+    Frame(Bytes),
+    /// The queue was closed: send the reason and end the session.
+    Closed(CloseReason),
+}
+
+struct State {
+    queues: [VecDeque<Bytes>; 4],
+    bytes: [usize; 4],
+    closed: Option<CloseReason>,
+    /// (sender session, track) pairs whose media is skipped until a keyframe.
+    awaiting_keyframe: HashSet<(String, u32)>,
+}
+
+/// The bounded, prioritised outbound queue of one session. One consumer (the session's
+/// writer), many producers (fan-out).
+pub struct Outbound {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: QueueLimits,
+}
+
+impl Outbound {
+    /// An empty queue.
+    pub fn new(limits: QueueLimits) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queues: Default::default(),
+                bytes: [0; 4],
+                closed: None,
+                awaiting_keyframe: HashSet::new(),
+            }),
+            notify: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent in a way that
+        // matters more than losing the session, so recover from poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a non-media frame. `droppable` frames are dropped when the class is full;
+    /// others close the queue with `SLOW_CONSUMER`.
+    pub fn push(&self, class: Class, frame: Bytes, droppable: bool) -> Pushed {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let (max_frames, max_bytes) = self.limits.per_class[class as usize];
+        let i = class as usize;
+        if st.queues[i].len() >= max_frames || st.bytes[i] + frame.len() > max_bytes {
+            if droppable {
+                return Pushed::Dropped;
+            }
+            st.closed = Some(CloseReason {
+                code: ErrorCode::SlowConsumer,
+                message: format!("outbound {} queue full: the client is not reading fast enough", class.as_str()),
+            });
+            drop(st);
+            self.notify.notify_one();
+            return Pushed::Overflow;
+        }
+        st.bytes[i] += frame.len();
+        st.queues[i].push_back(frame);
+        drop(st);
+        self.notify.notify_one();
+        Pushed::Queued
+    }
+
+    /// Queue a media frame from `(source session, track)`.
+    pub fn push_media(&self, frame: Bytes, source: &str, track: u32, keyframe: bool) -> Pushed {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let key_waiting =
+            !st.awaiting_keyframe.is_empty() && st.awaiting_keyframe.contains(&(source.to_owned(), track));
+        if key_waiting {
+            if !keyframe {
+                return Pushed::Dropped;
+            }
+            st.awaiting_keyframe.remove(&(source.to_owned(), track));
+        }
+        let i = Class::Media as usize;
+        let (max_frames, max_bytes) = self.limits.per_class[i];
+        if st.queues[i].len() >= max_frames || st.bytes[i] + frame.len() > max_bytes {
+            // Drop what is queued: stale media is worthless, a fresh keyframe is what helps.
+            st.queues[i].clear();
+            st.bytes[i] = 0;
+            st.awaiting_keyframe.insert((source.to_owned(), track));
+            return Pushed::NeedKeyframe;
+        }
+        st.bytes[i] += frame.len();
+        st.queues[i].push_back(frame);
+        drop(st);
+        self.notify.notify_one();
+        Pushed::Queued
+    }
+
+    /// Close the queue: the consumer gets [`Popped::Closed`] next (queued frames are
+    /// discarded). The first reason wins.
+    pub fn close(&self, code: ErrorCode, message: impl Into<String>) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.closed = Some(CloseReason { code, message: message.into() });
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Whether the queue is closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Total queued bytes.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes.iter().sum()
+    }
+
+    /// Wait for the next frame in priority order, or for the close. Cancel-safe.
+    pub async fn pop(&self) -> Popped {
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(reason) = &st.closed {
+                    return Popped::Closed(reason.clone());
+                }
+                for i in 0..4 {
+                    if let Some(frame) = st.queues[i].pop_front() {
+                        st.bytes[i] -= frame.len();
+                        return Popped::Frame(frame);
+                    }
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Outbound {
+        Outbound::new(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] })
+    }
+
+    async fn next(q: &Outbound) -> Bytes {
+        match q.pop().await {
+            Popped::Frame(b) => b,
+            Popped::Closed(r) => panic!("closed: {r:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn priority_order() {
+        let q = small();
+        q.push_media(Bytes::from_static(b"m"), "s", 1, true);
+        q.push(Class::Data, Bytes::from_static(b"d"), false);
+        q.push(Class::Signal, Bytes::from_static(b"s"), false);
+        q.push(Class::Control, Bytes::from_static(b"c"), false);
+        let order: Vec<Bytes> = vec![next(&q).await, next(&q).await, next(&q).await, next(&q).await];
+        assert_eq!(order, vec!["c", "s", "d", "m"]);
+    }
+
+    #[tokio::test]
+    async fn reliable_overflow_closes_with_slow_consumer() {
+        let q = small();
+        assert_eq!(q.push(Class::Data, Bytes::from_static(b"1"), false), Pushed::Queued);
+        assert_eq!(q.push(Class::Data, Bytes::from_static(b"2"), false), Pushed::Queued);
+        assert_eq!(q.push(Class::Data, Bytes::from_static(b"3"), true), Pushed::Dropped);
+        assert_eq!(q.push(Class::Data, Bytes::from_static(b"4"), false), Pushed::Overflow);
+        assert_eq!(q.push(Class::Control, Bytes::from_static(b"x"), false), Pushed::Closed);
+        match q.pop().await {
+            Popped::Closed(r) => assert_eq!(r.code, ErrorCode::SlowConsumer),
+            Popped::Frame(_) => panic!("expected close"),
+        }
+    }
+
+    #[tokio::test]
+    async fn media_overflow_skips_to_next_keyframe() {
+        let q = small();
+        assert_eq!(q.push_media(Bytes::from_static(b"k1"), "a", 1, true), Pushed::Queued);
+        assert_eq!(q.push_media(Bytes::from_static(b"d1"), "a", 1, false), Pushed::Queued);
+        assert_eq!(q.push_media(Bytes::from_static(b"d2"), "a", 1, false), Pushed::NeedKeyframe);
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(q.push_media(Bytes::from_static(b"d3"), "a", 1, false), Pushed::Dropped);
+        // Another sender's track is unaffected.
+        assert_eq!(q.push_media(Bytes::from_static(b"o1"), "b", 1, false), Pushed::Queued);
+        assert_eq!(q.push_media(Bytes::from_static(b"k2"), "a", 1, true), Pushed::Queued);
+        assert_eq!(next(&q).await, "o1");
+        assert_eq!(next(&q).await, "k2");
+    }
+}

@@ -1,0 +1,499 @@
+//! The session state machine, transport-agnostic.
+//!
+//! ```text
+//! connected --Hello(valid token)--> active --(close | error | drain deadline)--> closed
+//!     \--(other frame / bad token / hello timeout)--> closed with an Error frame
+//! ```
+//!
+//! [`run`] drives one connection: it reads frames from the [`Transport`], handles them,
+//! and writes the session's outbound queue in priority order. Identity (user, session,
+//! node) is always stamped from the verified token and this session, never from a frame.
+
+use crate::auth::Claims;
+use crate::node::Node;
+use crate::outbound::{Class, Outbound, Popped, Pushed};
+use crate::rate::TokenBucket;
+use crate::rooms::{self, Member};
+use crate::transport::{Transport, TransportError, TransportKind};
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_protocol::pb::{
+    bus_envelope, client_frame, server_frame, signal, Ack, BusKeyframeRequest, BusSignal, ClientFrame, Error, GoAway,
+    KeyframeRequestEvent, Left, MediaEvent, Participant, Pong, Sender, ServerFrame, SignalEvent, Welcome,
+};
+use switchboard_protocol::subject::{validate_id, RoomChannel};
+use switchboard_protocol::{decode_client_frame, encode, limits, now_ms, ErrorCode, PROTOCOL_VERSION};
+use tokio::time::{sleep_until, Instant};
+
+/// Per-connection facts the edge knows.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address, for logs.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// An authenticated session.
+struct Session {
+    node: Arc<Node>,
+    id: String,
+    claims: Claims,
+    outbound: Arc<Outbound>,
+    rooms: BTreeSet<String>,
+    requests: TokenBucket,
+    media_bytes: TokenBucket,
+    expires_at: Instant,
+}
+
+/// A frame handling outcome that ends the session.
+struct Fatal(ErrorCode, String);
+
+fn server(kind: server_frame::Kind) -> Bytes {
+    encode(&ServerFrame { kind: Some(kind) })
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, ref_id: u64, fatal: bool) -> Bytes {
+    server(server_frame::Kind::Error(Error { code: code as i32, message: message.into(), ref_id, fatal }))
+}
+
+fn kind_name(kind: &client_frame::Kind) -> &'static str {
+    match kind {
+        client_frame::Kind::Hello(_) => "hello",
+        client_frame::Kind::Ping(_) => "ping",
+        client_frame::Kind::RefreshToken(_) => "refresh_token",
+        client_frame::Kind::Join(_) => "join",
+        client_frame::Kind::Leave(_) => "leave",
+        client_frame::Kind::Publish(_) => "publish",
+        client_frame::Kind::Signal(_) => "signal",
+        client_frame::Kind::Media(_) => "media",
+        client_frame::Kind::KeyframeRequest(_) => "keyframe_request",
+    }
+}
+
+/// Deadline for a token expiring at `exp` (Unix seconds).
+fn expiry_deadline(exp: u64) -> Instant {
+    let now_s = crate::auth::now_secs();
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now_s))
+}
+
+/// Drive one connection until it ends.
+pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo) {
+    let kind = transport.kind();
+    let label = crate::metrics::TransportLabel { transport: kind.as_str() };
+    node.metrics.connections.get_or_create(&label).inc();
+    let (code, reason) = match handshake(&node, &mut transport).await {
+        Ok(mut session) => {
+            node.metrics.sessions_total.get_or_create(&label).inc();
+            node.register_session(&session.id, session.outbound.clone());
+            tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), peer = ?info.peer, "session started");
+            let end = session.serve(&mut transport).await;
+            for room in std::mem::take(&mut session.rooms) {
+                rooms::leave(&node, &room, &session.id, "disconnected").await;
+            }
+            node.unregister_session(&session.id);
+            tracing::info!(session = %session.id, code = end.0.as_str_name(), reason = %end.1, "session ended");
+            end
+        }
+        Err(Fatal(code, reason)) => {
+            tracing::debug!(code = code.as_str_name(), %reason, peer = ?info.peer, "handshake failed");
+            (code, reason)
+        }
+    };
+    transport.close(code, &reason).await;
+    node.metrics.connections.get_or_create(&label).dec();
+}
+
+/// Wait for a valid `Hello`; answer `Welcome`, or send a fatal error.
+async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Result<Session, Fatal> {
+    let deadline = Instant::now() + node.config.hello_timeout;
+    let fail = |code: ErrorCode, msg: String, ref_id: u64| {
+        node.metrics.error(code);
+        (error_frame(code, msg.clone(), ref_id, true), Fatal(code, msg))
+    };
+    let (err_bytes, fatal) = loop {
+        let received = tokio::select! {
+            r = transport.recv() => r,
+            _ = sleep_until(deadline) => break fail(ErrorCode::HelloTimeout, "no Hello within the time limit".into(), 0),
+        };
+        let bytes = match received {
+            None => return Err(Fatal(ErrorCode::Unspecified, "closed before Hello".into())),
+            Some(Err(e)) => break fail(transport_error_code(&e), e.to_string(), 0),
+            Some(Ok(b)) => b,
+        };
+        node.metrics.bytes_in.inc_by(bytes.len() as u64);
+        let frame = match decode_client_frame(&bytes) {
+            Ok(f) => f,
+            Err(e) => break fail(e.code(), e.to_string(), 0),
+        };
+        let Some(client_frame::Kind::Hello(hello)) = frame.kind else {
+            break fail(ErrorCode::HelloRequired, "the first frame must be Hello".into(), frame.id);
+        };
+        node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: "hello" }).inc();
+        if hello.protocol_version != PROTOCOL_VERSION {
+            break fail(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
+                    hello.protocol_version
+                ),
+                frame.id,
+            );
+        }
+        if node.is_draining() {
+            break fail(ErrorCode::ShuttingDown, "node is draining; connect to another node".into(), frame.id);
+        }
+        let claims = match node.verifier.verify(&hello.token) {
+            Ok(c) => c,
+            Err(e) => {
+                node.metrics
+                    .auth_failures
+                    .get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() })
+                    .inc();
+                break fail(e.code(), e.to_string(), frame.id);
+            }
+        };
+        let session = Session {
+            node: node.clone(),
+            id: crate::ids::session_id(),
+            expires_at: expiry_deadline(claims.exp),
+            outbound: Arc::new(Outbound::new(node.config.queue_limits)),
+            rooms: BTreeSet::new(),
+            requests: TokenBucket::new(node.config.request_rate),
+            media_bytes: TokenBucket::new(node.config.media_bytes_rate),
+            claims,
+        };
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: session.id.clone(),
+            node: node.config.node_id.clone(),
+            user: session.claims.sub.clone(),
+            name: session.claims.display_name().to_owned(),
+            heartbeat_ms: node.config.client_heartbeat.as_millis() as u32,
+            token_expires_at: session.claims.exp,
+            max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
+        };
+        session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
+        return Ok(session);
+    };
+    // Best effort: the connection is closed right after.
+    let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(err_bytes)).await;
+    Err(fatal)
+}
+
+fn transport_error_code(e: &TransportError) -> ErrorCode {
+    match e {
+        TransportError::TooLarge(_) => ErrorCode::FrameTooLarge,
+        TransportError::Protocol(_) => ErrorCode::BadFrame,
+        TransportError::Io(_) => ErrorCode::Unspecified,
+    }
+}
+
+impl Session {
+    fn sender(&self) -> Sender {
+        Sender {
+            user: self.claims.sub.clone(),
+            session: self.id.clone(),
+            name: self.claims.display_name().to_owned(),
+            node: self.node.config.node_id.clone(),
+        }
+    }
+
+    fn reply(&self, bytes: Bytes) {
+        if self.outbound.push(Class::Control, bytes, false) == Pushed::Overflow {
+            self.node.metrics.slow_consumer_disconnects.inc();
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>, ref_id: u64) {
+        self.node.metrics.error(code);
+        self.reply(error_frame(code, message, ref_id, false));
+    }
+
+    fn ack(&self, ref_id: u64) {
+        if ref_id != 0 {
+            self.reply(server(server_frame::Kind::Ack(Ack { ref_id })));
+        }
+    }
+
+    /// The session's main loop. Returns the close code and reason.
+    async fn serve<T: Transport>(&mut self, transport: &mut T) -> (ErrorCode, String) {
+        let idle_limit = self.node.config.client_heartbeat * 3;
+        let mut idle_deadline = Instant::now() + idle_limit;
+        let mut drain = self.node.drain_signal();
+        let mut told_to_move = false;
+        loop {
+            tokio::select! {
+                biased;
+                popped = self.outbound.pop() => match popped {
+                    Popped::Frame(bytes) => {
+                        match tokio::time::timeout(self.node.config.write_timeout, transport.send(bytes)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return (ErrorCode::Unspecified, format!("write failed: {e}")),
+                            Err(_) => {
+                                self.node.metrics.slow_consumer_disconnects.inc();
+                                return self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading").await;
+                            }
+                        }
+                    }
+                    Popped::Closed(reason) => return self.fatal(transport, reason.code, &reason.message).await,
+                },
+                received = transport.recv() => {
+                    let bytes = match received {
+                        None => return (ErrorCode::Unspecified, "client closed".into()),
+                        Some(Err(TransportError::Io(e))) => return (ErrorCode::Unspecified, format!("connection error: {e}")),
+                        Some(Err(e)) => {
+                            let code = transport_error_code(&e);
+                            self.node.metrics.error(code);
+                            return self.fatal(transport, code, &e.to_string()).await;
+                        }
+                        Some(Ok(bytes)) => bytes,
+                    };
+                    idle_deadline = Instant::now() + idle_limit;
+                    self.node.metrics.bytes_in.inc_by(bytes.len() as u64);
+                    if let Err(Fatal(code, msg)) = self.handle(bytes).await {
+                        return self.fatal(transport, code, &msg).await;
+                    }
+                }
+                _ = sleep_until(idle_deadline) => {
+                    self.node.metrics.error(ErrorCode::HeartbeatTimeout);
+                    return self.fatal(transport, ErrorCode::HeartbeatTimeout, "no frame within three heartbeat intervals").await;
+                }
+                _ = sleep_until(self.expires_at) => {
+                    self.node.metrics.error(ErrorCode::TokenExpired);
+                    return self.fatal(transport, ErrorCode::TokenExpired, "token expired; refresh it before exp").await;
+                }
+                changed = drain.changed(), if !told_to_move => {
+                    told_to_move = true;
+                    if changed.is_ok() && *drain.borrow() {
+                        // Spread reconnects so a node's clients don't stampede one moment.
+                        let after = rand::random_range(0..5_000u32);
+                        self.reply(server(server_frame::Kind::GoAway(GoAway { reason: "node draining".into(), reconnect_after_ms: after })));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send a fatal error (best effort, bounded in time) and report the close.
+    async fn fatal<T: Transport>(&self, transport: &mut T, code: ErrorCode, msg: &str) -> (ErrorCode, String) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(error_frame(code, msg, 0, true))).await;
+        (code, msg.to_owned())
+    }
+
+    async fn handle(&mut self, bytes: Bytes) -> Result<(), Fatal> {
+        let frame: ClientFrame = match decode_client_frame(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                // A malformed frame is refused, the session carries on.
+                self.error(e.code(), e.to_string(), 0);
+                return Ok(());
+            }
+        };
+        let id = frame.id;
+        let Some(kind) = frame.kind else { return Ok(()) };
+        let name = kind_name(&kind);
+        self.node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: name }).inc();
+        let limited = match &kind {
+            client_frame::Kind::Media(m) => !self.media_bytes.take(m.payload.len() as f64),
+            client_frame::Kind::Ping(_) | client_frame::Kind::RefreshToken(_) => false,
+            _ => !self.requests.take(1.0),
+        };
+        if limited {
+            self.error(ErrorCode::RateLimited, format!("{name} rate limit exceeded"), id);
+            return Ok(());
+        }
+        match kind {
+            client_frame::Kind::Hello(_) => {
+                self.error(ErrorCode::AlreadyAuthenticated, "Hello was already received", id)
+            }
+            client_frame::Kind::Ping(p) => self.reply(server(server_frame::Kind::Pong(Pong { nonce: p.nonce }))),
+            client_frame::Kind::RefreshToken(r) => self.refresh(id, &r.token).await?,
+            client_frame::Kind::Join(j) => self.join(id, &j.room).await,
+            client_frame::Kind::Leave(l) => {
+                if self.rooms.remove(&l.room) {
+                    rooms::leave(&self.node, &l.room, &self.id, "left").await;
+                    self.ack(id);
+                } else {
+                    self.error(ErrorCode::NotInRoom, format!("not in room {:?}", l.room), id);
+                }
+            }
+            client_frame::Kind::Publish(p) => self.publish(id, p).await,
+            client_frame::Kind::Signal(s) => self.signal(id, s).await,
+            client_frame::Kind::Media(m) => self.media(id, m).await,
+            client_frame::Kind::KeyframeRequest(k) => {
+                if !self.rooms.contains(&k.room) {
+                    return Ok(self.error(ErrorCode::NotInRoom, format!("not in room {:?}", k.room), id));
+                }
+                let event = KeyframeRequestEvent { room: k.room.clone(), from: Some(self.sender()), track: k.track };
+                let req = BusKeyframeRequest { to_session: k.to_session, event: Some(event) };
+                let subject = self.node.subjects.room(&k.room, RoomChannel::Media);
+                self.publish_or_error(subject, bus_envelope::Kind::KeyframeRequest(req), id).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_or_error(&self, subject: String, kind: bus_envelope::Kind, id: u64) {
+        match self.node.publish(subject, kind).await {
+            Ok(()) => self.ack(id),
+            Err(e) => self.error(ErrorCode::Unavailable, e.to_string(), id),
+        }
+    }
+
+    async fn refresh(&mut self, id: u64, token: &str) -> Result<(), Fatal> {
+        let claims = match self.node.verifier.verify(token) {
+            Ok(c) => c,
+            Err(e) => {
+                self.node
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() })
+                    .inc();
+                self.error(e.code(), e.to_string(), id);
+                return Ok(());
+            }
+        };
+        if claims.sub != self.claims.sub {
+            self.error(ErrorCode::Forbidden, "a refreshed token must be for the same user", id);
+            return Ok(());
+        }
+        self.expires_at = expiry_deadline(claims.exp);
+        self.claims = claims;
+        // Rooms no longer granted are left.
+        let revoked: Vec<String> = self.rooms.iter().filter(|r| !self.claims.may_join(r)).cloned().collect();
+        for room in revoked {
+            self.rooms.remove(&room);
+            rooms::leave(&self.node, &room, &self.id, "grant revoked").await;
+            self.reply(server(server_frame::Kind::Left(Left { room, reason: "grant revoked".into() })));
+        }
+        self.ack(id);
+        Ok(())
+    }
+
+    async fn join(&mut self, id: u64, room: &str) {
+        if let Err(e) = validate_id(room) {
+            return self.error(ErrorCode::InvalidRoom, format!("room id: {e}"), id);
+        }
+        if !self.claims.may_join(room) {
+            return self.error(ErrorCode::Forbidden, format!("token does not grant room {room:?}"), id);
+        }
+        if self.rooms.contains(room) {
+            return self.error(ErrorCode::InvalidArgument, format!("already in room {room:?}"), id);
+        }
+        if self.rooms.len() >= self.node.config.max_rooms_per_session {
+            return self.error(
+                ErrorCode::TooManyRooms,
+                format!("a session may be in at most {} rooms", self.node.config.max_rooms_per_session),
+                id,
+            );
+        }
+        let participant = Participant {
+            user: self.claims.sub.clone(),
+            session: self.id.clone(),
+            name: self.claims.display_name().to_owned(),
+            node: self.node.config.node_id.clone(),
+            joined_at_ms: now_ms(),
+        };
+        let member = Member { user: self.claims.sub.clone(), outbound: self.outbound.clone() };
+        match rooms::join(&self.node, room, participant, member, id).await {
+            Ok(()) => {
+                self.rooms.insert(room.to_owned());
+            }
+            Err(e) => {
+                // A partial join (subscribed, presence not published) is undone.
+                rooms::leave(&self.node, room, &self.id, "join failed").await;
+                self.error(rooms::join_error_code(&e), e.to_string(), id);
+            }
+        }
+    }
+
+    fn check_room(&self, room: &str, id: u64) -> bool {
+        if !self.rooms.contains(room) {
+            self.error(ErrorCode::NotInRoom, format!("not in room {room:?}; join it first"), id);
+            return false;
+        }
+        true
+    }
+
+    async fn publish(&mut self, id: u64, p: switchboard_protocol::pb::Publish) {
+        if !self.check_room(&p.room, id) {
+            return;
+        }
+        if !self.claims.may_publish() {
+            return self.error(ErrorCode::Forbidden, "token does not grant publish", id);
+        }
+        if p.kind.len() > limits::MAX_KIND_LEN {
+            return self.error(ErrorCode::InvalidArgument, "kind longer than 64 bytes", id);
+        }
+        let msg = switchboard_protocol::pb::Message {
+            room: p.room.clone(),
+            from: Some(self.sender()),
+            offset: 0,
+            payload: p.payload,
+            kind: p.kind,
+            reliable: p.reliable,
+            sent_at_ms: now_ms(),
+        };
+        let subject = self.node.subjects.room(&p.room, RoomChannel::Msg);
+        self.publish_or_error(subject, bus_envelope::Kind::Message(msg), id).await;
+    }
+
+    async fn signal(&mut self, id: u64, s: switchboard_protocol::pb::Signal) {
+        if !self.check_room(&s.room, id) {
+            return;
+        }
+        if !self.claims.may_signal() {
+            return self.error(ErrorCode::Forbidden, "token does not grant signaling", id);
+        }
+        let (to_user, to_session) = match s.target {
+            Some(signal::Target::ToUser(u)) => (u, String::new()),
+            Some(signal::Target::ToSession(sess)) => (String::new(), sess),
+            None => return self.error(ErrorCode::InvalidArgument, "signal needs to_user or to_session", id),
+        };
+        // Only towards participants of a room both share.
+        if !rooms::has_target(&self.node, &s.room, &to_user, &to_session) {
+            return self.error(ErrorCode::TargetNotFound, "the target is not a participant of this room", id);
+        }
+        let event = SignalEvent {
+            room: s.room.clone(),
+            from: Some(self.sender()),
+            kind: s.kind,
+            payload: s.payload,
+            call: s.call,
+        };
+        let sig = BusSignal { to_user, to_session, event: Some(event) };
+        let subject = self.node.subjects.room(&s.room, RoomChannel::Signal);
+        self.publish_or_error(subject, bus_envelope::Kind::Signal(sig), id).await;
+    }
+
+    async fn media(&mut self, id: u64, m: switchboard_protocol::pb::Media) {
+        if !rooms::is_member(&self.node, &m.room, &self.id) {
+            return self.error(ErrorCode::NotInRoom, format!("not in room {:?}", m.room), id);
+        }
+        if !self.claims.may_send_media() {
+            return self.error(ErrorCode::Forbidden, "token does not grant media", id);
+        }
+        if m.codec.len() > limits::MAX_CODEC_LEN {
+            return self.error(ErrorCode::InvalidArgument, "codec longer than 32 bytes", id);
+        }
+        let event = MediaEvent {
+            room: m.room.clone(),
+            from: Some(self.sender()),
+            track: m.track,
+            seq: m.seq,
+            timestamp: m.timestamp,
+            keyframe: m.keyframe,
+            codec: m.codec,
+            payload: m.payload,
+        };
+        let subject = self.node.subjects.room(&m.room, RoomChannel::Media);
+        self.publish_or_error(subject, bus_envelope::Kind::Media(event), id).await;
+    }
+}
+
+/// The kind of transport, re-exported for edges.
+pub use crate::transport::TransportKind as Kind;
+
+#[allow(dead_code)]
+fn _assert_kind(_: TransportKind) {}
