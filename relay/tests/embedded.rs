@@ -1,0 +1,163 @@
+//! The relay core on the in-process bus, driven through an in-memory transport: sessions,
+//! rooms, presence, fan-out and refusals, without any network.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, Join, Publish, ServerFrame};
+use switchboard_protocol::{decode_server_frame, encode, ErrorCode, PROTOCOL_VERSION};
+use switchboard_relay::auth::{now_secs, Claims, Minter};
+use switchboard_relay::{
+    ConnInfo, LocalBus, Node, RelayConfig, Transport, TransportError, TransportKind, Verifier, VerifyKey,
+};
+use tokio::sync::mpsc;
+
+const SECRET: &[u8] = b"an-embedded-test-secret-of-32-bytes!";
+
+struct MemTransport {
+    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    closed: mpsc::Sender<ErrorCode>,
+}
+
+impl Transport for MemTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::WebSocket
+    }
+    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.rx.recv().await.map(Ok)
+    }
+    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
+        self.tx.send(frame).await.map_err(|e| TransportError::Io(e.to_string()))
+    }
+    async fn close(self, code: ErrorCode, _reason: &str) {
+        let _ = self.closed.send(code).await;
+    }
+}
+
+struct Peer {
+    to_server: mpsc::Sender<Bytes>,
+    from_server: mpsc::Receiver<Bytes>,
+    closed: mpsc::Receiver<ErrorCode>,
+}
+
+impl Peer {
+    fn connect(node: &Arc<Node>) -> Self {
+        let (to_server, rx) = mpsc::channel(64);
+        let (tx, from_server) = mpsc::channel(64);
+        let (closed_tx, closed) = mpsc::channel(1);
+        tokio::spawn(switchboard_relay::run_session(
+            node.clone(),
+            MemTransport { rx, tx, closed: closed_tx },
+            ConnInfo { peer: None },
+        ));
+        Self { to_server, from_server, closed }
+    }
+
+    async fn send(&self, id: u64, kind: client_frame::Kind) {
+        self.to_server.send(encode(&ClientFrame { id, kind: Some(kind) })).await.unwrap();
+    }
+
+    async fn next(&mut self) -> server_frame::Kind {
+        let bytes = tokio::time::timeout(Duration::from_secs(5), self.from_server.recv())
+            .await
+            .expect("timed out waiting for a server frame")
+            .expect("connection closed");
+        let ServerFrame { kind } = decode_server_frame(&bytes).unwrap();
+        kind.expect("frame kind")
+    }
+
+    async fn hello(node: &Arc<Node>, sub: &str, rooms: &[&str]) -> Self {
+        let mut p = Self::connect(node);
+        let claims = Claims {
+            sub: sub.into(),
+            name: None,
+            exp: now_secs() + 600,
+            nbf: None,
+            iat: None,
+            rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            publish: None,
+            media: None,
+            signal: None,
+        };
+        let token = Minter::hmac(SECRET).mint(&claims).unwrap();
+        p.send(
+            1,
+            client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "test".into() }),
+        )
+        .await;
+        assert!(matches!(p.next().await, server_frame::Kind::Welcome(_)));
+        p
+    }
+}
+
+async fn node() -> Arc<Node> {
+    let verifier = Verifier::new(&VerifyKey::Hmac(SECRET.to_vec()), 0).unwrap();
+    Node::start(RelayConfig::default(), verifier, Arc::new(LocalBus::new())).await.unwrap()
+}
+
+#[tokio::test]
+async fn room_messages_and_presence_on_one_node() {
+    let node = node().await;
+    let mut alice = Peer::hello(&node, "alice", &["demo"]).await;
+    let mut bob = Peer::hello(&node, "bob", &["demo"]).await;
+    alice.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    let server_frame::Kind::Joined(j) = alice.next().await else { panic!("expected Joined") };
+    assert_eq!((j.ref_id, j.participants.len()), (2, 1));
+    bob.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    let server_frame::Kind::Joined(j) = bob.next().await else { panic!("expected Joined") };
+    assert_eq!(j.participants.len(), 2);
+    let server_frame::Kind::ParticipantJoined(pj) = alice.next().await else { panic!("expected ParticipantJoined") };
+    assert_eq!(pj.participant.unwrap().user, "bob");
+
+    let payload = Bytes::from_static(b"hi bob");
+    alice
+        .send(
+            3,
+            client_frame::Kind::Publish(Publish {
+                room: "demo".into(),
+                payload: payload.clone(),
+                reliable: true,
+                kind: "chat".into(),
+            }),
+        )
+        .await;
+    assert!(matches!(alice.next().await, server_frame::Kind::Ack(a) if a.ref_id == 3));
+    let server_frame::Kind::Message(m) = bob.next().await else { panic!("expected Message") };
+    let from = m.from.unwrap();
+    assert_eq!((from.user.as_str(), m.payload), ("alice", payload));
+    assert_eq!(node.room_count(), 1);
+
+    drop(bob.to_server); // bob disconnects
+    let server_frame::Kind::ParticipantLeft(pl) = alice.next().await else { panic!("expected ParticipantLeft") };
+    assert_eq!((pl.participant.unwrap().user.as_str(), pl.reason.as_str()), ("bob", "disconnected"));
+}
+
+#[tokio::test]
+async fn frame_before_hello_is_refused() {
+    let node = node().await;
+    let mut p = Peer::connect(&node);
+    p.send(5, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    let server_frame::Kind::Error(e) = p.next().await else { panic!("expected Error") };
+    assert_eq!((e.code(), e.ref_id, e.fatal), (ErrorCode::HelloRequired, 5, true));
+    assert_eq!(p.closed.recv().await, Some(ErrorCode::HelloRequired));
+}
+
+#[tokio::test]
+async fn forbidden_room_and_publish_outside_room() {
+    let node = node().await;
+    let mut p = Peer::hello(&node, "carol", &["demo"]).await;
+    p.send(2, client_frame::Kind::Join(Join { room: "secret".into(), resume_from: None })).await;
+    assert!(
+        matches!(p.next().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::Forbidden && e.ref_id == 2)
+    );
+    p.send(3, client_frame::Kind::Join(Join { room: "bad.room".into(), resume_from: None })).await;
+    assert!(matches!(p.next().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::InvalidRoom));
+    p.send(4, client_frame::Kind::Publish(Publish { room: "demo".into(), ..Default::default() })).await;
+    assert!(matches!(p.next().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::NotInRoom));
+    // Garbage is answered, and the session carries on.
+    p.to_server.send(Bytes::from_static(&[0xff, 0xff, 0xff])).await.unwrap();
+    assert!(matches!(p.next().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::BadFrame && !e.fatal));
+    p.send(5, client_frame::Kind::Ping(Default::default())).await;
+    assert!(matches!(p.next().await, server_frame::Kind::Pong(_)));
+}
