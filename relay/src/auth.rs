@@ -326,3 +326,44 @@ mod tests {
         assert!(matches!(Verifier::new(&VerifyKey::Hmac(b"short".to_vec()), 0), Err(KeyError::WeakSecret)));
     }
 }
+
+#[cfg(test)]
+mod asymmetric_tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "dave".into(),
+            name: None,
+            exp: now_secs() + 60,
+            nbf: None,
+            iat: None,
+            rooms: vec!["*".into()],
+            publish: None,
+            media: None,
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn es256_and_eddsa_verify_and_pin_their_algorithm() {
+        for (alg, minter_for, key_for) in [
+            (
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+                Minter::es256 as fn(&[u8]) -> Result<Minter, KeyError>,
+                VerifyKey::Es256Pem as fn(Vec<u8>) -> VerifyKey,
+            ),
+            (&rcgen::PKCS_ED25519, Minter::eddsa, VerifyKey::EdDsaPem),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+            let minter = minter_for(pair.serialize_pem().as_bytes()).unwrap();
+            let verifier = Verifier::new(&key_for(pair.public_key_pem().into_bytes()), 0).unwrap();
+            let token = minter.mint(&claims()).unwrap();
+            assert_eq!(verifier.verify(&token).unwrap().sub, "dave");
+            // An HS256 token signed with the public key as the secret (the classic
+            // algorithm-confusion attack) is refused by algorithm, not by signature.
+            let confused = Minter::hmac(pair.public_key_pem().as_bytes()).mint(&claims()).unwrap();
+            assert_eq!(verifier.verify(&confused).unwrap_err().code(), ErrorCode::TokenAlgorithm);
+        }
+    }
+}
