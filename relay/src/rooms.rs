@@ -157,7 +157,10 @@ pub(crate) async fn join(
                 return Err(e.into());
             }
         }
-        node.bus.presence_put(room_id, &participant).await?;
+        if let Err(e) = node.bus.presence_put(room_id, &participant).await {
+            teardown_if_empty(node, &room);
+            return Err(e.into());
+        }
         let session = participant.session.clone();
         {
             let mut st = room.lock();
@@ -181,7 +184,13 @@ pub(crate) async fn join(
             joined: true,
             reason: String::new(),
         };
-        node.publish(node.subjects.room(room_id, RoomChannel::Presence), bus_envelope::Kind::Presence(update)).await?;
+        // The session is in the room now; a failed announcement is logged, not undone
+        // (the presence record is stored, so later joiners still see it).
+        if let Err(e) =
+            node.publish(node.subjects.room(room_id, RoomChannel::Presence), bus_envelope::Kind::Presence(update)).await
+        {
+            tracing::warn!(room = room_id, error = %e, "announcing a join failed");
+        }
         return Ok(());
     }
 }
@@ -221,15 +230,7 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
             });
             notify_locals(node, &st, session, ev);
         }
-        let empty = st.local.is_empty();
-        if empty {
-            st.closed = true;
-            if let Some(task) = st.reader.take() {
-                task.abort(); // drops the subscription: unsubscribes
-            }
-            node.metrics.rooms.dec();
-        }
-        (participant, empty)
+        (participant, close_if_empty(node, &mut st))
     };
     if empty {
         node.rooms.remove_if_same(&room);
@@ -245,6 +246,26 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
             .await;
     }
     true
+}
+
+/// Mark the room closed and drop its subscription if no local session is left.
+fn close_if_empty(node: &Node, st: &mut RoomState) -> bool {
+    if !st.local.is_empty() {
+        return false;
+    }
+    st.closed = true;
+    if let Some(task) = st.reader.take() {
+        task.abort(); // drops the subscription: unsubscribes
+        node.metrics.rooms.dec();
+    }
+    true
+}
+
+fn teardown_if_empty(node: &Node, room: &Arc<Room>) {
+    let empty = close_if_empty(node, &mut room.lock());
+    if empty {
+        node.rooms.remove_if_same(room);
+    }
 }
 
 /// Whether `session` is a local member of `room`.

@@ -400,11 +400,7 @@ impl Session {
             Ok(()) => {
                 self.rooms.insert(room.to_owned());
             }
-            Err(e) => {
-                // A partial join (subscribed, presence not published) is undone.
-                rooms::leave(&self.node, room, &self.id, "join failed").await;
-                self.error(rooms::join_error_code(&e), e.to_string(), id);
-            }
+            Err(e) => self.error(rooms::join_error_code(&e), e.to_string(), id),
         }
     }
 

@@ -11,7 +11,7 @@ use switchboard_protocol::subject::subject_matches;
 use tokio::sync::mpsc;
 
 /// Messages buffered per subscription before the publisher waits.
-const SUBSCRIPTION_BUFFER: usize = 8192;
+const SUBSCRIPTION_BUFFER: usize = 1024;
 
 type Subscribers = Vec<(u64, String, mpsc::Sender<BusMessage>)>;
 

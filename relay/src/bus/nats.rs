@@ -43,7 +43,7 @@ impl NatsBus {
             .connection_timeout(Duration::from_secs(5))
             // Keep reconnecting forever: a node without NATS is unready, not dead.
             .max_reconnects(None)
-            .subscription_capacity(65_536)
+            .subscription_capacity(8192)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),

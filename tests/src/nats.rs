@@ -1,0 +1,189 @@
+//! `nats-server` processes on free loopback ports, with JetStream, single or clustered.
+
+use crate::{free_tcp_port, wait_for};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// One `nats-server` process (killed on drop).
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port.
+    pub port: u16,
+    /// Monitoring port (`/connz`, `/subsz`, `/jsz`).
+    pub monitor_port: u16,
+    /// Cluster (route) port, if clustered.
+    pub cluster_port: Option<u16>,
+    args: Vec<String>,
+    _store: tempdir::TempDir,
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct TempDir(pub std::path::PathBuf);
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "switchboard-test-{tag}-{}-{}",
+                std::process::id(),
+                switchboard_relay::ids::random_id(8)
+            ));
+            std::fs::create_dir_all(&path).expect("creating a temp dir");
+            Self(path)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn nats_binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl NatsServer {
+    /// Start a standalone server with JetStream.
+    pub async fn start() -> Self {
+        Self::start_with(None, &[]).await
+    }
+
+    async fn start_with(cluster: Option<(&str, u16, &[u16])>, extra: &[&str]) -> Self {
+        let port = free_tcp_port();
+        let monitor_port = free_tcp_port();
+        let store = tempdir::TempDir::new("nats");
+        let mut args: Vec<String> = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            store.0.display().to_string(),
+        ];
+        let mut cluster_port = None;
+        if let Some((name, cport, routes)) = cluster {
+            cluster_port = Some(cport);
+            args.extend([
+                "--name".into(),
+                format!("n{cport}"),
+                "--cluster_name".into(),
+                name.into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{cport}"),
+                "--routes".into(),
+                routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(","),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Self { child: None, port, monitor_port, cluster_port, args, _store: store };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(nats_binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server (install it: apt-get install -y nats-server)");
+        self.child = Some(child);
+        let port = self.monitor_port;
+        wait_for(Duration::from_secs(15), "nats-server to serve /healthz", || async move {
+            match crate::http::get(port, "/healthz").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL) and wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the server again with the same ports and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// GET a monitoring endpoint and parse it as JSON.
+    pub async fn monitor(&self, path: &str) -> serde_json::Value {
+        let (status, body) = crate::http::get(self.monitor_port, path).await.expect("monitoring endpoint");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("monitoring JSON")
+    }
+
+    /// For each client connection whose name starts with `name_prefix`: how many of its
+    /// subscriptions are on exactly `subject`.
+    pub async fn subscriptions_on(&self, name_prefix: &str, subject: &str) -> Vec<(String, usize)> {
+        let connz = self.monitor("/connz?subs=1&limit=1024").await;
+        let mut out = Vec::new();
+        for c in connz["connections"].as_array().cloned().unwrap_or_default() {
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
+            if !name.starts_with(name_prefix) {
+                continue;
+            }
+            let n = c["subscriptions_list"]
+                .as_array()
+                .map(|l| l.iter().filter(|s| s.as_str() == Some(subject)).count())
+                .unwrap_or(0);
+            out.push((name, n));
+        }
+        out
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of `nats-server`s with JetStream, routes between all of them.
+pub struct NatsCluster {
+    /// The servers.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Start `n` clustered servers and wait until each sees the others as routes.
+    pub async fn start(n: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_tcp_port()).collect();
+        let name = format!("sbtest{}", switchboard_relay::ids::random_id(6));
+        let mut servers = Vec::new();
+        for &cport in &cluster_ports {
+            let routes: Vec<u16> = cluster_ports.iter().copied().filter(|p| *p != cport).collect();
+            servers.push(NatsServer::start_with(Some((&name, cport, &routes)), &[]).await);
+        }
+        let cluster = Self { servers };
+        for s in &cluster.servers {
+            let port = s.monitor_port;
+            wait_for(Duration::from_secs(20), "cluster routes", || async move {
+                let (_, body) = crate::http::get(port, "/routez").await.ok()?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                (v["num_routes"].as_u64()? as usize >= n - 1).then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// All client URLs, comma separated.
+    pub fn url(&self) -> String {
+        self.servers.iter().map(|s| s.url()).collect::<Vec<_>>().join(",")
+    }
+}
