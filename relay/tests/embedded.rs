@@ -39,6 +39,7 @@ struct Peer {
     to_server: mpsc::Sender<Bytes>,
     from_server: mpsc::Receiver<Bytes>,
     closed: mpsc::Receiver<ErrorCode>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Peer {
@@ -46,12 +47,12 @@ impl Peer {
         let (to_server, rx) = mpsc::channel(64);
         let (tx, from_server) = mpsc::channel(64);
         let (closed_tx, closed) = mpsc::channel(1);
-        tokio::spawn(switchboard_relay::run_session(
+        let task = tokio::spawn(switchboard_relay::run_session(
             node.clone(),
             MemTransport { rx, tx, closed: closed_tx },
             ConnInfo { peer: None },
         ));
-        Self { to_server, from_server, closed }
+        Self { to_server, from_server, closed, task }
     }
 
     async fn send(&self, id: u64, kind: client_frame::Kind) {
@@ -92,8 +93,12 @@ impl Peer {
 }
 
 async fn node() -> Arc<Node> {
+    node_on(RelayConfig::default(), Arc::new(LocalBus::new())).await
+}
+
+async fn node_on(config: RelayConfig, bus: Arc<LocalBus>) -> Arc<Node> {
     let verifier = Verifier::new(&VerifyKey::Hmac(SECRET.to_vec()), 0).unwrap();
-    Node::start(RelayConfig::default(), verifier, Arc::new(LocalBus::new())).await.unwrap()
+    Node::start(config, verifier, bus).await.unwrap()
 }
 
 #[tokio::test]
@@ -160,4 +165,39 @@ async fn forbidden_room_and_publish_outside_room() {
     assert!(matches!(p.next().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::BadFrame && !e.fatal));
     p.send(5, client_frame::Kind::Ping(Default::default())).await;
     assert!(matches!(p.next().await, server_frame::Kind::Pong(_)));
+}
+
+/// Two nodes sharing one bus: a node that dies without a word (its sessions vanish, its
+/// heartbeats stop) has its participants reported as left by the survivors.
+#[tokio::test]
+async fn dead_node_participants_are_reported_left() {
+    let bus = Arc::new(LocalBus::new());
+    let fast = |id: &str| RelayConfig {
+        node_id: id.into(),
+        node_heartbeat: Duration::from_millis(50),
+        node_timeout: Duration::from_millis(300),
+        ..RelayConfig::default()
+    };
+    let a = node_on(fast("a"), bus.clone()).await;
+    let b = node_on(fast("b"), bus.clone()).await;
+    let mut alice = Peer::hello(&a, "alice", &["demo"]).await;
+    alice.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    assert!(matches!(alice.next().await, server_frame::Kind::Joined(_)));
+    let mut bob = Peer::hello(&b, "bob", &["demo"]).await;
+    bob.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    let server_frame::Kind::Joined(j) = bob.next().await else { panic!("expected Joined") };
+    assert_eq!(j.participants.len(), 2, "bob sees alice, who joined on the other node");
+    let server_frame::Kind::ParticipantJoined(pj) = alice.next().await else { panic!("expected ParticipantJoined") };
+    assert_eq!(pj.participant.unwrap().node, "b");
+
+    // Node b "crashes": its session task is cancelled (no leave is sent) and it stops.
+    bob.task.abort();
+    drop(b);
+    let started = tokio::time::Instant::now();
+    let server_frame::Kind::ParticipantLeft(pl) = alice.next().await else { panic!("expected ParticipantLeft") };
+    assert_eq!((pl.participant.unwrap().user.as_str(), pl.reason.as_str()), ("bob", "node_lost"));
+    assert!(started.elapsed() < Duration::from_secs(2), "reported within the node timeout plus a heartbeat");
+    // Its stale presence record is cleared too.
+    use switchboard_relay::Bus;
+    assert_eq!(bus.presence_list("demo").await.unwrap().len(), 1);
 }
