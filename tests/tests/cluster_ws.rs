@@ -1,0 +1,136 @@
+//! Two nodes on one real nats-server, WebSocket clients on each: presence, room messages
+//! and signaling cross nodes; a node holds one NATS subscription per room, however many of
+//! its sessions are in it.
+
+use bytes::Bytes;
+use switchboard_protocol::pb::{client_frame, server_frame, signal, Join, Leave, Publish, Signal, SignalKind};
+use switchboard_protocol::ErrorCode;
+use switchboard_tests::raw::RawWs;
+use switchboard_tests::{token, wait_for, NatsServer, NodeOptions, TestNode, WAIT};
+
+fn join(room: &str) -> client_frame::Kind {
+    client_frame::Kind::Join(Join { room: room.into(), resume_from: None })
+}
+
+async fn two_nodes(nats: &NatsServer) -> (TestNode, TestNode) {
+    let a = TestNode::start(NodeOptions {
+        nats_url: Some(nats.url()),
+        node_id: Some("alpha".into()),
+        ..Default::default()
+    });
+    let b =
+        TestNode::start(NodeOptions { nats_url: Some(nats.url()), node_id: Some("beta".into()), ..Default::default() });
+    tokio::join!(a, b)
+}
+
+#[tokio::test]
+async fn presence_messages_and_signals_cross_nodes() {
+    let nats = NatsServer::start().await;
+    let (n1, n2) = two_nodes(&nats).await;
+    let (mut alice, _) = RawWs::authenticated(&n1.ws_url(), &token("alice", &["demo"])).await;
+    alice.send(2, join("demo")).await;
+    assert!(matches!(alice.frame().await, server_frame::Kind::Joined(j) if j.participants.len() == 1));
+
+    // Bob joins on the other node and sees alice, who sees him.
+    let (mut bob, bob_welcome) = RawWs::authenticated(&n2.ws_url(), &token("bob", &["demo"])).await;
+    assert_eq!(bob_welcome.node, "beta");
+    bob.send(2, join("demo")).await;
+    let server_frame::Kind::Joined(joined) = bob.frame().await else { panic!("expected Joined") };
+    let mut users: Vec<(String, String)> =
+        joined.participants.iter().map(|p| (p.user.clone(), p.node.clone())).collect();
+    users.sort();
+    assert_eq!(users, vec![("alice".into(), "alpha".into()), ("bob".into(), "beta".into())]);
+    match alice.frame().await {
+        server_frame::Kind::ParticipantJoined(pj) => {
+            let p = pj.participant.unwrap();
+            assert_eq!((p.user.as_str(), p.node.as_str(), p.session), ("bob", "beta", bob_welcome.session_id.clone()));
+        }
+        other => panic!("expected ParticipantJoined, got {other:?}"),
+    }
+
+    // A room message crosses nodes with the server-stamped sender.
+    let publish = Publish {
+        room: "demo".into(),
+        payload: Bytes::from_static(b"hello alpha"),
+        reliable: true,
+        kind: "chat".into(),
+    };
+    bob.send(3, client_frame::Kind::Publish(publish)).await;
+    assert!(matches!(bob.frame().await, server_frame::Kind::Ack(a) if a.ref_id == 3));
+    match alice.frame().await {
+        server_frame::Kind::Message(m) => {
+            let from = m.from.unwrap();
+            assert_eq!((&m.payload[..], m.kind.as_str()), (&b"hello alpha"[..], "chat"));
+            assert_eq!(
+                (from.user.as_str(), from.node.as_str(), from.session),
+                ("bob", "beta", bob_welcome.session_id.clone())
+            );
+        }
+        other => panic!("expected Message, got {other:?}"),
+    }
+
+    // Targeted signaling, by user and by session, crosses nodes.
+    let offer = Signal {
+        room: "demo".into(),
+        target: Some(signal::Target::ToUser("bob".into())),
+        kind: SignalKind::Offer as i32,
+        payload: Bytes::from_static(b"v=0 sdp"),
+        call: String::new(),
+    };
+    alice.send(4, client_frame::Kind::Signal(offer)).await;
+    assert!(matches!(alice.frame().await, server_frame::Kind::Ack(a) if a.ref_id == 4));
+    match bob.frame().await {
+        server_frame::Kind::Signal(s) => {
+            assert_eq!((s.kind(), &s.payload[..]), (SignalKind::Offer, &b"v=0 sdp"[..]));
+            assert_eq!(s.from.unwrap().user, "alice");
+        }
+        other => panic!("expected Signal, got {other:?}"),
+    }
+    // Signaling someone who is not in the room is refused.
+    let stray =
+        Signal { room: "demo".into(), target: Some(signal::Target::ToUser("mallory".into())), ..Default::default() };
+    alice.send(5, client_frame::Kind::Signal(stray)).await;
+    assert!(
+        matches!(alice.frame().await, server_frame::Kind::Error(e) if e.code() == ErrorCode::TargetNotFound && e.ref_id == 5)
+    );
+
+    // Bob leaves: alice is told.
+    bob.send(6, client_frame::Kind::Leave(Leave { room: "demo".into() })).await;
+    assert!(matches!(bob.frame().await, server_frame::Kind::Ack(a) if a.ref_id == 6));
+    match alice.frame().await {
+        server_frame::Kind::ParticipantLeft(l) => {
+            assert_eq!((l.participant.unwrap().user.as_str(), l.reason.as_str()), ("bob", "left"))
+        }
+        other => panic!("expected ParticipantLeft, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_nats_subscription_per_room_per_node() {
+    let nats = NatsServer::start().await;
+    let (n1, n2) = two_nodes(&nats).await;
+    let subject = "sb.room.busy.>";
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &n1 } else { &n2 };
+        let (mut ws, _) = RawWs::authenticated(&node.ws_url(), &token(&format!("user{i}"), &["busy"])).await;
+        ws.send(2, join("busy")).await;
+        assert!(matches!(ws.frame().await, server_frame::Kind::Joined(_)));
+        clients.push(ws);
+    }
+    for node in ["alpha", "beta"] {
+        let subs = nats.subscriptions_on(node, subject).await;
+        assert_eq!(subs.len(), 1, "one NATS connection per node: {subs:?}");
+        assert_eq!(subs[0].1, 1, "node {node} must hold exactly one subscription on {subject}: {subs:?}");
+    }
+    // When the last local session leaves, the node unsubscribes.
+    for ws in clients.drain(..) {
+        ws.close().await;
+    }
+    wait_for(WAIT, "both nodes to unsubscribe", || async {
+        let a = nats.subscriptions_on("alpha", subject).await;
+        let b = nats.subscriptions_on("beta", subject).await;
+        (a.iter().chain(&b).all(|(_, n)| *n == 0)).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,178 @@
+//! Flags shared by both node binaries (`switchboard` and `webtransport-server`) and the
+//! wiring from flags to a running [`Node`]: auth key, bus (NATS or embedded), logging and
+//! shutdown signals. This is the binaries' edge, so errors are `anyhow`.
+
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_relay::auth::DEV_SECRET;
+use switchboard_relay::config::{generate_node_id, RelayConfig};
+use switchboard_relay::{Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
+
+/// Bus, identity, auth and logging flags of a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// NATS server URL(s), comma separated. Without it the node runs alone on the
+    /// embedded in-process bus.
+    #[arg(long, env = "SWITCHBOARD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "SWITCHBOARD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// Replicas of the JetStream presence bucket (3 on a 3-node NATS cluster).
+    #[arg(long, env = "SWITCHBOARD_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// How long to keep retrying the first connection to NATS, in seconds.
+    #[arg(long, env = "SWITCHBOARD_NATS_CONNECT_TIMEOUT", default_value_t = 60)]
+    pub nats_connect_timeout: u64,
+    /// This node's id, unique in the cluster (`[A-Za-z0-9_=-]`). Default: the host name
+    /// plus a random suffix.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Prefix of every NATS subject.
+    #[arg(long, env = "SWITCHBOARD_SUBJECT_PREFIX", default_value = "sb")]
+    pub subject_prefix: String,
+    /// HS256 secret for client tokens (at least 32 bytes). Default: a development secret.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Verify tokens with this public key (PEM) instead of a secret.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of `--jwt-public-key`: `es256` or `eddsa`.
+    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM", default_value = "es256")]
+    pub jwt_algorithm: String,
+    /// Seconds to wait for clients to leave after SIGTERM before closing them.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Client heartbeat interval in seconds (announced in Welcome).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value_t = 15)]
+    pub heartbeat: u64,
+    /// Seconds after which a silent node is considered dead (its participants leave).
+    #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT", default_value_t = 10)]
+    pub node_timeout: u64,
+    /// Rooms one session may be in at once.
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_SESSION", default_value_t = 32)]
+    pub max_rooms_per_session: usize,
+    /// Requests (publish, signal, join, leave) per second per session; bursts of twice that.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_RATE", default_value_t = 200.0)]
+    pub request_rate: f64,
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Initialise logging (call once, before anything logs).
+pub fn init_logging(args: &NodeArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_format.eq_ignore_ascii_case("json") {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn verify_key(args: &NodeArgs) -> anyhow::Result<VerifyKey> {
+    if let Some(path) = &args.jwt_public_key {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(match args.jwt_algorithm.to_ascii_lowercase().as_str() {
+            "es256" => VerifyKey::Es256Pem(pem),
+            "eddsa" | "ed25519" => VerifyKey::EdDsaPem(pem),
+            other => bail!("unknown --jwt-algorithm {other:?} (es256 or eddsa)"),
+        });
+    }
+    Ok(VerifyKey::Hmac(match &args.jwt_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "no --jwt-secret or --jwt-public-key: using the built-in DEVELOPMENT secret; \
+                 anyone can mint tokens for this node. Never run it like this in production."
+            );
+            DEV_SECRET.as_bytes().to_vec()
+        }
+    }))
+}
+
+async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn Bus>> {
+    let Some(url) = &args.nats_url else {
+        tracing::info!("no NATS configured: embedded single node on the in-process bus");
+        return Ok(Arc::new(LocalBus::new()));
+    };
+    let opts = NatsOptions {
+        url: url.clone(),
+        name: format!("switchboard-{node_id}"),
+        prefix: args.subject_prefix.clone(),
+        replicas: args.nats_replicas,
+        credentials_file: args.nats_creds.clone(),
+    };
+    // NATS may start after us (or its JetStream may still be electing a leader): retry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.nats_connect_timeout);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match NatsBus::connect(&opts).await {
+            Ok(bus) => return Ok(Arc::new(bus)),
+            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "NATS not available yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("connecting to NATS"),
+        }
+    }
+}
+
+/// Build and start the node described by `args`.
+pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
+    let node_id = match &args.node_id {
+        Some(id) => id.clone(),
+        None => generate_node_id(&hostname()),
+    };
+    let defaults = RelayConfig::default();
+    let config = RelayConfig {
+        node_id: node_id.clone(),
+        subject_prefix: args.subject_prefix.clone(),
+        client_heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        node_timeout: Duration::from_secs(args.node_timeout.max(1)),
+        node_heartbeat: Duration::from_secs(args.node_timeout.max(1)).div_f64(5.0).min(defaults.node_heartbeat),
+        max_rooms_per_session: args.max_rooms_per_session,
+        request_rate: switchboard_relay::config::Rate { per_sec: args.request_rate, burst: args.request_rate * 2.0 },
+        ..defaults
+    };
+    let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;
+    let bus = connect_bus(args, &node_id).await?;
+    Ok(Node::start(config, verifier, bus).await?)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,87 @@
+//! A minimal HTTP/1.1 listener for the standalone WebTransport node: `GET /healthz`,
+//! `/readyz`, `/metrics` and `/certificate.sha256`. Requests are bounded in size (8 KiB)
+//! and time (5 s); anything else gets 404 or 400.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_relay::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// Serve probes on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, cert_sha256: Option<String>) {
+    let cert = Arc::new(cert_sha256);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (node, cert) = (node.clone(), cert.clone());
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(5), handle(stream, &node, &cert)).await.is_err() {
+                tracing::debug!(%peer, "probe request timed out");
+            }
+        });
+    }
+}
+
+/// Bind the probe listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn handle(mut stream: TcpStream, node: &Node, cert: &Option<String>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return respond(&mut stream, 400, "text/plain", "bad request\n").await;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == b'\r').unwrap_or(0)]).into_owned();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return respond(&mut stream, 405, "text/plain", "method not allowed\n").await;
+    }
+    match path {
+        "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
+        "/readyz" => {
+            let ready = node.is_ready();
+            let body = format!(
+                "{{\"ready\":{ready},\"node\":\"{}\",\"draining\":{},\"bus_connected\":{},\"sessions\":{}}}",
+                node.id(),
+                node.is_draining(),
+                node.bus().is_connected(),
+                node.session_count()
+            );
+            respond(&mut stream, if ready { 200 } else { 503 }, "application/json", &body).await
+        }
+        "/metrics" => respond(&mut stream, 200, "text/plain; version=0.0.4", &node.metrics().encode()).await,
+        "/certificate.sha256" => match cert {
+            Some(hash) => respond(&mut stream, 200, "text/plain", &format!("{hash}\n")).await,
+            None => respond(&mut stream, 404, "text/plain", "no generated certificate\n").await,
+        },
+        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+         access-control-allow-origin: *\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
