@@ -98,3 +98,4 @@ pub fn binary(name: &str) -> std::path::PathBuf {
 }
 
 pub mod raw;
+pub mod raw_wt;

@@ -134,3 +134,85 @@ async fn one_nats_subscription_per_room_per_node() {
     })
     .await;
 }
+
+/// A WebSocket client on one node and a WebTransport client on another share a room
+/// through NATS: room message, targeted signal and media frame, both ways.
+#[tokio::test]
+async fn websocket_and_webtransport_clients_on_two_nodes() {
+    use switchboard_protocol::pb::Media;
+    use switchboard_tests::raw_wt::RawWt;
+    let nats = NatsServer::start().await;
+    let (n1, n2) = two_nodes(&nats).await;
+    let (mut ws, ws_welcome) = RawWs::authenticated(&n1.ws_url(), &token("wsuser", &["mixed"])).await;
+    ws.send(2, join("mixed")).await;
+    assert!(matches!(ws.frame().await, server_frame::Kind::Joined(_)));
+    let hash = n2.cert_hash().await;
+    let (mut wt, wt_welcome) = RawWt::authenticated(&n2.wt_url(), &hash, &token("wtuser", &["mixed"])).await;
+    wt.send(2, join("mixed")).await;
+    assert!(matches!(wt.frame().await, server_frame::Kind::Joined(j) if j.participants.len() == 2));
+    assert!(matches!(ws.frame().await, server_frame::Kind::ParticipantJoined(_)));
+
+    // Room message WT -> WS.
+    let publish = Publish {
+        room: "mixed".into(),
+        payload: Bytes::from_static(b"from quic"),
+        reliable: true,
+        kind: "chat".into(),
+    };
+    wt.send(3, client_frame::Kind::Publish(publish)).await;
+    assert!(matches!(wt.frame().await, server_frame::Kind::Ack(_)));
+    match ws.frame().await {
+        server_frame::Kind::Message(m) => {
+            assert_eq!(&m.payload[..], b"from quic");
+            assert_eq!(m.from.unwrap().session, wt_welcome.session_id);
+        }
+        other => panic!("expected Message, got {other:?}"),
+    }
+    // Targeted signal WS -> WT, by session.
+    let answer = Signal {
+        room: "mixed".into(),
+        target: Some(signal::Target::ToSession(wt_welcome.session_id.clone())),
+        kind: SignalKind::Ice as i32,
+        payload: Bytes::from_static(b"candidate:1 1 udp"),
+        call: String::new(),
+    };
+    ws.send(4, client_frame::Kind::Signal(answer)).await;
+    assert!(matches!(ws.frame().await, server_frame::Kind::Ack(_)));
+    match wt.frame().await {
+        server_frame::Kind::Signal(s) => {
+            assert_eq!((s.kind(), &s.payload[..]), (SignalKind::Ice, &b"candidate:1 1 udp"[..]));
+            assert_eq!(s.from.unwrap().session, ws_welcome.session_id);
+        }
+        other => panic!("expected Signal, got {other:?}"),
+    }
+    // Media frames both ways.
+    let frame = |seq: u64| Media {
+        room: "mixed".into(),
+        track: 1,
+        seq,
+        timestamp: seq * 33_333,
+        keyframe: seq == 0,
+        codec: "vp8".into(),
+        payload: Bytes::from(vec![seq as u8; 4096]),
+    };
+    for seq in 0..3 {
+        wt.send(0, client_frame::Kind::Media(frame(seq))).await;
+        ws.send(0, client_frame::Kind::Media(frame(seq))).await;
+    }
+    for seq in 0..3 {
+        match ws.frame().await {
+            server_frame::Kind::Media(m) => {
+                assert_eq!((m.seq, m.keyframe, m.codec.as_str(), m.payload.len()), (seq, seq == 0, "vp8", 4096));
+                assert_eq!(m.from.unwrap().user, "wtuser");
+            }
+            other => panic!("expected Media, got {other:?}"),
+        }
+        match wt.frame().await {
+            server_frame::Kind::Media(m) => {
+                assert_eq!(m.seq, seq);
+                assert_eq!(m.from.unwrap().user, "wsuser");
+            }
+            other => panic!("expected Media, got {other:?}"),
+        }
+    }
+}

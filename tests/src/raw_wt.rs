@@ -1,0 +1,115 @@
+//! A raw WebTransport peer speaking the wire protocol by hand over real QUIC.
+
+use crate::WAIT;
+use bytes::Bytes;
+use switchboard_protocol::framing::{encode_record, RecordDecoder};
+use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, ServerFrame};
+use switchboard_protocol::{decode_server_frame, encode, limits::MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use wtransport::tls::Sha256Digest;
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+
+/// What the server sent next.
+#[derive(Debug)]
+pub enum WtReceived {
+    /// A server frame.
+    Frame(server_frame::Kind),
+    /// The session closed; the application close code if the server gave one.
+    Closed(Option<u64>),
+}
+
+/// A raw WebTransport session with its control stream.
+pub struct RawWt {
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    decoder: RecordDecoder,
+}
+
+/// Parse a 64-char hex SHA-256.
+pub fn digest(hex: &str) -> Sha256Digest {
+    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digest")).collect();
+    Sha256Digest::new(bytes.try_into().expect("32 bytes"))
+}
+
+impl RawWt {
+    /// Open a session to `url` trusting the certificate with `cert_hash`, and the control
+    /// stream.
+    pub async fn connect(url: &str, cert_hash: &str) -> Self {
+        let config =
+            ClientConfig::builder().with_bind_default().with_server_certificate_hashes([digest(cert_hash)]).build();
+        let endpoint = Endpoint::client(config).expect("client endpoint");
+        let connection =
+            crate::within(WAIT, "WebTransport connect", endpoint.connect(url)).await.expect("WebTransport session");
+        let opening = connection.open_bi().await.expect("opening the control stream");
+        let (send, recv) = opening.await.expect("control stream");
+        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES) }
+    }
+
+    /// Send raw bytes as the stream's next bytes (not framed).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("writing");
+    }
+
+    /// Send one frame as a record.
+    pub async fn send(&mut self, id: u64, kind: client_frame::Kind) {
+        let frame = encode(&ClientFrame { id, kind: Some(kind) });
+        self.send_raw(&encode_record(&frame)).await;
+    }
+
+    /// Send `Hello`.
+    pub async fn hello(&mut self, token: &str) {
+        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "raw-wt-test".into() };
+        self.send(1, client_frame::Kind::Hello(hello)).await;
+    }
+
+    /// The next frame or the close.
+    pub async fn next(&mut self) -> WtReceived {
+        crate::within(WAIT, "a WebTransport server frame", async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Some(record) = self.decoder.next_record().expect("server records are well formed") {
+                    let ServerFrame { kind } = decode_server_frame(&record).expect("server frame decodes");
+                    return WtReceived::Frame(kind.expect("kind"));
+                }
+                match self.recv.read(&mut buf).await {
+                    Ok(Some(n)) => self.decoder.extend(&buf[..n]),
+                    Ok(None) | Err(_) => {
+                        let reason = self.connection.closed().await;
+                        return WtReceived::Closed(app_code(&reason));
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next frame, panicking on close.
+    pub async fn frame(&mut self) -> server_frame::Kind {
+        match self.next().await {
+            WtReceived::Frame(f) => f,
+            WtReceived::Closed(c) => panic!("session closed ({c:?}) while a frame was expected"),
+        }
+    }
+
+    /// Hello and expect `Welcome`.
+    pub async fn authenticated(url: &str, cert_hash: &str, token: &str) -> (Self, switchboard_protocol::pb::Welcome) {
+        let mut wt = Self::connect(url, cert_hash).await;
+        wt.hello(token).await;
+        match wt.frame().await {
+            server_frame::Kind::Welcome(w) => (wt, w),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Raw payload helper for tests.
+    pub fn bytes(b: &'static [u8]) -> Bytes {
+        Bytes::from_static(b)
+    }
+}
+
+fn app_code(err: &wtransport::error::ConnectionError) -> Option<u64> {
+    match err {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => Some(close.code().into_inner()),
+        _ => None,
+    }
+}
