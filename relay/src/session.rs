@@ -106,79 +106,85 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo
 
 /// Wait for a valid `Hello`; answer `Welcome`, or send a fatal error.
 async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Result<Session, Fatal> {
-    let deadline = Instant::now() + node.config.hello_timeout;
-    let fail = |code: ErrorCode, msg: String, ref_id: u64| {
-        node.metrics.error(code);
-        (error_frame(code, msg.clone(), ref_id, true), Fatal(code, msg))
-    };
-    let (err_bytes, fatal) = loop {
-        let received = tokio::select! {
-            r = transport.recv() => r,
-            _ = sleep_until(deadline) => break fail(ErrorCode::HelloTimeout, "no Hello within the time limit".into(), 0),
-        };
-        let bytes = match received {
-            None => return Err(Fatal(ErrorCode::Unspecified, "closed before Hello".into())),
-            Some(Err(e)) => break fail(transport_error_code(&e), e.to_string(), 0),
-            Some(Ok(b)) => b,
-        };
-        node.metrics.bytes_in.inc_by(bytes.len() as u64);
-        let frame = match decode_client_frame(&bytes) {
-            Ok(f) => f,
-            Err(e) => break fail(e.code(), e.to_string(), 0),
-        };
-        let Some(client_frame::Kind::Hello(hello)) = frame.kind else {
-            break fail(ErrorCode::HelloRequired, "the first frame must be Hello".into(), frame.id);
-        };
-        node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: "hello" }).inc();
-        if hello.protocol_version != PROTOCOL_VERSION {
-            break fail(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
-                    hello.protocol_version
-                ),
-                frame.id,
-            );
+    match accept_hello(node, transport).await {
+        Ok(session) => Ok(session),
+        Err(Refusal::Silent(fatal)) => Err(fatal),
+        Err(Refusal::Error(code, message, ref_id)) => {
+            node.metrics.error(code);
+            // Best effort: the connection is closed right after.
+            let bytes = error_frame(code, message.clone(), ref_id, true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(bytes)).await;
+            Err(Fatal(code, message))
         }
-        if node.is_draining() {
-            break fail(ErrorCode::ShuttingDown, "node is draining; connect to another node".into(), frame.id);
+    }
+}
+
+/// Why a connection did not become a session.
+enum Refusal {
+    /// Nothing to tell the client (it left).
+    Silent(Fatal),
+    /// Tell the client: code, message, the frame id it refers to.
+    Error(ErrorCode, String, u64),
+}
+
+async fn accept_hello<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Result<Session, Refusal> {
+    let received = tokio::select! {
+        r = transport.recv() => r,
+        _ = sleep_until(Instant::now() + node.config.hello_timeout) => {
+            return Err(Refusal::Error(ErrorCode::HelloTimeout, "no Hello within the time limit".into(), 0));
         }
-        let claims = match node.verifier.verify(&hello.token) {
-            Ok(c) => c,
-            Err(e) => {
-                node.metrics
-                    .auth_failures
-                    .get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() })
-                    .inc();
-                break fail(e.code(), e.to_string(), frame.id);
-            }
-        };
-        let session = Session {
-            node: node.clone(),
-            id: crate::ids::session_id(),
-            expires_at: expiry_deadline(claims.exp),
-            outbound: Arc::new(Outbound::new(node.config.queue_limits)),
-            rooms: BTreeSet::new(),
-            requests: TokenBucket::new(node.config.request_rate),
-            media_bytes: TokenBucket::new(node.config.media_bytes_rate),
-            claims,
-        };
-        let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            session_id: session.id.clone(),
-            node: node.config.node_id.clone(),
-            user: session.claims.sub.clone(),
-            name: session.claims.display_name().to_owned(),
-            heartbeat_ms: node.config.client_heartbeat.as_millis() as u32,
-            token_expires_at: session.claims.exp,
-            max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
-        };
-        session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
-        return Ok(session);
     };
-    // Best effort: the connection is closed right after.
-    let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(err_bytes)).await;
-    Err(fatal)
+    let bytes = match received {
+        None => return Err(Refusal::Silent(Fatal(ErrorCode::Unspecified, "closed before Hello".into()))),
+        Some(Err(e)) => return Err(Refusal::Error(transport_error_code(&e), e.to_string(), 0)),
+        Some(Ok(b)) => b,
+    };
+    node.metrics.bytes_in.inc_by(bytes.len() as u64);
+    let frame = decode_client_frame(&bytes).map_err(|e| Refusal::Error(e.code(), e.to_string(), 0))?;
+    let Some(client_frame::Kind::Hello(hello)) = frame.kind else {
+        return Err(Refusal::Error(ErrorCode::HelloRequired, "the first frame must be Hello".into(), frame.id));
+    };
+    node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: "hello" }).inc();
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Refusal::Error(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {} is not supported (server speaks {PROTOCOL_VERSION})", hello.protocol_version),
+            frame.id,
+        ));
+    }
+    if node.is_draining() {
+        return Err(Refusal::Error(
+            ErrorCode::ShuttingDown,
+            "node is draining; connect to another node".into(),
+            frame.id,
+        ));
+    }
+    let claims = node.verifier.verify(&hello.token).map_err(|e| {
+        node.metrics.auth_failures.get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() }).inc();
+        Refusal::Error(e.code(), e.to_string(), frame.id)
+    })?;
+    let session = Session {
+        node: node.clone(),
+        id: crate::ids::session_id(),
+        expires_at: expiry_deadline(claims.exp),
+        outbound: Arc::new(Outbound::new(node.config.queue_limits)),
+        rooms: BTreeSet::new(),
+        requests: TokenBucket::new(node.config.request_rate),
+        media_bytes: TokenBucket::new(node.config.media_bytes_rate),
+        claims,
+    };
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        session_id: session.id.clone(),
+        node: node.config.node_id.clone(),
+        user: session.claims.sub.clone(),
+        name: session.claims.display_name().to_owned(),
+        heartbeat_ms: node.config.client_heartbeat.as_millis() as u32,
+        token_expires_at: session.claims.exp,
+        max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
+    };
+    session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
+    Ok(session)
 }
 
 fn transport_error_code(e: &TransportError) -> ErrorCode {
@@ -322,8 +328,8 @@ impl Session {
             client_frame::Kind::Signal(s) => self.signal(id, s).await,
             client_frame::Kind::Media(m) => self.media(id, m).await,
             client_frame::Kind::KeyframeRequest(k) => {
-                if !self.rooms.contains(&k.room) {
-                    return Ok(self.error(ErrorCode::NotInRoom, format!("not in room {:?}", k.room), id));
+                if !self.check_room(&k.room, id) {
+                    return Ok(());
                 }
                 let event = KeyframeRequestEvent { room: k.room.clone(), from: Some(self.sender()), track: k.track };
                 let req = BusKeyframeRequest { to_session: k.to_session, event: Some(event) };

@@ -13,6 +13,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 /// What the server sent next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test helper: size does not matter
 pub enum Received {
     /// A server frame.
     Frame(server_frame::Kind),

@@ -10,6 +10,7 @@ use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
 /// What the server sent next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test helper: size does not matter
 pub enum WtReceived {
     /// A server frame.
     Frame(server_frame::Kind),
