@@ -216,3 +216,46 @@ async fn websocket_and_webtransport_clients_on_two_nodes() {
         }
     }
 }
+
+/// `kill -9` of a node: the survivors report its participants as left (reason
+/// `node_lost`) within the node timeout plus a heartbeat, and no duplicate leave follows.
+#[tokio::test]
+async fn killed_node_participants_leave_within_the_node_timeout() {
+    let nats = NatsServer::start().await;
+    let fast = |id: &str| NodeOptions {
+        nats_url: Some(nats.url()),
+        node_id: Some(id.into()),
+        args: vec!["--node-timeout".into(), "2".into()],
+        ..Default::default()
+    };
+    let (n1, mut n2) = tokio::join!(TestNode::start(fast("stays")), TestNode::start(fast("dies")));
+    let (mut alice, _) = RawWs::authenticated(&n1.ws_url(), &token("alice", &["demo"])).await;
+    alice.send(2, join("demo")).await;
+    assert!(matches!(alice.frame().await, server_frame::Kind::Joined(_)));
+    let (mut bob, _) = RawWs::authenticated(&n2.ws_url(), &token("bob", &["demo"])).await;
+    bob.send(2, join("demo")).await;
+    assert!(matches!(bob.frame().await, server_frame::Kind::Joined(_)));
+    assert!(matches!(alice.frame().await, server_frame::Kind::ParticipantJoined(_)));
+
+    let killed_at = std::time::Instant::now();
+    n2.kill();
+    match alice.frame().await {
+        server_frame::Kind::ParticipantLeft(l) => {
+            assert_eq!((l.participant.unwrap().user.as_str(), l.reason.as_str()), ("bob", "node_lost"));
+        }
+        other => panic!("expected ParticipantLeft, got {other:?}"),
+    }
+    let elapsed = killed_at.elapsed();
+    assert!(elapsed < std::time::Duration::from_secs(5), "reported after {elapsed:?}; bound is 2 s + one heartbeat");
+    // A newcomer does not see the dead participant (its presence record was cleared).
+    let (mut carol, _) = RawWs::authenticated(&n1.ws_url(), &token("carol", &["demo"])).await;
+    carol.send(2, join("demo")).await;
+    let server_frame::Kind::Joined(j) = carol.frame().await else { panic!("expected Joined") };
+    let mut users: Vec<String> = j.participants.into_iter().map(|p| p.user).collect();
+    users.sort();
+    assert_eq!(users, vec!["alice", "carol"]);
+    // Alice's next event is carol's join: no second leave for bob.
+    assert!(
+        matches!(alice.frame().await, server_frame::Kind::ParticipantJoined(p) if p.participant.as_ref().is_some_and(|p| p.user == "carol"))
+    );
+}
