@@ -107,6 +107,29 @@ impl TestNode {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Send SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("running kill");
+            assert!(status.success(), "kill -TERM {pid} failed");
+        }
+    }
+
+    /// Wait (bounded) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = crate::within(limit, "the node to exit", async {
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        status.code()
+    }
+
     /// Kill the node (SIGKILL) and wait for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
