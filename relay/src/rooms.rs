@@ -113,26 +113,52 @@ fn frame(kind: server_frame::Kind) -> Bytes {
 /// Tell every local member but `except` about a presence change.
 fn notify_locals(node: &Node, st: &RoomState, except: &str, kind: server_frame::Kind) {
     let bytes = frame(kind);
+    let mut tally = Tally::default();
     for (sid, m) in &st.local {
         if sid != except {
-            push(node, &m.outbound, Class::Control, bytes.clone(), false, "presence");
+            tally.add(m.outbound.push(Class::Control, bytes.clone(), false));
+        }
+    }
+    tally.flush(node, "presence", Class::Control);
+}
+
+/// Outcomes of one fan-out, so metrics are updated once per fan-out, not per session.
+#[derive(Default)]
+struct Tally {
+    queued: u64,
+    dropped: u64,
+    overflowed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, pushed: Pushed) -> Pushed {
+        match pushed {
+            Pushed::Queued => self.queued += 1,
+            Pushed::Dropped | Pushed::NeedKeyframe => self.dropped += 1,
+            Pushed::Overflow => self.overflowed += 1,
+            Pushed::Closed => {}
+        }
+        pushed
+    }
+
+    fn flush(self, node: &Node, kind: &'static str, class: Class) {
+        use crate::metrics::{ClassLabel, KindLabel};
+        if self.queued > 0 {
+            node.metrics.frames_out.get_or_create(&KindLabel { kind }).inc_by(self.queued);
+        }
+        if self.dropped > 0 {
+            node.metrics.queue_drops.get_or_create(&ClassLabel { class: class.as_str() }).inc_by(self.dropped);
+        }
+        if self.overflowed > 0 {
+            node.metrics.slow_consumer_disconnects.inc_by(self.overflowed);
         }
     }
 }
 
 fn push(node: &Node, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
-    match q.push(class, bytes, droppable) {
-        Pushed::Queued => {
-            node.metrics.frames_out.get_or_create(&crate::metrics::KindLabel { kind }).inc();
-        }
-        Pushed::Dropped | Pushed::NeedKeyframe => {
-            node.metrics.queue_drops.get_or_create(&crate::metrics::ClassLabel { class: class.as_str() }).inc();
-        }
-        Pushed::Overflow => {
-            node.metrics.slow_consumer_disconnects.inc();
-        }
-        Pushed::Closed => {}
-    }
+    let mut tally = Tally::default();
+    tally.add(q.push(class, bytes, droppable));
+    tally.flush(node, kind, class);
 }
 
 /// Join `participant` (a local session) to `room`. The `Joined` frame (with `ref_id`) is
@@ -310,11 +336,13 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                 let from = m.from.as_ref().map(|f| f.session.clone()).unwrap_or_default();
                 let reliable = m.reliable;
                 let bytes = frame(server_frame::Kind::Message(m));
+                let mut tally = Tally::default();
                 for (sid, member) in &st.local {
                     if *sid != from {
-                        push(node, &member.outbound, Class::Data, bytes.clone(), !reliable, "message");
+                        tally.add(member.outbound.push(Class::Data, bytes.clone(), !reliable));
                     }
                 }
+                tally.flush(node, "message", Class::Data);
             }
             bus_envelope::Kind::Presence(update) => {
                 if origin == node.config.node_id {
@@ -343,43 +371,29 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
             bus_envelope::Kind::Signal(sig) => {
                 let Some(event) = sig.event else { return };
                 let bytes = frame(server_frame::Kind::Signal(event));
+                let mut tally = Tally::default();
                 for (sid, member) in &st.local {
                     let hit =
                         if sig.to_session.is_empty() { member.user == sig.to_user } else { *sid == sig.to_session };
                     if hit {
-                        push(node, &member.outbound, Class::Signal, bytes.clone(), false, "signal");
+                        tally.add(member.outbound.push(Class::Signal, bytes.clone(), false));
                     }
                 }
+                tally.flush(node, "signal", Class::Signal);
             }
             bus_envelope::Kind::Media(media) => {
                 let (from, track, keyframe) =
                     (media.from.as_ref().map(|f| f.session.clone()).unwrap_or_default(), media.track, media.keyframe);
                 let bytes = frame(server_frame::Kind::Media(media));
+                let mut tally = Tally::default();
                 let mut lost = false;
                 for (sid, member) in &st.local {
-                    if *sid == from {
-                        continue;
-                    }
-                    match member.outbound.push_media(bytes.clone(), &from, track, keyframe) {
-                        Pushed::Queued => {
-                            node.metrics.frames_out.get_or_create(&crate::metrics::KindLabel { kind: "media" }).inc();
-                        }
-                        Pushed::NeedKeyframe => {
-                            node.metrics
-                                .queue_drops
-                                .get_or_create(&crate::metrics::ClassLabel { class: "media" })
-                                .inc();
-                            lost = true;
-                        }
-                        Pushed::Dropped => {
-                            node.metrics
-                                .queue_drops
-                                .get_or_create(&crate::metrics::ClassLabel { class: "media" })
-                                .inc();
-                        }
-                        Pushed::Overflow | Pushed::Closed => {}
+                    if *sid != from {
+                        lost |= tally.add(member.outbound.push_media(bytes.clone(), &from, track, keyframe))
+                            == Pushed::NeedKeyframe;
                     }
                 }
+                tally.flush(node, "media", Class::Media);
                 if lost {
                     keyframe_requests.push((from, track));
                 }
