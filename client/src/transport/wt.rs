@@ -1,0 +1,95 @@
+//! WebTransport halves (wtransport): one bidirectional control stream carrying
+//! length-prefixed records.
+
+use super::Ended;
+use crate::{config::parse_cert_hash, ClientConfig, ClientError};
+use bytes::Bytes;
+use switchboard_protocol::codes::error_from_close_code;
+use switchboard_protocol::framing::{encode_record, RecordDecoder};
+use switchboard_protocol::limits::MAX_FRAME_BYTES;
+use wtransport::error::ConnectionError;
+use wtransport::tls::Sha256Digest;
+use wtransport::{ClientConfig as WtClientConfig, Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+pub(crate) struct WtReader {
+    connection: Connection,
+    recv: RecvStream,
+    decoder: RecordDecoder,
+    buf: Box<[u8]>,
+}
+
+pub(crate) struct WtWriter {
+    connection: Connection,
+    send: SendStream,
+}
+
+pub(crate) async fn connect(config: &ClientConfig) -> Result<(WtReader, WtWriter), ClientError> {
+    let builder = WtClientConfig::builder().with_bind_default();
+    let wt_config = if config.insecure {
+        builder.with_no_cert_validation().build()
+    } else if !config.cert_hashes.is_empty() {
+        let hashes = config
+            .cert_hashes
+            .iter()
+            .map(|h| parse_cert_hash(h).map(Sha256Digest::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        builder.with_server_certificate_hashes(hashes).build()
+    } else {
+        builder.with_native_certs().build()
+    };
+    let endpoint = Endpoint::client(wt_config).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let connection =
+        endpoint.connect(&config.url).await.map_err(|e| ClientError::Connect(format!("{}: {e}", config.url)))?;
+    let opening = connection.open_bi().await.map_err(|e| ClientError::Connect(format!("control stream: {e}")))?;
+    let (send, recv) = opening.await.map_err(|e| ClientError::Connect(format!("control stream: {e}")))?;
+    Ok((
+        WtReader {
+            connection: connection.clone(),
+            recv,
+            decoder: RecordDecoder::new(MAX_FRAME_BYTES),
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+        },
+        WtWriter { connection, send },
+    ))
+}
+
+fn ended(err: ConnectionError) -> Ended {
+    match err {
+        ConnectionError::ApplicationClosed(close) => Ended {
+            code: u16::try_from(close.code().into_inner()).ok().and_then(error_from_close_code),
+            reason: String::from_utf8_lossy(close.reason()).into_owned(),
+        },
+        other => Ended { code: None, reason: other.to_string() },
+    }
+}
+
+impl WtReader {
+    pub async fn next(&mut self) -> Result<Bytes, Ended> {
+        loop {
+            match self.decoder.next_record() {
+                Ok(Some(record)) => return Ok(record),
+                Ok(None) => {}
+                Err(e) => return Err(Ended { code: None, reason: format!("bad record from server: {e}") }),
+            }
+            match self.recv.read(&mut self.buf).await {
+                Ok(Some(n)) => self.decoder.extend(&self.buf[..n]),
+                // The stream ended: report how the session ended.
+                Ok(None) | Err(_) => return Err(ended(self.connection.closed().await)),
+            }
+        }
+    }
+}
+
+impl WtWriter {
+    pub async fn send(&mut self, frame: Bytes) -> Result<(), ClientError> {
+        self.send
+            .write_all(&encode_record(&frame))
+            .await
+            .map_err(|e| ClientError::Closed { code: None, reason: e.to_string() })
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.send.finish().await;
+        self.connection.close(VarInt::from_u32(1000), b"client closed");
+    }
+}
