@@ -99,6 +99,11 @@ impl Metrics {
         registry.register("errors", "Errors sent to clients", m.errors.clone());
         registry.register("auth_failures", "Rejected tokens", m.auth_failures.clone());
         registry.register("bus_publish_errors", "Failed publishes to the cluster bus", m.bus_publish_errors.clone());
+        // Series that dashboards expect to exist from the start, at 0.
+        for transport in ["websocket", "webtransport"] {
+            m.connections.get_or_create(&TransportLabel { transport });
+            m.sessions_total.get_or_create(&TransportLabel { transport });
+        }
         Self { registry, ..m }
     }
 

@@ -29,12 +29,21 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Start a node and wait until `/readyz` says ready.
+    /// Start a `switchboard serve` node and wait until `/readyz` says ready.
     pub async fn start(opts: NodeOptions) -> Self {
+        Self::start_binary("switchboard", &["serve"], opts).await
+    }
+
+    /// Start a standalone `webtransport-server` node (QUIC only, probes on `http_port`).
+    pub async fn start_webtransport_only(opts: NodeOptions) -> Self {
+        Self::start_binary("webtransport-server", &[], opts).await
+    }
+
+    async fn start_binary(name: &str, pre_args: &[&str], opts: NodeOptions) -> Self {
         let http_port = free_tcp_port();
         let wt_port = free_udp_port();
-        let mut cmd = Command::new(binary("switchboard"));
-        cmd.arg("serve")
+        let mut cmd = Command::new(binary(name));
+        cmd.args(pre_args)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--wt-addr", &format!("127.0.0.1:{wt_port}")])
             .env("SWITCHBOARD_JWT_SECRET", TEST_SECRET)

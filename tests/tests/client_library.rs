@@ -160,3 +160,32 @@ async fn cli_join_prints_json_lines_and_send_delivers() {
         .unwrap();
     assert!(!status.success());
 }
+
+/// The standalone `webtransport-server` joins the same cluster: its WebTransport clients
+/// share rooms with WebSocket clients of a `switchboard` node; its probes answer.
+#[tokio::test]
+async fn standalone_webtransport_server_joins_the_cluster() {
+    let nats = NatsServer::start().await;
+    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
+    let (combined, quic_only) =
+        tokio::join!(TestNode::start(opts("combined")), TestNode::start_webtransport_only(opts("quic-only")));
+    assert_eq!(quic_only.node_id, "quic-only");
+    assert_eq!(quic_only.get("/healthz").await.0, 200);
+    assert!(quic_only.get("/metrics").await.1.contains("switchboard_connections"));
+    assert_eq!(quic_only.get("/nope").await.0, 404);
+
+    let wt_config =
+        ClientConfig::new(quic_only.wt_url(), token("quinn", &["mixed"])).with_cert_hash(quic_only.cert_hash().await);
+    let (wt, mut wt_events) = Client::connect(wt_config).await.unwrap();
+    let (ws, _ws_events) =
+        Client::connect(ClientConfig::new(combined.ws_url(), token("webby", &["mixed"]))).await.unwrap();
+    wt.join("mixed").await.unwrap();
+    ws.join("mixed").await.unwrap();
+    assert!(matches!(next_event(&mut wt_events).await, Event::ParticipantJoined(_)));
+    ws.publish("mixed", Bytes::from_static(b"to the quic-only node"), true, "chat").await.unwrap();
+    match next_event(&mut wt_events).await {
+        Event::Message(m) => assert_eq!(m.from.unwrap().node, "combined"),
+        other => panic!("expected Message, got {other:?}"),
+    }
+    assert_eq!(quic_only.metric("switchboard_connections{transport=\"webtransport\"}").await, 1.0);
+}
