@@ -13,6 +13,10 @@ pub struct AppState {
     pub cert_sha256: Option<String>,
     /// The WebTransport address clients should use, if WebTransport runs.
     pub wt_port: Option<u16>,
+    /// The admin API key; `None` disables the admin API.
+    pub admin_key: Option<String>,
+    /// How long a drain waits for clients.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Register the routes.
@@ -22,7 +26,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/certificate.sha256", web::get().to(certificate))
         .route("/ws", web::get().to(crate::ws::upgrade))
-        .route("/", web::get().to(index));
+        .route("/", web::get().to(index))
+        .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(|err, _req| {
+            let body = serde_json::json!({"error": {"code": "invalid_json", "message": err.to_string()}});
+            actix_web::error::InternalError::from_response(err, HttpResponse::BadRequest().json(body)).into()
+        }))
+        .configure(crate::admin::routes);
 }
 
 /// Liveness: the process serves HTTP.

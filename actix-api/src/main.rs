@@ -3,7 +3,9 @@
 //!
 //! `main` only wires configuration -> node (auth, bus) -> edges -> signals.
 
+mod admin;
 mod http;
+mod openapi;
 mod token;
 mod ws;
 
@@ -41,6 +43,9 @@ struct ServeArgs {
     /// Serve WebSocket only (no WebTransport listener).
     #[arg(long, env = "SWITCHBOARD_NO_WEBTRANSPORT")]
     no_webtransport: bool,
+    /// API key of the admin HTTP API (`/api/...`); without it the admin API is disabled.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SWITCHBOARD_HTTP_WORKERS")]
     http_workers: Option<usize>,
@@ -77,7 +82,17 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(server.serve(node.clone()));
         (hash, Some(port))
     };
-    let state = actix_web::web::Data::new(http::AppState { node: node.clone(), cert_sha256, wt_port });
+    let drain_timeout = Duration::from_secs(args.node.drain_timeout);
+    let state = actix_web::web::Data::new(http::AppState {
+        node: node.clone(),
+        cert_sha256,
+        wt_port,
+        admin_key: args.admin_key.clone().filter(|k| !k.is_empty()),
+        drain_timeout,
+    });
+    if state.admin_key.is_none() {
+        tracing::info!("admin API disabled (no --admin-key)");
+    }
     let workers = args.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let server =
         actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
@@ -89,7 +104,6 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
             .run();
     tracing::info!(addr = %args.http_addr, node = node.id(), "HTTP and WebSocket listening");
     let handle = server.handle();
-    let drain_timeout = Duration::from_secs(args.node.drain_timeout);
     let node_for_signal: Arc<switchboard_relay::Node> = node.clone();
     tokio::spawn(async move {
         switchboard_webtransport::cli::shutdown_signal().await;

@@ -114,6 +114,11 @@ impl Subjects {
         format!("{}.node.*.heartbeat", self.prefix)
     }
 
+    /// `<prefix>.admin.cmd`: operator commands, received by every node.
+    pub fn admin(&self) -> String {
+        format!("{}.admin.cmd", self.prefix)
+    }
+
     /// `<prefix>.user.<user>`: a user's inbox.
     pub fn user_inbox(&self, user: &str) -> String {
         format!("{}.user.{}", self.prefix, user)

@@ -8,6 +8,7 @@
 //! An edge accepts a connection, wraps it in a [`Transport`] and calls [`session::run`]
 //! with the shared [`Node`].
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;

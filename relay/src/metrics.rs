@@ -101,8 +101,8 @@ impl Metrics {
         registry.register("bus_publish_errors", "Failed publishes to the cluster bus", m.bus_publish_errors.clone());
         // Series that dashboards expect to exist from the start, at 0.
         for transport in ["websocket", "webtransport"] {
-            m.connections.get_or_create(&TransportLabel { transport });
-            m.sessions_total.get_or_create(&TransportLabel { transport });
+            let _ = m.connections.get_or_create(&TransportLabel { transport });
+            let _ = m.sessions_total.get_or_create(&TransportLabel { transport });
         }
         Self { registry, ..m }
     }

@@ -28,8 +28,8 @@ pub struct Node {
     pub(crate) subjects: Subjects,
     pub(crate) rooms: Rooms,
     pub(crate) runtime: tokio::runtime::Handle,
-    /// Live sessions of this node: id -> outbound queue.
-    sessions: Mutex<HashMap<String, Arc<Outbound>>>,
+    /// Live sessions of this node: id -> (user, outbound queue).
+    sessions: Mutex<HashMap<String, (String, Arc<Outbound>)>>,
     /// Other nodes' last heartbeat.
     pub(crate) node_seen: Mutex<HashMap<String, Instant>>,
     draining: AtomicBool,
@@ -71,6 +71,8 @@ impl Node {
         });
         let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
         node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));
+        let admin = node.bus.subscribe(node.subjects.admin()).await?;
+        node.runtime.spawn(crate::admin::listen(Arc::downgrade(&node), admin));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
         tracing::info!(node = %node.config.node_id, bus = node.bus.kind(), "node started");
         Ok(node)
@@ -139,7 +141,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let rest: Vec<Arc<Outbound>> =
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, q)| q.clone()).collect();
         for q in rest {
             q.close(ErrorCode::ShuttingDown, "node shutting down");
         }
@@ -153,8 +155,17 @@ impl Node {
         tracing::info!("drained");
     }
 
-    pub(crate) fn register_session(&self, id: &str, q: Arc<Outbound>) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), q);
+    pub(crate) fn register_session(&self, id: &str, user: &str, q: Arc<Outbound>) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (user.to_owned(), q));
+    }
+
+    /// Local sessions matching `session` if non-empty, else every session of `user`.
+    pub(crate) fn local_sessions(&self, user: &str, session: &str) -> Vec<(String, Arc<Outbound>)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if !session.is_empty() {
+            return sessions.get(session).map(|(_, q)| (session.to_owned(), q.clone())).into_iter().collect();
+        }
+        sessions.iter().filter(|(_, (u, _))| u == user).map(|(id, (_, q))| (id.clone(), q.clone())).collect()
     }
 
     pub(crate) fn unregister_session(&self, id: &str) {

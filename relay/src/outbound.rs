@@ -79,9 +79,23 @@ pub enum Pushed {
     Closed,
 }
 
+/// An instruction from the node to a session, delivered through its queue ahead of frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// The server removed the session from a room (e.g. an operator's kick).
+    LeaveRoom {
+        /// The room.
+        room: String,
+        /// Why, as told to the client and the room.
+        reason: String,
+    },
+}
+
 /// What [`Outbound::pop`] returns.
 #[derive(Debug)]
 pub enum Popped {
+    /// A command for the session itself.
+    Command(SessionCommand),
     /// The next frame to send.
     Frame(Bytes),
     /// The queue was closed: send the reason and end the session.
@@ -89,6 +103,7 @@ pub enum Popped {
 }
 
 struct State {
+    commands: VecDeque<SessionCommand>,
     queues: [VecDeque<Bytes>; 4],
     bytes: [usize; 4],
     closed: Option<CloseReason>,
@@ -109,6 +124,7 @@ impl Outbound {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             state: Mutex::new(State {
+                commands: VecDeque::new(),
                 queues: Default::default(),
                 bytes: [0; 4],
                 closed: None,
@@ -183,6 +199,21 @@ impl Outbound {
         Pushed::Queued
     }
 
+    /// Queue a command for the session (bounded like the control class).
+    pub fn push_command(&self, command: SessionCommand) -> Pushed {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if st.commands.len() >= self.limits.per_class[Class::Control as usize].0 {
+            return Pushed::Dropped;
+        }
+        st.commands.push_back(command);
+        drop(st);
+        self.notify.notify_one();
+        Pushed::Queued
+    }
+
     /// Close the queue: the consumer gets [`Popped::Closed`] next (queued frames are
     /// discarded). The first reason wins.
     pub fn close(&self, code: ErrorCode, message: impl Into<String>) {
@@ -212,6 +243,9 @@ impl Outbound {
                 if let Some(reason) = &st.closed {
                     return Popped::Closed(reason.clone());
                 }
+                if let Some(command) = st.commands.pop_front() {
+                    return Popped::Command(command);
+                }
                 for i in 0..4 {
                     if let Some(frame) = st.queues[i].pop_front() {
                         st.bytes[i] -= frame.len();
@@ -235,7 +269,7 @@ mod tests {
     async fn next(q: &Outbound) -> Bytes {
         match q.pop().await {
             Popped::Frame(b) => b,
-            Popped::Closed(r) => panic!("closed: {r:?}"),
+            other => panic!("expected a frame: {other:?}"),
         }
     }
 
@@ -260,7 +294,7 @@ mod tests {
         assert_eq!(q.push(Class::Control, Bytes::from_static(b"x"), false), Pushed::Closed);
         match q.pop().await {
             Popped::Closed(r) => assert_eq!(r.code, ErrorCode::SlowConsumer),
-            Popped::Frame(_) => panic!("expected close"),
+            other => panic!("expected close: {other:?}"),
         }
     }
 

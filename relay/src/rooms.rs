@@ -410,7 +410,7 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                     );
                 }
             }
-            bus_envelope::Kind::Heartbeat(_) => {}
+            bus_envelope::Kind::Heartbeat(_) | bus_envelope::Kind::Admin(_) => {}
         }
         drop(st);
     }

@@ -11,7 +11,7 @@
 
 use crate::auth::Claims;
 use crate::node::Node;
-use crate::outbound::{Class, Outbound, Popped, Pushed};
+use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
 use crate::transport::{Transport, TransportError, TransportKind};
@@ -85,7 +85,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo
     let (code, reason) = match handshake(&node, &mut transport).await {
         Ok(mut session) => {
             node.metrics.sessions_total.get_or_create(&label).inc();
-            node.register_session(&session.id, session.outbound.clone());
+            node.register_session(&session.id, &session.claims.sub, session.outbound.clone());
             tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), peer = ?info.peer, "session started");
             let end = session.serve(&mut transport).await;
             for room in std::mem::take(&mut session.rooms) {
@@ -243,6 +243,12 @@ impl Session {
                         }
                     }
                     Popped::Closed(reason) => return self.fatal(transport, reason.code, &reason.message).await,
+                    Popped::Command(SessionCommand::LeaveRoom { room, reason }) => {
+                        if self.rooms.remove(&room) {
+                            rooms::leave(&self.node, &room, &self.id, &reason).await;
+                            self.reply(server(server_frame::Kind::Left(Left { room, reason })));
+                        }
+                    }
                 },
                 received = transport.recv() => {
                     let bytes = match received {

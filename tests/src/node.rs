@@ -90,6 +90,15 @@ impl TestNode {
         body.trim().to_owned()
     }
 
+    /// A request to the admin API with `key` (POST with `body` when given, else GET).
+    pub async fn admin(&self, key: Option<&str>, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let (status, text) = crate::http::request(self.http_port, method, path, &headers, body).await.expect("HTTP");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
     /// GET a path on the node's HTTP port.
     pub async fn get(&self, path: &str) -> (u16, String) {
         crate::http::get(self.http_port, path).await.expect("HTTP GET")

@@ -88,6 +88,12 @@ impl Bus for LocalBus {
         async move { Ok(list) }.boxed()
     }
 
+    fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>> {
+        let map = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let rooms = map.iter().map(|(room, members)| (room.clone(), members.len())).collect();
+        async move { Ok(rooms) }.boxed()
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>> {
         async { Ok(()) }.boxed()
     }

@@ -50,6 +50,8 @@ pub trait Bus: Send + Sync + 'static {
     fn presence_remove(&self, room: &str, session: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// Everyone recorded as present in `room`, cluster-wide.
     fn presence_list(&self, room: &str) -> BoxFuture<'_, Result<Vec<Participant>, BusError>>;
+    /// Every room with presence records, with its participant count.
+    fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>>;
     /// Flush published messages to the bus.
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>>;
     /// Whether the bus is connected (readiness).

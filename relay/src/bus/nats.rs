@@ -160,6 +160,22 @@ impl Bus for NatsBus {
         .boxed()
     }
 
+    fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>> {
+        async move {
+            let mut rooms = std::collections::BTreeMap::new();
+            // Keys are `<room>.<session>`; deleted keys are not listed.
+            let mut keys = self.presence.keys().await.map_err(other)?;
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(other)?;
+                if let Some((room, _)) = key.split_once('.') {
+                    *rooms.entry(room.to_owned()).or_insert(0) += 1;
+                }
+            }
+            Ok(rooms)
+        }
+        .boxed()
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>> {
         async move { self.client.flush().await.map_err(other) }.boxed()
     }

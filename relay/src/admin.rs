@@ -1,0 +1,115 @@
+//! Operator actions (the admin API): cluster-wide room overview, kicks and server
+//! messages. Commands are broadcast to every node on `<prefix>.admin.cmd`; each node
+//! applies them to its own sessions.
+
+use crate::bus::{BusError, Subscription};
+use crate::node::Node;
+use crate::outbound::{Class, SessionCommand};
+use futures_util::StreamExt;
+use prost::Message as _;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchboard_protocol::pb::{
+    admin_command, bus_envelope, server_frame, AdminCommand, AdminKick, AdminUserMessage, BusEnvelope, Message,
+    Participant, Sender, ServerFrame,
+};
+use switchboard_protocol::subject::RoomChannel;
+use switchboard_protocol::{encode, now_ms, ErrorCode};
+
+/// The user id that server messages carry as their sender.
+pub const SERVER_USER: &str = "server";
+
+/// Rooms with at least one participant anywhere in the cluster, with their participant
+/// counts, sorted by room id.
+pub async fn rooms(node: &Node) -> Result<BTreeMap<String, usize>, BusError> {
+    node.bus.presence_rooms().await
+}
+
+/// Everyone in `room`, cluster-wide, by join time.
+pub async fn participants(node: &Node, room: &str) -> Result<Vec<Participant>, BusError> {
+    let mut list = node.bus.presence_list(room).await?;
+    list.sort_by_key(|p| p.joined_at_ms);
+    Ok(list)
+}
+
+/// Kick matching sessions cluster-wide (see [`AdminKick`]).
+pub async fn kick(node: &Node, kick: AdminKick) -> Result<(), BusError> {
+    broadcast(node, admin_command::Kind::Kick(kick)).await
+}
+
+fn server_sender(node: &Node) -> Sender {
+    Sender {
+        user: SERVER_USER.into(),
+        session: String::new(),
+        name: "Server".into(),
+        node: node.config.node_id.clone(),
+    }
+}
+
+/// Publish a server message to `room` (delivered to every participant).
+pub async fn message_room(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
+    let msg = Message {
+        room: room.into(),
+        from: Some(server_sender(node)),
+        offset: 0,
+        payload,
+        kind: kind.into(),
+        reliable: true,
+        sent_at_ms: now_ms(),
+    };
+    node.publish(node.subjects.room(room, RoomChannel::Msg), bus_envelope::Kind::Message(msg)).await
+}
+
+/// Send a server message to every session of `user`, wherever connected.
+pub async fn message_user(node: &Node, user: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
+    let msg = Message {
+        room: String::new(),
+        from: Some(server_sender(node)),
+        offset: 0,
+        payload,
+        kind: kind.into(),
+        reliable: true,
+        sent_at_ms: now_ms(),
+    };
+    broadcast(node, admin_command::Kind::UserMessage(AdminUserMessage { user: user.into(), message: Some(msg) })).await
+}
+
+async fn broadcast(node: &Node, kind: admin_command::Kind) -> Result<(), BusError> {
+    node.publish(node.subjects.admin(), bus_envelope::Kind::Admin(AdminCommand { kind: Some(kind) })).await
+}
+
+/// Apply admin commands received from the bus to this node's sessions.
+pub(crate) async fn listen(node: std::sync::Weak<Node>, mut sub: Subscription) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else { return };
+        match BusEnvelope::decode(msg.payload) {
+            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Admin(cmd)), .. }) => apply(&node, cmd),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "undecodable admin command"),
+        }
+    }
+}
+
+fn apply(node: &Arc<Node>, cmd: AdminCommand) {
+    match cmd.kind {
+        Some(admin_command::Kind::Kick(k)) => {
+            let reason = if k.reason.is_empty() { "kicked".to_owned() } else { k.reason.clone() };
+            for (session, queue) in node.local_sessions(&k.user, &k.session) {
+                tracing::info!(%session, room = %k.room, %reason, "kicked by an operator");
+                if k.room.is_empty() {
+                    queue.close(ErrorCode::Kicked, reason.clone());
+                } else {
+                    queue.push_command(SessionCommand::LeaveRoom { room: k.room.clone(), reason: reason.clone() });
+                }
+            }
+        }
+        Some(admin_command::Kind::UserMessage(m)) => {
+            let Some(message) = m.message else { return };
+            let bytes = encode(&ServerFrame { kind: Some(server_frame::Kind::Message(message)) });
+            for (_, queue) in node.local_sessions(&m.user, "") {
+                queue.push(Class::Data, bytes.clone(), false);
+            }
+        }
+        None => {}
+    }
+}
