@@ -58,6 +58,8 @@ pub struct Metrics {
     pub auth_failures: Family<CodeLabel, Counter>,
     /// Bus publish failures.
     pub bus_publish_errors: Counter,
+    /// Completed presence restorations after a bus reconnect.
+    pub presence_restores: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
             errors: Family::default(),
             auth_failures: Family::default(),
             bus_publish_errors: Counter::default(),
+            presence_restores: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open client connections", m.connections.clone());
@@ -99,6 +102,11 @@ impl Metrics {
         registry.register("errors", "Errors sent to clients", m.errors.clone());
         registry.register("auth_failures", "Rejected tokens", m.auth_failures.clone());
         registry.register("bus_publish_errors", "Failed publishes to the cluster bus", m.bus_publish_errors.clone());
+        registry.register(
+            "presence_restores",
+            "Presence restorations after the bus reconnected",
+            m.presence_restores.clone(),
+        );
         // Series that dashboards expect to exist from the start, at 0.
         for transport in ["websocket", "webtransport"] {
             let _ = m.connections.get_or_create(&TransportLabel { transport });

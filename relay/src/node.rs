@@ -74,6 +74,9 @@ impl Node {
         let admin = node.bus.subscribe(node.subjects.admin()).await?;
         node.runtime.spawn(crate::admin::listen(Arc::downgrade(&node), admin));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
+        if let Some(epochs) = node.bus.connection_epochs() {
+            node.runtime.spawn(restore_after_reconnect(Arc::downgrade(&node), epochs));
+        }
         tracing::info!(node = %node.config.node_id, bus = node.bus.kind(), "node started");
         Ok(node)
     }
@@ -228,5 +231,32 @@ async fn heartbeat_and_reap(node: std::sync::Weak<Node>) {
         let subject = node.subjects.node_heartbeat(&node.config.node_id);
         let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
         crate::rooms::reap_dead_nodes(&node).await;
+    }
+}
+
+/// After the bus reconnects (e.g. NATS restarted and lost its in-memory presence bucket),
+/// re-create the presence store and re-record this node's participants.
+async fn restore_after_reconnect(node: std::sync::Weak<Node>, mut epochs: watch::Receiver<u64>) {
+    epochs.borrow_and_update();
+    while epochs.changed().await.is_ok() {
+        let Some(node) = node.upgrade() else { return };
+        tracing::info!("bus reconnected: restoring presence");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match node.bus.ensure_presence_store().await {
+                Ok(()) => break,
+                Err(e) if backoff < Duration::from_secs(10) => {
+                    tracing::warn!(error = %e, "presence store not ready yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot restore the presence store");
+                    break;
+                }
+            }
+        }
+        crate::rooms::republish_presence(&node).await;
+        node.metrics.presence_restores.inc();
     }
 }

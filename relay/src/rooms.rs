@@ -459,3 +459,19 @@ pub(crate) fn join_error_code(e: &JoinError) -> ErrorCode {
         JoinError::Bus(_) => ErrorCode::Unavailable,
     }
 }
+
+/// Record again the presence of every local participant (after the bus lost it).
+pub(crate) async fn republish_presence(node: &Arc<Node>) {
+    let mut records = Vec::new();
+    for room in node.rooms.all() {
+        let st = room.lock();
+        records.extend(st.local.keys().filter_map(|sid| st.view.get(sid)).map(|p| (room.id.clone(), p.clone())));
+    }
+    let count = records.len();
+    for (room, p) in records {
+        if let Err(e) = node.bus.presence_put(&room, &p).await {
+            tracing::warn!(room, error = %e, "restoring presence failed");
+        }
+    }
+    tracing::info!(records = count, "presence restored");
+}

@@ -54,6 +54,15 @@ pub trait Bus: Send + Sync + 'static {
     fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>>;
     /// Flush published messages to the bus.
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>>;
+    /// A counter that increases each time the bus (re)connects; `None` if it never
+    /// disconnects (in-process). After a reconnect the node restores its presence records.
+    fn connection_epochs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Make sure the presence store exists (it may have been lost with the broker).
+    fn ensure_presence_store(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether the bus is connected (readiness).
     fn is_connected(&self) -> bool;
     /// `nats` or `local`.

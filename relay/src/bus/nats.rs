@@ -27,7 +27,10 @@ pub struct NatsOptions {
 /// NATS implementation of [`Bus`].
 pub struct NatsBus {
     client: async_nats::Client,
+    js: jetstream::Context,
     presence: kv::Store,
+    presence_config: kv::Config,
+    epochs: tokio::sync::watch::Receiver<u64>,
 }
 
 fn other(e: impl std::fmt::Display) -> BusError {
@@ -38,17 +41,25 @@ impl NatsBus {
     /// Connect (retrying until the first connection succeeds is left to the caller) and
     /// make sure the presence bucket exists.
     pub async fn connect(opts: &NatsOptions) -> Result<Self, BusError> {
+        let (epoch_tx, epochs) = tokio::sync::watch::channel(0u64);
+        let epoch_tx = std::sync::Arc::new(epoch_tx);
         let mut connect = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .connection_timeout(Duration::from_secs(5))
             // Keep reconnecting forever: a node without NATS is unready, not dead.
             .max_reconnects(None)
             .subscription_capacity(8192)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                    other => tracing::debug!(?other, "NATS event"),
+            .event_callback(move |event| {
+                let epoch_tx = epoch_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            epoch_tx.send_modify(|e| *e += 1);
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                        other => tracing::debug!(?other, "NATS event"),
+                    }
                 }
             });
         if let Some(path) = &opts.credentials_file {
@@ -69,7 +80,7 @@ impl NatsBus {
             num_replicas: opts.replicas.max(1),
             ..Default::default()
         };
-        let presence = match js.create_key_value(config).await {
+        let presence = match js.create_key_value(config.clone()).await {
             Ok(store) => store,
             Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
                 other(format!(
@@ -78,7 +89,7 @@ impl NatsBus {
                 ))
             })?,
         };
-        Ok(Self { client, presence })
+        Ok(Self { client, js, presence, presence_config: config, epochs })
     }
 
     /// The underlying client.
@@ -178,6 +189,14 @@ impl Bus for NatsBus {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), BusError>> {
         async move { self.client.flush().await.map_err(other) }.boxed()
+    }
+
+    fn connection_epochs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.epochs.clone())
+    }
+
+    fn ensure_presence_store(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        async move { self.js.create_key_value(self.presence_config.clone()).await.map(|_| ()).map_err(other) }.boxed()
     }
 
     fn is_connected(&self) -> bool {
