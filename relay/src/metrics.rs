@@ -1,6 +1,7 @@
 //! Prometheus metrics of a node (text exposition via [`Metrics::encode`]).
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use switchboard_protocol::ErrorCode;
@@ -60,6 +61,19 @@ pub struct Metrics {
     pub bus_publish_errors: Counter,
     /// Completed presence restorations after a bus reconnect.
     pub presence_restores: Counter,
+    /// Bytes queued to clients, by frame kind.
+    pub bytes_out: Family<KindLabel, Counter>,
+    /// Joins of local sessions to rooms.
+    pub room_joins: Counter,
+    /// Time to hand a message to the bus.
+    pub bus_publish_seconds: Histogram,
+    /// Time from the origin node accepting a room message to this node fanning it out.
+    pub delivery_latency_seconds: Histogram,
+}
+
+fn latency_buckets() -> Histogram {
+    // 0.25 ms .. ~1 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 13))
 }
 
 impl Default for Metrics {
@@ -85,6 +99,10 @@ impl Metrics {
             auth_failures: Family::default(),
             bus_publish_errors: Counter::default(),
             presence_restores: Counter::default(),
+            bytes_out: Family::default(),
+            room_joins: Counter::default(),
+            bus_publish_seconds: latency_buckets(),
+            delivery_latency_seconds: latency_buckets(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open client connections", m.connections.clone());
@@ -106,6 +124,14 @@ impl Metrics {
             "presence_restores",
             "Presence restorations after the bus reconnected",
             m.presence_restores.clone(),
+        );
+        registry.register("bytes_out", "Bytes queued to clients", m.bytes_out.clone());
+        registry.register("room_joins", "Joins of local sessions to rooms", m.room_joins.clone());
+        registry.register("bus_publish_seconds", "Time to hand a message to the bus", m.bus_publish_seconds.clone());
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from the origin node accepting a room message to its fan-out here",
+            m.delivery_latency_seconds.clone(),
         );
         // Series that dashboards expect to exist from the start, at 0.
         for transport in ["websocket", "webtransport"] {

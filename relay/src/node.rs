@@ -178,7 +178,9 @@ impl Node {
     /// Publish an envelope, counting failures.
     pub(crate) async fn publish(&self, subject: String, kind: bus_envelope::Kind) -> Result<(), crate::bus::BusError> {
         let env = BusEnvelope { origin_node: self.config.node_id.clone(), kind: Some(kind) };
+        let started = Instant::now();
         let r = self.bus.publish(subject, encode(&env)).await;
+        self.metrics.bus_publish_seconds.observe(started.elapsed().as_secs_f64());
         if r.is_err() {
             self.metrics.bus_publish_errors.inc();
         }

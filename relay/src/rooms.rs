@@ -116,7 +116,7 @@ fn notify_locals(node: &Node, st: &RoomState, except: &str, kind: server_frame::
     let mut tally = Tally::default();
     for (sid, m) in &st.local {
         if sid != except {
-            tally.add(m.outbound.push(Class::Control, bytes.clone(), false));
+            tally.add(m.outbound.push(Class::Control, bytes.clone(), false), bytes.len());
         }
     }
     tally.flush(node, "presence", Class::Control);
@@ -126,14 +126,18 @@ fn notify_locals(node: &Node, st: &RoomState, except: &str, kind: server_frame::
 #[derive(Default)]
 struct Tally {
     queued: u64,
+    bytes: u64,
     dropped: u64,
     overflowed: u64,
 }
 
 impl Tally {
-    fn add(&mut self, pushed: Pushed) -> Pushed {
+    fn add(&mut self, pushed: Pushed, len: usize) -> Pushed {
         match pushed {
-            Pushed::Queued => self.queued += 1,
+            Pushed::Queued => {
+                self.queued += 1;
+                self.bytes += len as u64;
+            }
             Pushed::Dropped | Pushed::NeedKeyframe => self.dropped += 1,
             Pushed::Overflow => self.overflowed += 1,
             Pushed::Closed => {}
@@ -145,6 +149,7 @@ impl Tally {
         use crate::metrics::{ClassLabel, KindLabel};
         if self.queued > 0 {
             node.metrics.frames_out.get_or_create(&KindLabel { kind }).inc_by(self.queued);
+            node.metrics.bytes_out.get_or_create(&KindLabel { kind }).inc_by(self.bytes);
         }
         if self.dropped > 0 {
             node.metrics.queue_drops.get_or_create(&ClassLabel { class: class.as_str() }).inc_by(self.dropped);
@@ -157,7 +162,8 @@ impl Tally {
 
 fn push(node: &Node, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
     let mut tally = Tally::default();
-    tally.add(q.push(class, bytes, droppable));
+    let len = bytes.len();
+    tally.add(q.push(class, bytes, droppable), len);
     tally.flush(node, kind, class);
 }
 
@@ -203,6 +209,7 @@ pub(crate) async fn join(
                 server_frame::Kind::Joined(Joined { ref_id, room: room_id.to_owned(), participants, last_offset: 0 });
             push(node, &member.outbound, Class::Control, frame(joined), false, "joined");
             st.local.insert(session, member);
+            node.metrics.room_joins.inc();
         }
         let update = PresenceUpdate {
             room: room_id.to_owned(),
@@ -335,11 +342,13 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
             bus_envelope::Kind::Message(m) => {
                 let from = m.from.as_ref().map(|f| f.session.clone()).unwrap_or_default();
                 let reliable = m.reliable;
+                let latency_ms = switchboard_protocol::now_ms().saturating_sub(m.sent_at_ms);
+                node.metrics.delivery_latency_seconds.observe(latency_ms as f64 / 1000.0);
                 let bytes = frame(server_frame::Kind::Message(m));
                 let mut tally = Tally::default();
                 for (sid, member) in &st.local {
                     if *sid != from {
-                        tally.add(member.outbound.push(Class::Data, bytes.clone(), !reliable));
+                        tally.add(member.outbound.push(Class::Data, bytes.clone(), !reliable), bytes.len());
                     }
                 }
                 tally.flush(node, "message", Class::Data);
@@ -376,7 +385,7 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                     let hit =
                         if sig.to_session.is_empty() { member.user == sig.to_user } else { *sid == sig.to_session };
                     if hit {
-                        tally.add(member.outbound.push(Class::Signal, bytes.clone(), false));
+                        tally.add(member.outbound.push(Class::Signal, bytes.clone(), false), bytes.len());
                     }
                 }
                 tally.flush(node, "signal", Class::Signal);
@@ -389,7 +398,8 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                 let mut lost = false;
                 for (sid, member) in &st.local {
                     if *sid != from {
-                        lost |= tally.add(member.outbound.push_media(bytes.clone(), &from, track, keyframe))
+                        lost |= tally
+                            .add(member.outbound.push_media(bytes.clone(), &from, track, keyframe), bytes.len())
                             == Pushed::NeedKeyframe;
                     }
                 }

@@ -103,6 +103,13 @@ async fn presence_messages_and_signals_cross_nodes() {
         }
         other => panic!("expected ParticipantLeft, got {other:?}"),
     }
+
+    // The traffic shows in the metrics.
+    assert!(n1.metric("switchboard_delivery_latency_seconds_count").await >= 1.0);
+    assert!(n2.metric("switchboard_bus_publish_seconds_count").await >= 1.0);
+    assert!(n1.metric("switchboard_frames_out_total{kind=\"message\"}").await >= 1.0);
+    assert!(n2.metric("switchboard_room_joins_total").await >= 1.0);
+    assert_eq!(n1.metric("switchboard_connections{transport=\"websocket\"}").await, 1.0);
 }
 
 #[tokio::test]
