@@ -32,6 +32,13 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then
   fi
 fi
 export NATS_SERVER_BIN
+# HAProxy for the load-balancer test (and deploy/local-cluster).
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "==> installing haproxy"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy
+fi
 echo "==> using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

@@ -97,5 +97,6 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+pub mod lb;
 pub mod raw;
 pub mod raw_wt;
