@@ -36,14 +36,20 @@ impl RawWt {
     /// Open a session to `url` trusting the certificate with `cert_hash`, and the control
     /// stream.
     pub async fn connect(url: &str, cert_hash: &str) -> Self {
+        crate::within(WAIT, "WebTransport connect", Self::try_connect(url, cert_hash))
+            .await
+            .expect("WebTransport session")
+    }
+
+    /// Like [`RawWt::connect`], returning the failure instead of panicking.
+    pub async fn try_connect(url: &str, cert_hash: &str) -> Result<Self, String> {
         let config =
             ClientConfig::builder().with_bind_default().with_server_certificate_hashes([digest(cert_hash)]).build();
-        let endpoint = Endpoint::client(config).expect("client endpoint");
-        let connection =
-            crate::within(WAIT, "WebTransport connect", endpoint.connect(url)).await.expect("WebTransport session");
-        let opening = connection.open_bi().await.expect("opening the control stream");
-        let (send, recv) = opening.await.expect("control stream");
-        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES) }
+        let endpoint = Endpoint::client(config).map_err(|e| e.to_string())?;
+        let connection = endpoint.connect(url).await.map_err(|e| e.to_string())?;
+        let opening = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let (send, recv) = opening.await.map_err(|e| e.to_string())?;
+        Ok(Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES) })
     }
 
     /// Send raw bytes as the stream's next bytes (not framed).

@@ -29,3 +29,25 @@ async fn sigterm_turns_unready_sends_goaway_and_exits_cleanly() {
     ws.close().await;
     assert_eq!(node.wait_exit(Duration::from_secs(15)).await, Some(0));
 }
+
+/// Both transports, both binaries: WebTransport sessions get GoAway too, and the standalone
+/// `webtransport-server` drains and exits 0 on SIGTERM.
+#[tokio::test]
+async fn webtransport_sessions_drain_on_both_binaries() {
+    use switchboard_tests::raw_wt::RawWt;
+    for standalone in [false, true] {
+        let opts = NodeOptions { args: vec!["--drain-timeout".into(), "20".into()], ..Default::default() };
+        let mut node =
+            if standalone { TestNode::start_webtransport_only(opts).await } else { TestNode::start(opts).await };
+        let hash = node.cert_hash().await;
+        let (mut wt, _) = RawWt::authenticated(&node.wt_url(), &hash, &token("wendy", &["demo"])).await;
+        node.terminate();
+        match wt.frame().await {
+            server_frame::Kind::GoAway(g) => assert_eq!(g.reason, "node draining"),
+            other => panic!("expected GoAway (standalone: {standalone}), got {other:?}"),
+        }
+        assert_eq!(node.get("/readyz").await.0, 503);
+        drop(wt); // the client leaves
+        assert_eq!(node.wait_exit(Duration::from_secs(15)).await, Some(0), "standalone: {standalone}");
+    }
+}

@@ -62,10 +62,28 @@ pub enum WtError {
     },
 }
 
+/// How often configured certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(5);
+
 /// A bound WebTransport listener.
 pub struct WtServer {
-    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    endpoint: Arc<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
     generated_hash: Option<String>,
+    config: WtConfig,
+}
+
+fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, WtError> {
+    Ok(ServerConfig::builder()
+        .with_bind_address(config.addr)
+        .with_identity(identity)
+        .keep_alive_interval(Some(config.keep_alive))
+        .max_idle_timeout(Some(config.idle_timeout))
+        .map_err(|e| WtError::Certificate(format!("idle timeout: {e}")))?
+        .build())
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl WtServer {
@@ -83,15 +101,41 @@ impl WtServer {
             .as_slice()
             .first()
             .map(|c| c.hash().fmt(Sha256DigestFmt::DottedHex).replace(':', "").to_ascii_lowercase());
-        let server_config = ServerConfig::builder()
-            .with_bind_address(config.addr)
-            .with_identity(identity)
-            .keep_alive_interval(Some(config.keep_alive))
-            .max_idle_timeout(Some(config.idle_timeout))
-            .map_err(|e| WtError::Certificate(format!("idle timeout: {e}")))?
-            .build();
-        let endpoint = Endpoint::server(server_config).map_err(|source| WtError::Bind { addr: config.addr, source })?;
-        Ok(Self { endpoint, generated_hash: if generated { hash } else { None } })
+        let endpoint = Endpoint::server(server_config(&config, identity)?)
+            .map_err(|source| WtError::Bind { addr: config.addr, source })?;
+        Ok(Self { endpoint: Arc::new(endpoint), generated_hash: if generated { hash } else { None }, config })
+    }
+
+    /// Reload the configured certificate whenever its files change (cert-manager renewals,
+    /// rotated secrets). Existing sessions keep their connections; new ones get the new
+    /// certificate. A failed load keeps the old certificate and logs why.
+    async fn watch_certificate(
+        endpoint: std::sync::Weak<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
+        config: WtConfig,
+    ) {
+        let (Some(cert), Some(key)) = (config.cert_pem.clone(), config.key_pem.clone()) else { return };
+        let mut seen = (modified(&cert), modified(&key));
+        loop {
+            tokio::time::sleep(CERT_POLL).await;
+            let Some(endpoint) = endpoint.upgrade() else { return };
+            let now = (modified(&cert), modified(&key));
+            if now == seen {
+                continue;
+            }
+            let reloaded = match Identity::load_pemfiles(&cert, &key).await {
+                Ok(identity) => server_config(&config, identity)
+                    .and_then(|c| endpoint.reload_config(c, false).map_err(|e| WtError::Certificate(e.to_string()))),
+                Err(e) => Err(WtError::Certificate(e.to_string())),
+            };
+            match reloaded {
+                Ok(()) => {
+                    seen = now;
+                    tracing::info!(cert = %cert.display(), "WebTransport certificate reloaded");
+                }
+                // Files may be mid-rotation (cert written, key not yet): retry next poll.
+                Err(e) => tracing::warn!(error = %e, "WebTransport certificate reload failed; keeping the old one"),
+            }
+        }
     }
 
     /// The bound address.
@@ -106,6 +150,7 @@ impl WtServer {
 
     /// Accept sessions until the node drains; each session runs the relay's state machine.
     pub async fn serve(self, node: Arc<Node>) {
+        tokio::spawn(Self::watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone()));
         let mut drain = node.drain_signal();
         loop {
             let incoming = tokio::select! {
