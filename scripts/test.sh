@@ -50,3 +50,5 @@ echo "==> cargo build (binaries used by the integration tests)"
 cargo build --workspace --bins --locked
 echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}"
+echo "==> Helm chart: lint, render, validate (offline)"
+./scripts/check-chart.sh
