@@ -182,6 +182,19 @@ impl Client {
         self.acked(client_frame::Kind::Publish(p)).await
     }
 
+    /// Publish without waiting for (or asking for) the server's acknowledgement: pipelined
+    /// sending for high rates. Errors still arrive as [`Event::Error`].
+    pub async fn publish_nowait(
+        &self,
+        room: &str,
+        payload: Bytes,
+        reliable: bool,
+        kind: &str,
+    ) -> Result<(), ClientError> {
+        let p = pb::Publish { room: room.into(), payload, reliable, kind: kind.into() };
+        self.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Publish(p)) })).await
+    }
+
     /// Signal every session of `user` in `room`.
     pub async fn signal_user(
         &self,

@@ -22,6 +22,9 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Capacity of the event channel; when full, the connection stops reading (backpressure).
     pub event_buffer: usize,
+    /// Local address to connect from (load generators spread connections over several
+    /// loopback addresses to get past the ephemeral-port limit). `None`: the OS picks.
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 impl ClientConfig {
@@ -36,6 +39,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             client_name: concat!("switchboard-rs/", env!("CARGO_PKG_VERSION")).into(),
             event_buffer: 1024,
+            bind_ip: None,
         }
     }
 

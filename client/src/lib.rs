@@ -28,3 +28,4 @@ pub use config::{parse_cert_hash, ClientConfig, TransportChoice};
 pub use error::ClientError;
 pub use switchboard_protocol::pb;
 pub use switchboard_protocol::ErrorCode;
+pub use transport::ws::{websocket_connect, Ws};

@@ -1,7 +1,7 @@
 //! Connection halves for both transports: a [`Reader`] of whole server frames and a
 //! [`Writer`] of whole client frames.
 
-mod ws;
+pub(crate) mod ws;
 mod wt;
 
 use crate::{ClientConfig, ClientError, TransportChoice};
@@ -30,7 +30,9 @@ pub(crate) enum Writer {
 /// Open a connection as `config.url` says.
 pub(crate) async fn connect(config: &ClientConfig) -> Result<(Reader, Writer), ClientError> {
     match config.transport()? {
-        TransportChoice::WebSocket => ws::connect(&config.url).await.map(|(r, w)| (Reader::Ws(r), Writer::Ws(w))),
+        TransportChoice::WebSocket => {
+            ws::connect(&config.url, config.bind_ip).await.map(|(r, w)| (Reader::Ws(r), Writer::Ws(w)))
+        }
         TransportChoice::WebTransport => wt::connect(config).await.map(|(r, w)| (Reader::Wt(r), Writer::Wt(w))),
     }
 }

@@ -10,17 +10,36 @@ use switchboard_protocol::limits::MAX_FRAME_BYTES;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A WebSocket connection.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub(crate) struct WsReader(SplitStream<Ws>);
 pub(crate) struct WsWriter(SplitSink<Ws, Message>);
 
-pub(crate) async fn connect(url: &str) -> Result<(WsReader, WsWriter), ClientError> {
+/// Open a raw WebSocket to `url` (optionally from a chosen local address), with the
+/// protocol's frame-size limits. Used by the client and by load generators.
+pub async fn websocket_connect(url: &str, bind_ip: Option<std::net::IpAddr>) -> Result<Ws, ClientError> {
     let config =
         WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+    let err = |e: &dyn std::fmt::Display| ClientError::Connect(format!("{url}: {e}"));
+    let Some(ip) = bind_ip else {
+        return Ok(tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| err(&e))?.0);
+    };
+    // Connect from a chosen local address, then run the WebSocket handshake on it.
+    let authority = url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
+    let remote =
+        tokio::net::lookup_host(authority).await.map_err(|e| err(&e))?.next().ok_or_else(|| err(&"no address"))?;
+    let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|e| err(&e))?;
+    socket.bind(std::net::SocketAddr::new(ip, 0)).map_err(|e| err(&e))?;
+    let stream = socket.connect(remote).await.map_err(|e| err(&e))?;
+    let _ = stream.set_nodelay(true);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    Ok(tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| err(&e))?.0)
+}
+
+pub(crate) async fn connect(url: &str, bind_ip: Option<std::net::IpAddr>) -> Result<(WsReader, WsWriter), ClientError> {
+    let ws = websocket_connect(url, bind_ip).await?;
     let (sink, stream) = ws.split();
     Ok((WsReader(stream), WsWriter(sink)))
 }

@@ -24,7 +24,10 @@ pub(crate) struct WtWriter {
 }
 
 pub(crate) async fn connect(config: &ClientConfig) -> Result<(WtReader, WtWriter), ClientError> {
-    let builder = WtClientConfig::builder().with_bind_default();
+    let builder = match config.bind_ip {
+        Some(ip) => WtClientConfig::builder().with_bind_address(std::net::SocketAddr::new(ip, 0)),
+        None => WtClientConfig::builder().with_bind_default(),
+    };
     let wt_config = if config.insecure {
         builder.with_no_cert_validation().build()
     } else if !config.cert_hashes.is_empty() {

@@ -13,13 +13,58 @@ use tokio::sync::mpsc;
 /// Messages buffered per subscription before the publisher waits.
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
-type Subscribers = Vec<(u64, String, mpsc::Sender<BusMessage>)>;
+/// Subscriptions indexed for routing in O(subject tokens): exact subjects and `prefix.>`
+/// patterns by their text in a map; patterns with `*` (few: node heartbeats) in a list.
+#[derive(Default)]
+struct Subscribers {
+    by_pattern: HashMap<String, Vec<mpsc::Sender<BusMessage>>>,
+    starred: Vec<(String, mpsc::Sender<BusMessage>)>,
+}
+
+impl Subscribers {
+    fn add(&mut self, pattern: String, tx: mpsc::Sender<BusMessage>) {
+        if pattern.split('.').any(|t| t == "*") {
+            self.starred.push((pattern, tx));
+        } else {
+            self.by_pattern.entry(pattern).or_default().push(tx);
+        }
+    }
+
+    /// Live subscribers whose pattern matches `subject` (closed ones are pruned).
+    fn matching(&mut self, subject: &str) -> Vec<mpsc::Sender<BusMessage>> {
+        let mut out = Vec::new();
+        let mut candidates = vec![subject.to_owned()];
+        let mut end = 0;
+        while let Some(dot) = subject[end..].find('.') {
+            end += dot;
+            candidates.push(format!("{}.>", &subject[..end]));
+            end += 1;
+        }
+        for pattern in candidates {
+            if let Some(list) = self.by_pattern.get_mut(&pattern) {
+                list.retain(|tx| !tx.is_closed());
+                out.extend(list.iter().cloned());
+                if list.is_empty() {
+                    self.by_pattern.remove(&pattern);
+                }
+            }
+        }
+        self.starred.retain(|(_, tx)| !tx.is_closed());
+        out.extend(self.starred.iter().filter(|(p, _)| subject_matches(p, subject)).map(|(_, tx)| tx.clone()));
+        out
+    }
+
+    fn count(&mut self, pattern: &str) -> usize {
+        self.by_pattern.values_mut().for_each(|l| l.retain(|tx| !tx.is_closed()));
+        self.starred.retain(|(_, tx)| !tx.is_closed());
+        self.by_pattern.get(pattern).map_or(0, Vec::len) + self.starred.iter().filter(|(p, _)| p == pattern).count()
+    }
+}
 
 /// In-process bus: subject matching with NATS wildcard rules, presence in a map.
 #[derive(Default, Clone)]
 pub struct LocalBus {
     subs: Arc<Mutex<Subscribers>>,
-    next_id: Arc<std::sync::atomic::AtomicU64>,
     presence: Arc<Mutex<HashMap<String, BTreeMap<String, Participant>>>>,
 }
 
@@ -31,20 +76,14 @@ impl LocalBus {
 
     /// Number of live subscriptions on `subject` (exact pattern), for tests.
     pub fn subscription_count(&self, pattern: &str) -> usize {
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|(_, _, tx)| !tx.is_closed());
-        subs.iter().filter(|(_, p, _)| p == pattern).count()
+        self.subs.lock().unwrap_or_else(|e| e.into_inner()).count(pattern)
     }
 }
 
 impl Bus for LocalBus {
     fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
         async move {
-            let targets: Vec<mpsc::Sender<BusMessage>> = {
-                let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-                subs.retain(|(_, _, tx)| !tx.is_closed());
-                subs.iter().filter(|(_, p, _)| subject_matches(p, &subject)).map(|(_, _, tx)| tx.clone()).collect()
-            };
+            let targets = self.subs.lock().unwrap_or_else(|e| e.into_inner()).matching(&subject);
             for tx in targets {
                 // Like a NATS slow consumer, a full subscriber loses the message rather
                 // than stalling the publisher.
@@ -58,8 +97,7 @@ impl Bus for LocalBus {
     fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<Subscription, BusError>> {
         async move {
             let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-            let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.subs.lock().unwrap_or_else(|e| e.into_inner()).push((id, subject, tx));
+            self.subs.lock().unwrap_or_else(|e| e.into_inner()).add(subject, tx);
             Ok(tokio_stream_from(rx))
         }
         .boxed()
@@ -121,6 +159,9 @@ mod tests {
         let mut sub = bus.subscribe("sb.room.a.>".into()).await.unwrap();
         bus.publish("sb.room.a.msg".into(), Bytes::from_static(b"1")).await.unwrap();
         bus.publish("sb.room.b.msg".into(), Bytes::from_static(b"2")).await.unwrap();
+        let mut hb = bus.subscribe("sb.node.*.heartbeat".into()).await.unwrap();
+        bus.publish("sb.node.n1.heartbeat".into(), Bytes::from_static(b"3")).await.unwrap();
+        assert_eq!(&hb.next().await.unwrap().payload[..], b"3");
         let m = sub.next().await.unwrap();
         assert_eq!((m.subject.as_str(), &m.payload[..]), ("sb.room.a.msg", &b"1"[..]));
         assert_eq!(bus.subscription_count("sb.room.a.>"), 1);

@@ -1,5 +1,7 @@
 //! `switchboard-cli`: join rooms and print events as JSON lines, or send a message.
 
+mod bench;
+
 use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
@@ -37,6 +39,8 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Load-test a node (loopback only): see `bench --help`.
+    Bench(Box<bench::BenchArgs>),
     /// Join a room, publish one message, wait for the server's acknowledgement.
     Send {
         /// The room.
@@ -54,9 +58,12 @@ enum Command {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        return bench::run(*args, &cli.url, &cli.token, cli.cert_hash).await;
+    }
     anyhow::ensure!(!cli.token.is_empty(), "--token (or SWITCHBOARD_TOKEN) is required");
     let mut config = ClientConfig::new(&cli.url, &cli.token);
     config.insecure = cli.insecure;
@@ -96,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             client.publish(&room, message.into_bytes().into(), !unreliable, &kind).await.context("publishing")?;
             client.close().await;
         }
+        Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
 }

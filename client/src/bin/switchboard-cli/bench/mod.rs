@@ -1,0 +1,97 @@
+//! `switchboard-cli bench`: a bounded load generator (loopback only) printing a one-line
+//! JSON summary and a human line per run.
+//!
+//! Scenarios:
+//! * `fanout`: one publisher, `--clients` subscribers in one room, `--size`-byte messages at
+//!   `--rate` per second (0 = as fast as possible) for `--duration` seconds;
+//! * `pairs`: `--clients`/2 rooms of two, both sides sending at `--rate` each;
+//! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, one of them never reading),
+//!   30 fps frames of 1–8 KiB with a keyframe every 30 frames;
+//! * `idle`: `--clients` connections that join a room and stay idle for `--duration`
+//!   seconds (RSS per connection with `--server-pid`);
+//! * `churn`: connect/join/leave/disconnect cycles, `--clients` at a time, for `--duration`.
+//!
+//! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
+
+mod scenarios;
+mod stats;
+mod targets;
+
+use std::net::IpAddr;
+use std::time::Duration;
+pub use targets::TargetKind;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// fanout, pairs, media, idle or churn.
+    #[arg(long, value_enum)]
+    pub scenario: scenarios::Scenario,
+    /// What to measure: switchboard, bare (bare-broadcast) or nats-ws (nats-server websocket).
+    #[arg(long, value_enum, default_value = "switchboard")]
+    pub target: TargetKind,
+    /// Server URL; repeat to spread connections over several nodes. Default: --url.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Connections (subscribers, receivers per room, pair members, idle or concurrent churners).
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Rooms (media).
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Messages per second per sender; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Payload bytes (at least 8: the timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of sending (or holding, for idle); bounded to 600.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Spread connections over source addresses 127.0.0.1 .. 127.0.0.N (past the ~28k
+    /// ephemeral ports of one source address).
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: u8,
+    /// PID of the server, to report its RSS before and after.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Connections opened at once while setting up.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+impl BenchArgs {
+    fn target(&self, url: &str, token: &str, cert_hash: Option<String>) -> targets::Target {
+        let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
+        for u in &urls {
+            let host = u.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or_default();
+            assert!(
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]") || host.starts_with("127."),
+                "bench targets loopback only, not {u}"
+            );
+        }
+        let source_ips = (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        targets::Target {
+            kind: self.target,
+            urls,
+            token: token.to_owned(),
+            cert_hash,
+            source_ips,
+            publish_subject: String::new(),
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.clamp(0.1, 600.0))
+    }
+}
+
+/// Run a benchmark and print its report.
+pub async fn run(args: BenchArgs, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(args.size >= 8, "--size must be at least 8 bytes (the timestamp)");
+    anyhow::ensure!(args.clients >= 1 && args.clients <= 100_000, "--clients must be 1..=100000");
+    let target = args.target(url, token, cert_hash);
+    let report = scenarios::run(&args, &target).await?;
+    report.print();
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The benchmark scenarios.
+
+use super::stats::{histogram, rss_kib, Report};
+use super::targets::{Rx, Target, TargetKind, Tx};
+use super::BenchArgs;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use switchboard_client::pb;
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Fanout,
+    Pairs,
+    Media,
+    Idle,
+    Churn,
+}
+
+/// How long receivers keep waiting for stragglers after the senders stop.
+const GRACE: Duration = Duration::from_secs(5);
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    base().elapsed().as_micros() as u64
+}
+
+/// A payload of `size` bytes starting with the send time.
+fn payload(size: usize) -> Bytes {
+    let mut b = BytesMut::zeroed(size.max(8));
+    b[..8].copy_from_slice(&now_us().to_be_bytes());
+    b.freeze()
+}
+
+fn latency_us(payload: &[u8]) -> Option<u64> {
+    let ts = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    Some(now_us().saturating_sub(ts).max(1))
+}
+
+/// Open `n` connections (indices `first..first+n`) with bounded concurrency.
+async fn connect_many(
+    target: &Target,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+    room: impl Fn(usize) -> Option<String>,
+) -> anyhow::Result<Vec<(Tx, Rx)>> {
+    let futs = (first..first + n).map(|i| {
+        let room = room(i);
+        async move { target.connect(i, room.as_deref()).await }
+    });
+    let results: Vec<_> = futures_util::stream::iter(futs).buffer_unordered(concurrency.max(1)).collect().await;
+    results.into_iter().collect()
+}
+
+/// Keep reading (and discarding) so the connection's queues never back up.
+fn drain(mut rx: Rx) {
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+}
+
+/// Shared between senders and receivers: how many messages each receiver should expect, and
+/// until when to wait.
+#[derive(Default)]
+struct Finish {
+    expected: AtomicU64,
+    deadline_us: AtomicU64,
+}
+
+impl Finish {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { expected: AtomicU64::new(u64::MAX), deadline_us: AtomicU64::new(u64::MAX) })
+    }
+    fn done(&self, expected: u64) {
+        self.expected.store(expected, Ordering::SeqCst);
+        self.deadline_us.store(now_us() + GRACE.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Receive until the expected count or the deadline; (count, latencies, last delivery µs).
+async fn receive(mut rx: Rx, finish: Arc<Finish>) -> (u64, Histogram<u64>, u64) {
+    let mut hist = histogram();
+    let (mut count, mut last) = (0u64, 0u64);
+    loop {
+        if count >= finish.expected.load(Ordering::SeqCst) || now_us() >= finish.deadline_us.load(Ordering::SeqCst) {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            Ok(Some(p)) => {
+                if let Some(l) = latency_us(&p) {
+                    let _ = hist.record(l);
+                }
+                count += 1;
+                last = now_us();
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    (count, hist, last)
+}
+
+/// Send `size`-byte messages at `rate` per second (0: as fast as possible) for `duration`.
+async fn send_for(tx: &mut Tx, rate: f64, size: usize, duration: Duration) -> (u64, u64) {
+    let start = Instant::now();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    while start.elapsed() < duration {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        match tx.send(payload(size)).await {
+            Ok(()) => sent += 1,
+            Err(_) => {
+                errors += 1;
+                break;
+            }
+        }
+    }
+    (sent, errors)
+}
+
+fn report(args: &BenchArgs, target: &Target, connections: usize, rss_before: Option<u64>) -> Report {
+    Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        target: target.name(),
+        connections,
+        sent: 0,
+        expected: 0,
+        delivered: 0,
+        errors: 0,
+        window: Duration::ZERO,
+        latency: histogram(),
+        rss_before_kib: rss_before,
+        rss_after_kib: None,
+        extra: Default::default(),
+    }
+}
+
+pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
+    base();
+    let rss = || args.server_pid.and_then(rss_kib);
+    let mut r = match args.scenario {
+        Scenario::Fanout => fanout(args, target, rss()).await?,
+        Scenario::Pairs => pairs(args, target, rss()).await?,
+        Scenario::Media => media(args, target, rss()).await?,
+        Scenario::Idle => idle(args, target, rss()).await?,
+        Scenario::Churn => churn(args, target, rss()).await?,
+    };
+    if r.rss_after_kib.is_none() {
+        r.rss_after_kib = rss();
+    }
+    Ok(r)
+}
+
+async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    let room = "bench-fanout";
+    let subs = connect_many(target, 1, args.clients, args.connect_concurrency, |_| Some(room.into())).await?;
+    let (mut tx, rx) = target.connect_publisher(0, room).await?;
+    drain(rx);
+    let finish = Finish::new();
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .map(|(tx, rx)| {
+            let f = finish.clone();
+            tokio::spawn(async move {
+                let out = receive(rx, f).await;
+                drop(tx);
+                out
+            })
+        })
+        .collect();
+    let start = now_us();
+    let (sent, errors) = send_for(&mut tx, args.rate, args.size, args.duration()).await;
+    finish.done(sent);
+    let mut r = report(args, target, args.clients + 1, rss_before);
+    r.sent = sent;
+    r.errors = errors;
+    r.expected = sent * args.clients as u64;
+    let mut last = start;
+    for h in receivers {
+        let (count, hist, l) = h.await?;
+        r.delivered += count;
+        let _ = r.latency.add(&hist);
+        last = last.max(l);
+    }
+    r.window = Duration::from_micros(last.saturating_sub(start));
+    r.extra.insert("payload_bytes".into(), args.size.into());
+    r.extra.insert("rate_per_sec".into(), args.rate.into());
+    Ok(r)
+}
+
+async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    anyhow::ensure!(target.kind != TargetKind::Bare, "pairs needs rooms: use switchboard or nats-ws");
+    let n = (args.clients / 2).max(1) * 2;
+    let conns = connect_many(target, 0, n, args.connect_concurrency, |i| Some(format!("bench-pair-{}", i / 2))).await?;
+    let finish = Finish::new();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (tx, rx) in conns {
+        receivers.push(tokio::spawn(receive(rx, finish.clone())));
+        let (rate, size, duration) = (args.rate, args.size, args.duration());
+        senders.push(tokio::spawn(async move {
+            let mut tx = tx;
+            let out = send_for(&mut tx, rate, size, duration).await;
+            (out, tx)
+        }));
+    }
+    let start = now_us();
+    let mut r = report(args, target, n, rss_before);
+    let mut keep = Vec::new();
+    let mut max_sent = 0;
+    for s in senders {
+        let ((sent, errors), tx) = s.await?;
+        r.sent += sent;
+        r.errors += errors;
+        max_sent = max_sent.max(sent);
+        keep.push(tx);
+    }
+    // Each side expects what its partner sent; pairs send alike, so wait for the largest.
+    r.expected = r.sent;
+    finish.done(max_sent);
+    let mut last = start;
+    for h in receivers {
+        let (count, hist, l) = h.await?;
+        r.delivered += count;
+        let _ = r.latency.add(&hist);
+        last = last.max(l);
+    }
+    r.window = Duration::from_micros(last.saturating_sub(start));
+    Ok(r)
+}
+
+async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    anyhow::ensure!(target.kind == TargetKind::Switchboard, "media frames need a Switchboard target");
+    let per_room = args.clients.max(2);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    let mut slow = Vec::new();
+    let finish = Finish::new();
+    let mut index = 0;
+    for room_i in 0..args.rooms {
+        let room = format!("bench-media-{room_i}");
+        for _ in 0..2 {
+            let (tx, rx) = target.connect(index, Some(&room)).await?;
+            index += 1;
+            drain(rx);
+            senders.push((tx, room.clone()));
+        }
+        let conns = connect_many(target, index, per_room, args.connect_concurrency, |_| Some(room.clone())).await?;
+        index += per_room;
+        for (k, (tx, rx)) in conns.into_iter().enumerate() {
+            if k == 0 {
+                slow.push((tx, rx)); // joined, never reads
+            } else {
+                receivers.push(tokio::spawn(receive(rx, finish.clone())));
+                std::mem::forget(tx); // keep the session open until the process ends
+            }
+        }
+    }
+    let start = now_us();
+    let duration = args.duration();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|(mut tx, room)| {
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let mut seq = 0u64;
+                while t0.elapsed() < duration {
+                    tokio::time::sleep_until((t0 + Duration::from_secs_f64(seq as f64 / 30.0)).into()).await;
+                    let size = 1024 + (seq as usize * 7919) % (7 * 1024);
+                    let frame = pb::Media {
+                        room: room.clone(),
+                        track: 1,
+                        seq,
+                        timestamp: seq * 33_333,
+                        keyframe: seq.is_multiple_of(30),
+                        codec: "vp8".into(),
+                        payload: payload(size),
+                    };
+                    if tx.media(frame).await.is_err() {
+                        break;
+                    }
+                    seq += 1;
+                }
+                (seq, tx)
+            })
+        })
+        .collect();
+    let mut r = report(args, target, index, rss_before);
+    let mut keep = Vec::new();
+    let mut per_sender = 0;
+    for t in tasks {
+        let (sent, tx) = t.await?;
+        r.sent += sent;
+        per_sender = per_sender.max(sent);
+        keep.push(tx);
+    }
+    // Each receiver gets both senders' frames of its room.
+    finish.done(per_sender * 2);
+    let n_receivers = receivers.len() as u64;
+    let mut last = start;
+    for h in receivers {
+        let (count, hist, l) = h.await?;
+        r.delivered += count;
+        let _ = r.latency.add(&hist);
+        last = last.max(l);
+    }
+    r.expected = per_sender * 2 * n_receivers;
+    r.window = Duration::from_micros(last.saturating_sub(start));
+    let fps = r.delivered as f64 / n_receivers.max(1) as f64 / 2.0 / duration.as_secs_f64();
+    r.extra.insert("frames_per_sec_per_receiver_per_sender".into(), ((fps * 10.0).round() / 10.0).into());
+    r.extra.insert("slow_receivers".into(), slow.len().into());
+    Ok(r)
+}
+
+async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let conns = connect_many(target, 0, args.clients, args.connect_concurrency, |_| None).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let mut r = report(args, target, conns.len(), rss_before);
+    tokio::time::sleep(args.duration()).await;
+    r.rss_after_kib = args.server_pid.and_then(rss_kib);
+    if let (Some(b), Some(a)) = (r.rss_before_kib, r.rss_after_kib) {
+        let per = (a.saturating_sub(b) as f64 * 1024.0 / conns.len().max(1) as f64).round();
+        r.extra.insert("rss_bytes_per_connection".into(), per.into());
+    }
+    r.extra.insert("connect_secs".into(), connect_secs.into());
+    r.window = args.duration();
+    drop(conns);
+    Ok(r)
+}
+
+async fn churn(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    let duration = args.duration();
+    let workers: Vec<_> = (0..args.clients)
+        .map(|w| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let (mut cycles, mut errors) = (0u64, 0u64);
+                let mut hist = histogram();
+                while t0.elapsed() < duration {
+                    let c0 = now_us();
+                    match target.connect(w, Some(&format!("bench-churn-{}", w % 16))).await {
+                        Ok((tx, _rx)) => {
+                            if let Some(client) = tx.client() {
+                                let _ = client.leave(&format!("bench-churn-{}", w % 16)).await;
+                                client.close().await;
+                            }
+                            cycles += 1;
+                            let _ = hist.record(now_us() - c0);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (cycles, errors, hist)
+            })
+        })
+        .collect();
+    let mut r = report(args, target, args.clients, rss_before);
+    for w in workers {
+        let (cycles, errors, hist) = w.await?;
+        r.sent += cycles;
+        r.delivered += cycles;
+        r.errors += errors;
+        let _ = r.latency.add(&hist);
+    }
+    r.expected = r.sent;
+    r.window = duration;
+    r.extra.insert("cycles_per_sec".into(), (r.sent as f64 / duration.as_secs_f64()).round().into());
+    r.extra.insert("latency_is".into(), "connect+hello+join+leave cycle".into());
+    Ok(r)
+}

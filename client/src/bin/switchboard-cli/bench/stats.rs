@@ -1,0 +1,85 @@
+//! Latency histograms and the benchmark report.
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::time::Duration;
+
+/// A latency histogram in microseconds (1 µs .. 60 s, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Counters and latencies of one run.
+#[derive(Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub connections: usize,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub window: Duration,
+    pub latency: Histogram<u64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    pub fn json(&self) -> serde_json::Value {
+        let secs = self.window.as_secs_f64().max(1e-9);
+        let q = |p: f64| if self.latency.is_empty() { 0.0 } else { self.latency.value_at_quantile(p) as f64 / 1000.0 };
+        let mut v = json!({
+            "scenario": self.scenario,
+            "target": self.target,
+            "connections": self.connections,
+            "sent": self.sent,
+            "expected_deliveries": self.expected,
+            "deliveries": self.delivered,
+            "deliveries_per_sec": (self.delivered as f64 / secs).round(),
+            "drops": self.expected.saturating_sub(self.delivered),
+            "errors": self.errors,
+            "window_secs": secs,
+            "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                           "max": if self.latency.is_empty() { 0.0 } else { self.latency.max() as f64 / 1000.0 }},
+            "server_rss_kib": {"before": self.rss_before_kib, "after": self.rss_after_kib},
+        });
+        if let Some(obj) = v.as_object_mut() {
+            obj.extend(self.extra.clone());
+        }
+        v
+    }
+
+    pub fn print(&self) {
+        let v = self.json();
+        println!("{v}");
+        let l = &v["latency_ms"];
+        eprintln!(
+            "{:<8} {:<12} conns {:>6}  sent {:>9}  delivered {:>10}/{:<10} {:>10}/s  drops {:>8}  errors {:>5}  \
+             p50 {:>7.2} ms  p90 {:>7.2}  p99 {:>7.2}  max {:>8.2}",
+            self.scenario,
+            self.target,
+            self.connections,
+            self.sent,
+            self.delivered,
+            self.expected,
+            v["deliveries_per_sec"],
+            v["drops"],
+            self.errors,
+            l["p50"].as_f64().unwrap_or(0.0),
+            l["p90"].as_f64().unwrap_or(0.0),
+            l["p99"].as_f64().unwrap_or(0.0),
+            l["max"].as_f64().unwrap_or(0.0),
+        );
+    }
+}
+
+/// Resident set size of a process in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

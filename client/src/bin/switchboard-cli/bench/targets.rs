@@ -1,0 +1,223 @@
+//! What a benchmark connects to: Switchboard (WebSocket or WebTransport, via the client
+//! library), the bare broadcast baseline, or nats-server's own WebSocket listener.
+
+use anyhow::{bail, Context};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::net::IpAddr;
+use switchboard_client::{pb, websocket_connect, Client, ClientConfig, Event, Events, Ws};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The kind of server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    /// A Switchboard node (ws:// or https:// URLs).
+    Switchboard,
+    /// `bare-broadcast` (one global room).
+    Bare,
+    /// nats-server's WebSocket listener (room = subject).
+    NatsWs,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub urls: Vec<String>,
+    pub token: String,
+    pub cert_hash: Option<String>,
+    pub source_ips: Vec<IpAddr>,
+    /// nats-ws: the subject a publisher-only connection publishes to.
+    pub publish_subject: String,
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        let kind = match self.kind {
+            TargetKind::Switchboard if self.urls.iter().all(|u| u.starts_with("https")) => "switchboard-wt",
+            TargetKind::Switchboard => "switchboard-ws",
+            TargetKind::Bare => "bare",
+            TargetKind::NatsWs => "nats-ws",
+        };
+        if self.urls.len() > 1 {
+            format!("{kind}x{}", self.urls.len())
+        } else {
+            kind.into()
+        }
+    }
+
+    /// A connection that publishes to `room` (for nats-ws without subscribing to it).
+    pub async fn connect_publisher(&self, i: usize, room: &str) -> anyhow::Result<(Tx, Rx)> {
+        if self.kind == TargetKind::NatsWs {
+            let target = Target { publish_subject: room.into(), ..self.clone() };
+            return Box::pin(target.connect(i, None)).await;
+        }
+        self.connect(i, Some(room)).await
+    }
+
+    /// Connection `i` (spread over the URLs and source addresses), joined to `room` (no
+    /// room: connected and authenticated only; for nats-ws, not subscribed).
+    pub async fn connect(&self, i: usize, room: Option<&str>) -> anyhow::Result<(Tx, Rx)> {
+        let url = &self.urls[i % self.urls.len()];
+        let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
+        match self.kind {
+            TargetKind::Switchboard => {
+                let mut config = ClientConfig::new(url, &self.token);
+                config.cert_hashes.extend(self.cert_hash.clone());
+                config.bind_ip = ip;
+                config.event_buffer = 4096;
+                let (client, events) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
+                if let Some(room) = room {
+                    client.join(room).await.with_context(|| format!("joining {room}"))?;
+                }
+                Ok((Tx::Switchboard { client, room: room.unwrap_or_default().into() }, Rx::Switchboard(events)))
+            }
+            TargetKind::Bare => {
+                let (sink, stream) = websocket_connect(url, ip).await?.split();
+                Ok((Tx::Ws(sink), Rx::Ws(stream)))
+            }
+            TargetKind::NatsWs => {
+                let (mut sink, stream) = websocket_connect(url, ip).await?.split();
+                let subject = room.unwrap_or(&self.publish_subject);
+                let sub = if room.is_some() { format!("SUB {subject} 1\r\n") } else { String::new() };
+                let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\n{sub}PING\r\n");
+                sink.send(Message::Binary(Bytes::from(hello))).await?;
+                let mut rx = Rx::Nats { stream, buf: BytesMut::new() };
+                rx.wait_pong().await?;
+                Ok((Tx::Nats { sink, subject: subject.into() }, rx))
+            }
+        }
+    }
+}
+
+/// Sending half.
+pub enum Tx {
+    Switchboard { client: Client, room: String },
+    Ws(SplitSink<Ws, Message>),
+    Nats { sink: SplitSink<Ws, Message>, subject: String },
+}
+
+impl Tx {
+    /// Publish one room message (pipelined: no wait for acknowledgements).
+    pub async fn send(&mut self, payload: Bytes) -> anyhow::Result<()> {
+        match self {
+            Tx::Switchboard { client, room } => Ok(client.publish_nowait(room, payload, true, "bench").await?),
+            Tx::Ws(sink) => Ok(sink.send(Message::Binary(payload)).await?),
+            Tx::Nats { sink, subject } => {
+                let mut frame = BytesMut::with_capacity(payload.len() + 64);
+                frame.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+                frame.extend_from_slice(&payload);
+                frame.extend_from_slice(b"\r\n");
+                Ok(sink.send(Message::Binary(frame.freeze())).await?)
+            }
+        }
+    }
+
+    /// Send a media frame (Switchboard only).
+    pub async fn media(&mut self, media: pb::Media) -> anyhow::Result<()> {
+        match self {
+            Tx::Switchboard { client, .. } => Ok(client.media(media).await?),
+            _ => bail!("media frames need a Switchboard target"),
+        }
+    }
+
+    /// The Switchboard client, if any.
+    pub fn client(&self) -> Option<&Client> {
+        match self {
+            Tx::Switchboard { client, .. } => Some(client),
+            _ => None,
+        }
+    }
+}
+
+/// Receiving half.
+pub enum Rx {
+    Switchboard(Events),
+    Ws(SplitStream<Ws>),
+    Nats { stream: SplitStream<Ws>, buf: BytesMut },
+}
+
+impl Rx {
+    /// The next room message's (or media frame's) payload; `None` when the connection ends.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        match self {
+            Rx::Switchboard(events) => loop {
+                match events.recv().await? {
+                    Event::Message(m) => return Some(m.payload),
+                    Event::Media(m) => return Some(m.payload),
+                    Event::Closed { .. } => return None,
+                    _ => {}
+                }
+            },
+            Rx::Ws(stream) => loop {
+                match stream.next().await? {
+                    Ok(Message::Binary(b)) => return Some(b),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            },
+            Rx::Nats { .. } => self.nats_next().await,
+        }
+    }
+
+    async fn fill(stream: &mut SplitStream<Ws>, buf: &mut BytesMut) -> Option<()> {
+        loop {
+            match stream.next().await? {
+                Ok(Message::Binary(b)) => {
+                    buf.extend_from_slice(&b);
+                    return Some(());
+                }
+                Ok(Message::Text(t)) => {
+                    buf.extend_from_slice(t.as_bytes());
+                    return Some(());
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn wait_pong(&mut self) -> anyhow::Result<()> {
+        let Rx::Nats { stream, buf } = self else { return Ok(()) };
+        loop {
+            if let Some(pos) = find(buf, b"PONG\r\n") {
+                buf.advance(pos + 6);
+                return Ok(());
+            }
+            if find(buf, b"-ERR").is_some() {
+                bail!("nats-server refused: {}", String::from_utf8_lossy(buf));
+            }
+            Self::fill(stream, buf).await.context("nats-server closed during the handshake")?;
+        }
+    }
+
+    /// Parse `MSG <subject> <sid> <len>\r\n<payload>\r\n` (skipping INFO, PING, PONG, +OK).
+    async fn nats_next(&mut self) -> Option<Bytes> {
+        let Rx::Nats { stream, buf } = self else { return None };
+        loop {
+            if let Some(eol) = find(buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..eol]).into_owned();
+                if let Some(rest) = line.strip_prefix("MSG ") {
+                    let len: usize = rest.split_whitespace().last()?.parse().ok()?;
+                    if buf.len() >= eol + 2 + len + 2 {
+                        buf.advance(eol + 2);
+                        let payload = buf.split_to(len).freeze();
+                        buf.advance(2);
+                        return Some(payload);
+                    }
+                } else if line.starts_with("-ERR") {
+                    return None;
+                } else {
+                    buf.advance(eol + 2); // INFO, PING (idle pings come every 2 min), PONG, +OK
+                    continue;
+                }
+            }
+            Self::fill(stream, buf).await?;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
