@@ -189,3 +189,24 @@ async fn standalone_webtransport_server_joins_the_cluster() {
     }
     assert_eq!(quic_only.metric("switchboard_connections{transport=\"webtransport\"}").await, 1.0);
 }
+
+/// The load generator itself: a short, bounded fan-out run against a node reports every
+/// delivery, as one JSON line.
+#[tokio::test]
+async fn bench_fanout_smoke_run_reports_all_deliveries() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let out = tokio::process::Command::new(binary("switchboard-cli"))
+        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
+        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent >= 40, "{report}");
+    assert_eq!(report["deliveries"].as_u64(), Some(sent * 5), "{report}");
+    assert_eq!(report["drops"].as_u64(), Some(0));
+    assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+}
