@@ -84,21 +84,34 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
+        let log_path = self._store.0.join("nats-server.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("nats-server log file");
         let child = Command::new(nats_binary())
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .expect("starting nats-server (install it: apt-get install -y nats-server)");
+            .expect("starting nats-server (install it: scripts/test.sh does)");
         self.child = Some(child);
         let port = self.monitor_port;
-        wait_for(Duration::from_secs(15), "nats-server to serve /healthz", || async move {
-            match crate::http::get(port, "/healthz").await {
-                Ok((200, _)) => Some(()),
-                _ => None,
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = crate::http::get(port, "/healthz").await {
+                return;
             }
-        })
-        .await;
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "nats-server {} (args {:?}) did not serve /healthz (exit: {exited:?}); log tail:\n{}",
+                    nats_binary(),
+                    self.args,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
