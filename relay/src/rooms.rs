@@ -116,10 +116,12 @@ fn notify_locals(node: &Node, st: &RoomState, except: &str, kind: server_frame::
     let mut tally = Tally::default();
     for (sid, m) in &st.local {
         if sid != except {
-            tally.add(m.outbound.push(Class::Control, bytes.clone(), false), bytes.len());
+            // Same class as room messages, so a participant's last messages arrive before
+            // the notice that they left.
+            tally.add(m.outbound.push(Class::Data, bytes.clone(), false), bytes.len());
         }
     }
-    tally.flush(node, "presence", Class::Control);
+    tally.flush(node, "presence", Class::Data);
 }
 
 /// Outcomes of one fan-out, so metrics are updated once per fan-out, not per session.
@@ -254,16 +256,12 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
         if st.local.remove(session).is_none() {
             return false;
         }
-        let participant = st.view.remove(session);
-        if let Some(p) = &participant {
-            let ev = server_frame::Kind::ParticipantLeft(ParticipantLeft {
-                room: room_id.to_owned(),
-                participant: Some(p.clone()),
-                reason: reason.to_owned(),
-            });
-            notify_locals(node, &st, session, ev);
+        let participant = st.view.get(session).cloned();
+        let empty = close_if_empty(node, &mut st);
+        if empty {
+            st.view.remove(session);
         }
-        (participant, close_if_empty(node, &mut st))
+        (participant, empty)
     };
     if empty {
         node.rooms.remove_if_same(&room);
@@ -271,12 +269,23 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
     if let Err(e) = node.bus.presence_remove(room_id, session).await {
         tracing::warn!(room = room_id, session, error = %e, "removing presence failed");
     }
-    if let Some(p) = participant {
-        let update =
-            PresenceUpdate { room: room_id.to_owned(), participant: Some(p), joined: false, reason: reason.to_owned() };
-        let _ = node
-            .publish(node.subjects.room(room_id, RoomChannel::Presence), bus_envelope::Kind::Presence(update))
-            .await;
+    let Some(p) = participant else { return true };
+    // Local members learn of the leave from the bus, in order with the participant's last
+    // messages (see `handle_bus_message`); if the bus refuses, tell them now.
+    let update =
+        PresenceUpdate { room: room_id.to_owned(), participant: Some(p), joined: false, reason: reason.to_owned() };
+    let published =
+        node.publish(node.subjects.room(room_id, RoomChannel::Presence), bus_envelope::Kind::Presence(update)).await;
+    if published.is_err() && !empty {
+        let mut st = room.lock();
+        if let Some(p) = st.view.remove(session) {
+            let ev = server_frame::Kind::ParticipantLeft(ParticipantLeft {
+                room: room_id.to_owned(),
+                participant: Some(p),
+                reason: reason.to_owned(),
+            });
+            notify_locals(node, &st, session, ev);
+        }
     }
     true
 }
@@ -354,8 +363,10 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                 tally.flush(node, "message", Class::Data);
             }
             bus_envelope::Kind::Presence(update) => {
-                if origin == node.config.node_id {
-                    return; // applied locally already
+                // Our own joins were applied when they happened; our own leaves are applied
+                // here, in bus order, after the messages the participant published before.
+                if origin == node.config.node_id && update.joined {
+                    return;
                 }
                 node.saw_node(&origin);
                 let Some(p) = update.participant else { return };
@@ -368,6 +379,8 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                         });
                         notify_locals(node, &st, "", ev);
                     }
+                } else if origin == node.config.node_id && st.local.contains_key(&p.session) {
+                    // Left and joined again before this echo: nothing changed for the others.
                 } else if st.view.remove(&p.session).is_some() {
                     let ev = server_frame::Kind::ParticipantLeft(ParticipantLeft {
                         room: room.id.clone(),

@@ -201,3 +201,29 @@ async fn dead_node_participants_are_reported_left() {
     use switchboard_relay::Bus;
     assert_eq!(bus.presence_list("demo").await.unwrap().len(), 1);
 }
+
+/// A participant's last messages arrive before the notice that it left.
+#[tokio::test]
+async fn last_messages_arrive_before_the_leave() {
+    let node = node().await;
+    let mut alice = Peer::hello(&node, "alice", &["demo"]).await;
+    let mut bob = Peer::hello(&node, "bob", &["demo"]).await;
+    for p in [&mut alice, &mut bob] {
+        p.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+        assert!(matches!(p.next().await, server_frame::Kind::Joined(_)));
+    }
+    assert!(matches!(alice.next().await, server_frame::Kind::ParticipantJoined(_)));
+    for i in 0..20u64 {
+        let p =
+            Publish { room: "demo".into(), payload: Bytes::from(i.to_string()), reliable: true, kind: String::new() };
+        bob.send(0, client_frame::Kind::Publish(p)).await;
+    }
+    drop(bob.to_server);
+    for i in 0..20u64 {
+        match alice.next().await {
+            server_frame::Kind::Message(m) => assert_eq!(m.payload, Bytes::from(i.to_string())),
+            other => panic!("message {i} expected, got {other:?}"),
+        }
+    }
+    assert!(matches!(alice.next().await, server_frame::Kind::ParticipantLeft(_)));
+}
