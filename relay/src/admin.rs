@@ -46,9 +46,8 @@ fn server_sender(node: &Node) -> Sender {
     }
 }
 
-/// Publish a server message to `room` (delivered to every participant).
-pub async fn message_room(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
-    let msg = Message {
+fn server_message(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Message {
+    Message {
         room: room.into(),
         from: Some(server_sender(node)),
         offset: 0,
@@ -56,21 +55,18 @@ pub async fn message_room(node: &Node, room: &str, payload: bytes::Bytes, kind: 
         kind: kind.into(),
         reliable: true,
         sent_at_ms: now_ms(),
-    };
+    }
+}
+
+/// Publish a server message to `room` (delivered to every participant).
+pub async fn message_room(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
+    let msg = server_message(node, room, payload, kind);
     node.publish(node.subjects.room(room, RoomChannel::Msg), bus_envelope::Kind::Message(msg)).await
 }
 
 /// Send a server message to every session of `user`, wherever connected.
 pub async fn message_user(node: &Node, user: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
-    let msg = Message {
-        room: String::new(),
-        from: Some(server_sender(node)),
-        offset: 0,
-        payload,
-        kind: kind.into(),
-        reliable: true,
-        sent_at_ms: now_ms(),
-    };
+    let msg = server_message(node, "", payload, kind);
     broadcast(node, admin_command::Kind::UserMessage(AdminUserMessage { user: user.into(), message: Some(msg) })).await
 }
 

@@ -127,6 +127,24 @@ async fn send_for(tx: &mut Tx, rate: f64, size: usize, duration: Duration) -> (u
     (sent, errors)
 }
 
+/// Await the receivers, adding their counts and latencies to `r`; the window runs from
+/// `start` to the last delivery.
+async fn collect(
+    receivers: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>, u64)>>,
+    r: &mut Report,
+    start: u64,
+) -> anyhow::Result<()> {
+    let mut last = start;
+    for h in receivers {
+        let (count, hist, l) = h.await?;
+        r.delivered += count;
+        let _ = r.latency.add(&hist);
+        last = last.max(l);
+    }
+    r.window = Duration::from_micros(last.saturating_sub(start));
+    Ok(())
+}
+
 fn report(args: &BenchArgs, target: &Target, connections: usize, rss_before: Option<u64>) -> Report {
     Report {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
@@ -184,14 +202,7 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
     r.sent = sent;
     r.errors = errors;
     r.expected = sent * args.clients as u64;
-    let mut last = start;
-    for h in receivers {
-        let (count, hist, l) = h.await?;
-        r.delivered += count;
-        let _ = r.latency.add(&hist);
-        last = last.max(l);
-    }
-    r.window = Duration::from_micros(last.saturating_sub(start));
+    collect(receivers, &mut r, start).await?;
     r.extra.insert("payload_bytes".into(), args.size.into());
     r.extra.insert("rate_per_sec".into(), args.rate.into());
     Ok(r)
@@ -227,14 +238,7 @@ async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
     // Each side expects what its partner sent; pairs send alike, so wait for the largest.
     r.expected = r.sent;
     finish.done(max_sent);
-    let mut last = start;
-    for h in receivers {
-        let (count, hist, l) = h.await?;
-        r.delivered += count;
-        let _ = r.latency.add(&hist);
-        last = last.max(l);
-    }
-    r.window = Duration::from_micros(last.saturating_sub(start));
+    collect(receivers, &mut r, start).await?;
     Ok(r)
 }
 
@@ -306,15 +310,8 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
     // Each receiver gets both senders' frames of its room.
     finish.done(per_sender * 2);
     let n_receivers = receivers.len() as u64;
-    let mut last = start;
-    for h in receivers {
-        let (count, hist, l) = h.await?;
-        r.delivered += count;
-        let _ = r.latency.add(&hist);
-        last = last.max(l);
-    }
+    collect(receivers, &mut r, start).await?;
     r.expected = per_sender * 2 * n_receivers;
-    r.window = Duration::from_micros(last.saturating_sub(start));
     let fps = r.delivered as f64 / n_receivers.max(1) as f64 / 2.0 / duration.as_secs_f64();
     r.extra.insert("frames_per_sec_per_receiver_per_sender".into(), ((fps * 10.0).round() / 10.0).into());
     r.extra.insert("slow_receivers".into(), slow.len().into());
