@@ -97,6 +97,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     let server =
         actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
             .workers(workers)
+            // Small real-time frames must not wait for Nagle's algorithm (and the peer's
+            // delayed ACK): without this, WebSocket delivery gained ~10-40 ms under load.
+            .on_connect(|conn, _| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
             .disable_signals()
             .shutdown_timeout(5)
             .bind(args.http_addr)
