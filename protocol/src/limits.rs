@@ -10,3 +10,6 @@ pub const MAX_KIND_LEN: usize = 64;
 pub const MAX_CODEC_LEN: usize = 32;
 /// Largest token accepted in `Hello`/`RefreshToken`, in bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most participants listed in a `Joined` frame (about 200 bytes each, well under
+/// [`MAX_FRAME_BYTES`]).
+pub const MAX_JOINED_PARTICIPANTS: usize = 500;

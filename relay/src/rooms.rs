@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use switchboard_protocol::limits::MAX_JOINED_PARTICIPANTS;
 use switchboard_protocol::pb::{
     bus_envelope, server_frame, BusEnvelope, BusKeyframeRequest, Joined, Participant, ParticipantJoined,
     ParticipantLeft, PresenceUpdate, ServerFrame,
@@ -207,8 +208,17 @@ pub(crate) async fn join(
             }
             let mut participants: Vec<Participant> = st.view.values().cloned().collect();
             participants.sort_by_key(|p| p.joined_at_ms);
-            let joined =
-                server_frame::Kind::Joined(Joined { ref_id, room: room_id.to_owned(), participants, last_offset: 0 });
+            let participant_count = participants.len() as u32;
+            let participants_truncated = participants.len() > MAX_JOINED_PARTICIPANTS;
+            participants.truncate(MAX_JOINED_PARTICIPANTS);
+            let joined = server_frame::Kind::Joined(Joined {
+                ref_id,
+                room: room_id.to_owned(),
+                participants,
+                last_offset: 0,
+                participant_count,
+                participants_truncated,
+            });
             push(node, &member.outbound, Class::Control, frame(joined), false, "joined");
             st.local.insert(session, member);
             node.metrics.room_joins.inc();

@@ -227,3 +227,34 @@ async fn last_messages_arrive_before_the_leave() {
     }
     assert!(matches!(alice.next().await, server_frame::Kind::ParticipantLeft(_)));
 }
+
+/// A large room's `Joined` lists the first participants only, says how many there are, and
+/// stays under the frame limit.
+#[tokio::test]
+async fn joined_lists_at_most_the_limit_in_large_rooms() {
+    use switchboard_protocol::limits::{MAX_FRAME_BYTES, MAX_JOINED_PARTICIPANTS};
+    use switchboard_relay::Bus;
+    let bus = Arc::new(LocalBus::new());
+    // Participants recorded by (simulated) other nodes.
+    for i in 0..MAX_JOINED_PARTICIPANTS + 50 {
+        let p = switchboard_protocol::pb::Participant {
+            user: format!("user{i}"),
+            session: format!("s{i:05}"),
+            name: "x".repeat(64),
+            node: "other".into(),
+            joined_at_ms: i as u64,
+        };
+        bus.presence_put("big", &p).await.unwrap();
+    }
+    let node = node_on(RelayConfig::default(), bus).await;
+    let mut p = Peer::hello(&node, "late", &["big"]).await;
+    p.send(2, client_frame::Kind::Join(Join { room: "big".into(), resume_from: None })).await;
+    let bytes = tokio::time::timeout(Duration::from_secs(5), p.from_server.recv()).await.unwrap().unwrap();
+    assert!(bytes.len() < MAX_FRAME_BYTES);
+    let Some(server_frame::Kind::Joined(j)) = decode_server_frame(&bytes).unwrap().kind else {
+        panic!("expected Joined")
+    };
+    assert_eq!(j.participants.len(), MAX_JOINED_PARTICIPANTS);
+    assert_eq!(j.participant_count as usize, MAX_JOINED_PARTICIPANTS + 51);
+    assert!(j.participants_truncated);
+}

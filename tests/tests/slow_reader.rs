@@ -16,7 +16,11 @@ const BATCH: u64 = 10;
 
 #[tokio::test]
 async fn slow_reader_is_disconnected_and_memory_stays_bounded() {
-    let node = TestNode::start(NodeOptions::default()).await;
+    // The publisher sends 600 requests as fast as acks come back: above the default
+    // per-session request rate, which is not what this test is about.
+    let node =
+        TestNode::start(NodeOptions { args: vec!["--request-rate".into(), "100000".into()], ..Default::default() })
+            .await;
     let join = |_id: u64| client_frame::Kind::Join(Join { room: "flood".into(), resume_from: None });
     let (mut slow, _) = RawWs::authenticated(&node.ws_url(), &token("slow", &["flood"])).await;
     slow.send(2, join(2)).await;

@@ -81,7 +81,9 @@ impl Target {
                 let (mut sink, stream) = websocket_connect(url, ip).await?.split();
                 let subject = room.unwrap_or(&self.publish_subject);
                 let sub = if room.is_some() { format!("SUB {subject} 1\r\n") } else { String::new() };
-                let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\n{sub}PING\r\n");
+                let hello = format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"echo\":false}}\r\n{sub}PING\r\n"
+                );
                 sink.send(Message::Binary(Bytes::from(hello))).await?;
                 let mut rx = Rx::Nats { stream, buf: BytesMut::new() };
                 rx.wait_pong().await?;
