@@ -26,6 +26,9 @@ pub struct WtArgs {
     /// TLS private key (PEM) of `--tls-cert`.
     #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Most WebTransport connections at once; more are refused.
+    #[arg(long, env = "SWITCHBOARD_WT_MAX_SESSIONS", default_value_t = WtConfig::default().max_sessions)]
+    pub wt_max_sessions: usize,
 }
 
 impl WtArgs {
@@ -35,6 +38,7 @@ impl WtArgs {
             addr: self.wt_addr,
             cert_pem: self.tls_cert.clone(),
             key_pem: self.tls_key.clone(),
+            max_sessions: self.wt_max_sessions,
             ..WtConfig::default()
         }
     }

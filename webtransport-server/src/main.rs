@@ -29,9 +29,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %server.local_addr()?, node = node.id(), "WebTransport listening");
     let listener = probe::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     tokio::spawn(probe::serve(listener, node.clone(), server.generated_certificate_sha256_hex()));
-    tokio::spawn(server.serve(node.clone()));
+    let serving = tokio::spawn(server.serve(node.clone()));
     shutdown_signal().await;
     tracing::info!("shutdown signal: draining");
     node.drain(Duration::from_secs(args.node.drain_timeout)).await;
+    // Let the QUIC close frames of the last sessions go out before the process exits.
+    let _ = tokio::time::timeout(Duration::from_secs(3), serving).await;
     Ok(())
 }

@@ -10,17 +10,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// Probe connections served at once; more wait in the listen backlog.
+const MAX_CONCURRENT: usize = 64;
 
 /// Serve probes on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, cert_sha256: Option<String>) {
     let cert = Arc::new(cert_sha256);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "probe listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (node, cert) = (node.clone(), cert.clone());
         tokio::spawn(async move {
             if tokio::time::timeout(Duration::from_secs(5), handle(stream, &node, &cert)).await.is_err() {
                 tracing::debug!(%peer, "probe request timed out");
             }
+            drop(slot);
         });
     }
 }

@@ -4,10 +4,14 @@ use crate::transport::WtTransport;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
 use switchboard_relay::{ConnInfo, Node};
-use wtransport::tls::Sha256DigestFmt;
-use wtransport::{Endpoint, Identity, ServerConfig};
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::endpoint::IncomingSession;
+use wtransport::quinn::{TransportConfig, VarInt as QuicVarInt};
+use wtransport::tls::Certificate;
+use wtransport::{Connection, Endpoint, Identity, ServerConfig, VarInt};
 
 /// The path WebTransport sessions must use: `https://HOST:PORT/wt`.
 pub const WT_PATH: &str = "/wt";
@@ -15,6 +19,28 @@ pub const WT_PATH: &str = "/wt";
 /// Validity of a generated certificate. Browsers accept `serverCertificateHashes` only for
 /// certificates valid at most 14 days.
 const GENERATED_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
+
+/// How far in the past a generated certificate starts, for clients whose clocks run behind.
+const GENERATED_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// How often configured certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(5);
+
+/// Concurrent bidirectional streams a client may open: the HTTP/3 CONNECT stream, the control
+/// stream, and a little slack (extra streams are refused as they arrive).
+const MAX_BIDI_STREAMS: u32 = 8;
+/// Concurrent unidirectional streams: HTTP/3 control and QPACK streams, and slack.
+const MAX_UNI_STREAMS: u32 = 8;
+/// Flow-control window of one stream.
+const STREAM_RECEIVE_WINDOW: u32 = 2 * MAX_FRAME_BYTES as u32;
+/// Flow-control window of a whole connection: the most a client can make us buffer,
+/// whatever the number of streams.
+const RECEIVE_WINDOW: u32 = 4 * MAX_FRAME_BYTES as u32;
+/// Unacknowledged bytes buffered towards one client (the relay's queues hold the rest and
+/// detect slow consumers).
+const SEND_WINDOW: u64 = 2 << 20;
+/// Datagrams are not used; the few a client may send are kept in a small buffer.
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// WebTransport listener configuration.
 #[derive(Debug, Clone)]
@@ -29,6 +55,10 @@ pub struct WtConfig {
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval (keeps NAT bindings and the idle timer alive).
     pub keep_alive: Duration,
+    /// Time allowed for the QUIC handshake and the WebTransport CONNECT request.
+    pub handshake_timeout: Duration,
+    /// Most QUIC connections at once (established or in handshake); more are refused.
+    pub max_sessions: usize,
 }
 
 impl Default for WtConfig {
@@ -39,6 +69,8 @@ impl Default for WtConfig {
             key_pem: None,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 50_000,
         }
     }
 }
@@ -46,12 +78,15 @@ impl Default for WtConfig {
 /// WebTransport listener errors.
 #[derive(Debug, thiserror::Error)]
 pub enum WtError {
-    /// The certificate or key could not be loaded.
+    /// The certificate or key could not be loaded or generated.
     #[error("loading the TLS certificate: {0}")]
     Certificate(String),
     /// Only one of certificate and key was given.
     #[error("--tls-cert and --tls-key go together")]
     HalfIdentity,
+    /// The configuration is invalid.
+    #[error("invalid WebTransport configuration: {0}")]
+    Config(String),
     /// Binding the UDP socket failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -62,24 +97,38 @@ pub enum WtError {
     },
 }
 
-/// How often configured certificate files are checked for changes.
-const CERT_POLL: Duration = Duration::from_secs(5);
-
 /// A bound WebTransport listener.
 pub struct WtServer {
-    endpoint: Arc<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
-    generated_hash: Option<String>,
+    endpoint: Arc<Endpoint<Server>>,
+    cert_hash: String,
+    generated: bool,
     config: WtConfig,
 }
 
 fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, WtError> {
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .stream_receive_window(QuicVarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(QuicVarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     Ok(ServerConfig::builder()
         .with_bind_address(config.addr)
-        .with_identity(identity)
+        .with_custom_transport(identity, transport)
         .keep_alive_interval(Some(config.keep_alive))
         .max_idle_timeout(Some(config.idle_timeout))
-        .map_err(|e| WtError::Certificate(format!("idle timeout: {e}")))?
+        .map_err(|e| WtError::Config(format!("idle timeout: {e}")))?
         .build())
+}
+
+/// Lowercase hex SHA-256 of a certificate (the form `serverCertificateHashes` and
+/// `/certificate.sha256` use).
+fn sha256_hex(cert: &Certificate) -> String {
+    let digest = cert.hash();
+    let bytes: &[u8; 32] = digest.as_ref();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -87,8 +136,12 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
 }
 
 impl WtServer {
-    /// Load or generate the certificate and bind the UDP endpoint.
+    /// Load the configured certificate (or generate a self-signed one for `localhost`,
+    /// `127.0.0.1` and `::1`, valid 13 days) and bind the UDP endpoint.
     pub async fn bind(config: WtConfig) -> Result<Self, WtError> {
+        if config.max_sessions == 0 {
+            return Err(WtError::Config("max_sessions must be at least 1".into()));
+        }
         let (identity, generated) = match (&config.cert_pem, &config.key_pem) {
             (Some(cert), Some(key)) => {
                 (Identity::load_pemfiles(cert, key).await.map_err(|e| WtError::Certificate(e.to_string()))?, false)
@@ -96,46 +149,15 @@ impl WtServer {
             (None, None) => (generate_identity()?, true),
             _ => return Err(WtError::HalfIdentity),
         };
-        let hash = identity
+        let cert_hash = identity
             .certificate_chain()
             .as_slice()
             .first()
-            .map(|c| c.hash().fmt(Sha256DigestFmt::DottedHex).replace(':', "").to_ascii_lowercase());
+            .map(sha256_hex)
+            .ok_or_else(|| WtError::Certificate("the certificate file holds no certificate".into()))?;
         let endpoint = Endpoint::server(server_config(&config, identity)?)
             .map_err(|source| WtError::Bind { addr: config.addr, source })?;
-        Ok(Self { endpoint: Arc::new(endpoint), generated_hash: if generated { hash } else { None }, config })
-    }
-
-    /// Reload the configured certificate whenever its files change (cert-manager renewals,
-    /// rotated secrets). Existing sessions keep their connections; new ones get the new
-    /// certificate. A failed load keeps the old certificate and logs why.
-    async fn watch_certificate(
-        endpoint: std::sync::Weak<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
-        config: WtConfig,
-    ) {
-        let (Some(cert), Some(key)) = (config.cert_pem.clone(), config.key_pem.clone()) else { return };
-        let mut seen = (modified(&cert), modified(&key));
-        loop {
-            tokio::time::sleep(CERT_POLL).await;
-            let Some(endpoint) = endpoint.upgrade() else { return };
-            let now = (modified(&cert), modified(&key));
-            if now == seen {
-                continue;
-            }
-            let reloaded = match Identity::load_pemfiles(&cert, &key).await {
-                Ok(identity) => server_config(&config, identity)
-                    .and_then(|c| endpoint.reload_config(c, false).map_err(|e| WtError::Certificate(e.to_string()))),
-                Err(e) => Err(WtError::Certificate(e.to_string())),
-            };
-            match reloaded {
-                Ok(()) => {
-                    seen = now;
-                    tracing::info!(cert = %cert.display(), "WebTransport certificate reloaded");
-                }
-                // Files may be mid-rotation (cert written, key not yet): retry next poll.
-                Err(e) => tracing::warn!(error = %e, "WebTransport certificate reload failed; keeping the old one"),
-            }
-        }
+        Ok(Self { endpoint: Arc::new(endpoint), cert_hash, generated, config })
     }
 
     /// The bound address.
@@ -143,75 +165,157 @@ impl WtServer {
         self.endpoint.local_addr()
     }
 
-    /// Lowercase hex SHA-256 of the generated certificate (`None` with a configured one).
-    pub fn generated_certificate_sha256_hex(&self) -> Option<String> {
-        self.generated_hash.clone()
+    /// Lowercase hex SHA-256 (64 characters) of the leaf certificate loaded or generated
+    /// by [`WtServer::bind`].
+    pub fn certificate_sha256_hex(&self) -> String {
+        self.cert_hash.clone()
     }
 
-    /// Accept sessions until the node drains; each session runs the relay's state machine.
+    /// [`WtServer::certificate_sha256_hex`] if the certificate was generated (the one
+    /// browsers must pin with `serverCertificateHashes`), `None` with a configured one.
+    pub fn generated_certificate_sha256_hex(&self) -> Option<String> {
+        self.generated.then(|| self.cert_hash.clone())
+    }
+
+    /// Accept sessions until the node drains; each session runs the relay's state machine
+    /// in its own task. Once draining, new connections are refused while existing sessions
+    /// carry on; returns when they have all ended (their close frames sent).
     pub async fn serve(self, node: Arc<Node>) {
-        tokio::spawn(Self::watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone()));
+        let watcher = tokio::spawn(watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone()));
         let mut drain = node.drain_signal();
+        let draining = drain.wait_for(|d| *d);
+        tokio::pin!(draining);
+        let mut last_full_warning: Option<Instant> = None;
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
-                _ = drain.changed() => {
-                    tracing::info!("WebTransport: draining, no new sessions");
-                    break;
-                }
+                _ = &mut draining => break,
             };
-            let node = node.clone();
-            tokio::spawn(async move {
-                if let Err(e) = accept_session(node, incoming).await {
-                    tracing::debug!(error = %e, "WebTransport session not established");
+            if self.endpoint.open_connections() >= self.config.max_sessions {
+                if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(max = self.config.max_sessions, "WebTransport: connection limit reached, refusing");
+                    last_full_warning = Some(Instant::now());
                 }
-            });
+                incoming.refuse();
+                continue;
+            }
+            tokio::spawn(accept_session(node.clone(), incoming, self.config.handshake_timeout));
         }
-        // Existing sessions carry on until the node closes them; keep the endpoint alive.
-        self.endpoint.wait_idle().await;
+        tracing::info!("WebTransport: draining, refusing new connections");
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => incoming.refuse(),
+                () = self.endpoint.wait_idle() => break,
+            }
+        }
+        watcher.abort();
+        tracing::debug!("WebTransport: all sessions ended");
     }
 }
 
-async fn accept_session(node: Arc<Node>, incoming: wtransport::endpoint::IncomingSession) -> anyhow::Result<()> {
-    let request = incoming.await?;
+/// Reload the configured certificate whenever its files change (cert-manager renewals,
+/// rotated secrets). Existing sessions keep their connections; new ones get the new
+/// certificate. A failed load keeps the old certificate and logs why.
+async fn watch_certificate(endpoint: std::sync::Weak<Endpoint<Server>>, config: WtConfig) {
+    let (Some(cert), Some(key)) = (config.cert_pem.clone(), config.key_pem.clone()) else { return };
+    let mut seen = (modified(&cert), modified(&key));
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let Some(endpoint) = endpoint.upgrade() else { return };
+        let now = (modified(&cert), modified(&key));
+        if now == seen {
+            continue;
+        }
+        let reloaded = match Identity::load_pemfiles(&cert, &key).await {
+            Ok(identity) => server_config(&config, identity)
+                .and_then(|c| endpoint.reload_config(c, false).map_err(|e| WtError::Certificate(e.to_string()))),
+            Err(e) => Err(WtError::Certificate(e.to_string())),
+        };
+        match reloaded {
+            Ok(()) => {
+                seen = now;
+                tracing::info!(cert = %cert.display(), "WebTransport certificate reloaded");
+            }
+            // Files may be mid-rotation (cert written, key not yet): retry next poll.
+            Err(e) => tracing::warn!(error = %e, "WebTransport certificate reload failed; keeping the old one"),
+        }
+    }
+}
+
+/// Why a connection did not become a session.
+enum Refused {
+    /// A request for another path (answered 404).
+    NotFound,
+    /// The node is draining (answered 429).
+    Draining,
+    /// The QUIC or HTTP/3 handshake failed.
+    Failed(wtransport::error::ConnectionError),
+}
+
+/// QUIC handshake, then the CONNECT request: a session on [`WT_PATH`].
+async fn handshake(node: &Node, incoming: IncomingSession) -> Result<Connection, Refused> {
+    let request = incoming.await.map_err(Refused::Failed)?;
     if request.path() != WT_PATH {
         request.not_found().await;
-        return Ok(());
+        return Err(Refused::NotFound);
     }
     if node.is_draining() {
         request.too_many_requests().await;
-        return Ok(());
+        return Err(Refused::Draining);
     }
-    let peer = request.remote_address();
-    let connection = request.accept().await?;
+    request.accept().await.map_err(Refused::Failed)
+}
+
+async fn accept_session(node: Arc<Node>, incoming: IncomingSession, handshake_timeout: Duration) {
+    let addr = incoming.remote_address();
+    // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
+    let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+    let connection = match tokio::time::timeout(handshake_timeout, handshake(&node, incoming)).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(Refused::NotFound)) => return tracing::debug!(%peer, "WebTransport: wrong path, 404"),
+        Ok(Err(Refused::Draining)) => return tracing::debug!(%peer, "WebTransport: draining, refused"),
+        Ok(Err(Refused::Failed(e))) => return tracing::debug!(%peer, error = %e, "WebTransport handshake failed"),
+        // Dropping the handshake closes the connection.
+        Err(_) => return tracing::debug!(%peer, "WebTransport handshake timed out"),
+    };
     // The client opens the control stream first; bounded by the hello timeout.
     let (send, recv) = match tokio::time::timeout(node.config().hello_timeout, connection.accept_bi()).await {
-        Ok(r) => r?,
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "WebTransport session ended before its control stream"),
         Err(_) => {
-            connection.close(
-                wtransport::VarInt::from_u32(
-                    switchboard_protocol::close_code(switchboard_protocol::ErrorCode::HelloTimeout).into(),
-                ),
-                b"no control stream",
-            );
-            return Ok(());
+            tracing::debug!(%peer, "WebTransport: no control stream in time");
+            let code = VarInt::from_u32(close_code(ErrorCode::HelloTimeout).into());
+            connection.close(code, b"no control stream");
+            return;
         }
     };
+    tracing::debug!(%peer, "WebTransport session established");
     let transport = WtTransport::new(connection, send, recv);
     switchboard_relay::run_session(node, transport, ConnInfo { peer: Some(peer) }).await;
-    Ok(())
 }
 
 fn generate_identity() -> Result<Identity, WtError> {
     use wtransport::tls::self_signed::time::{Duration as TimeDuration, OffsetDateTime};
     let now = OffsetDateTime::now_utc();
-    // A little slack in the past for clients whose clocks run behind.
-    let not_before = now - TimeDuration::hours(1);
-    let not_after = now + TimeDuration::seconds(GENERATED_VALIDITY.as_secs() as i64);
+    let not_before = now - TimeDuration::seconds(GENERATED_BACKDATE.as_secs() as i64);
+    // Browsers measure the 14 days from not_before to not_after.
+    let not_after = not_before + TimeDuration::seconds(GENERATED_VALIDITY.as_secs() as i64);
     Identity::self_signed_builder()
         .subject_alt_names(["localhost", "127.0.0.1", "::1"])
         .not_before(not_before)
         .not_after(not_after)
         .build()
         .map_err(|e| WtError::Certificate(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_fits_the_browser_limit() {
+        assert!(GENERATED_VALIDITY <= Duration::from_secs(14 * 24 * 3600));
+        let identity = generate_identity().expect("self-signed certificate");
+        assert_eq!(sha256_hex(&identity.certificate_chain().as_slice()[0]).len(), 64);
+    }
 }

@@ -2,13 +2,27 @@
 //! bidirectional stream carrying length-prefixed records.
 
 use bytes::Bytes;
-use switchboard_protocol::framing::{encode_record, FramingError, RecordDecoder};
+use std::time::Duration;
+use switchboard_protocol::framing::{FramingError, RecordDecoder};
 use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
 use switchboard_relay::{Transport, TransportError, TransportKind};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-/// Bytes read from the stream per call.
-const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes taken from the stream per read (quinn hands out its own buffers: no copy and
+/// no per-session read buffer).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Longest close reason sent to the client, in bytes.
+const MAX_REASON: usize = 256;
+
+/// How long `close` waits for the client to acknowledge the last frames (a fatal `Error`)
+/// before closing the connection, which would discard them.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Stream error code for streams beyond the control stream (reset / stop-sending).
+fn extra_stream_code() -> VarInt {
+    VarInt::from_u32(close_code(ErrorCode::InvalidArgument).into())
+}
 
 /// A WebTransport session's control stream.
 pub struct WtTransport {
@@ -16,20 +30,46 @@ pub struct WtTransport {
     send: SendStream,
     recv: RecvStream,
     decoder: RecordDecoder,
-    buf: Box<[u8]>,
     eof: bool,
+    /// The task refusing further streams; ends with the session.
+    refuser: tokio::task::AbortHandle,
 }
 
 impl WtTransport {
-    /// Wrap an accepted session and its control stream.
+    /// Wrap an accepted session and its control stream. Streams the client opens later
+    /// are refused for as long as this value lives.
     pub fn new(connection: Connection, send: SendStream, recv: RecvStream) -> Self {
-        Self {
-            connection,
-            send,
-            recv,
-            decoder: RecordDecoder::new(MAX_FRAME_BYTES),
-            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            eof: false,
+        let refuser = tokio::spawn(refuse_extra_streams(connection.clone())).abort_handle();
+        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES), eof: false, refuser }
+    }
+}
+
+impl Drop for WtTransport {
+    fn drop(&mut self) {
+        self.refuser.abort();
+    }
+}
+
+/// Accept and immediately stop every stream after the control stream, so they neither
+/// queue in wtransport nor hold flow-control credit.
+async fn refuse_extra_streams(connection: Connection) {
+    loop {
+        tokio::select! {
+            bi = connection.accept_bi() => match bi {
+                Ok((mut send, recv)) => {
+                    tracing::debug!(stream = %recv.id(), "WebTransport: refusing an extra bidirectional stream");
+                    let _ = send.reset(extra_stream_code());
+                    recv.stop(extra_stream_code());
+                }
+                Err(_) => return,
+            },
+            uni = connection.accept_uni() => match uni {
+                Ok(recv) => {
+                    tracing::debug!(stream = %recv.id(), "WebTransport: refusing a unidirectional stream");
+                    recv.stop(extra_stream_code());
+                }
+                Err(_) => return,
+            },
         }
     }
 }
@@ -41,7 +81,8 @@ impl Transport for WtTransport {
 
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
         loop {
-            // Cancel-safe: bytes read are kept in the decoder before anything else awaits.
+            // Cancel-safe: a chunk read is in the decoder before anything else awaits, and
+            // quinn's read_chunk is itself cancel-safe.
             match self.decoder.next_record() {
                 Ok(Some(record)) => return Some(Ok(record)),
                 Ok(None) => {}
@@ -54,8 +95,8 @@ impl Transport for WtTransport {
                     Err(e) => Some(Err(TransportError::Protocol(e.to_string()))),
                 };
             }
-            match self.recv.read(&mut self.buf).await {
-                Ok(Some(n)) => self.decoder.extend(&self.buf[..n]),
+            match self.recv.quic_stream_mut().read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
                 Ok(None) => self.eof = true,
                 Err(e) => return Some(Err(TransportError::Io(e.to_string()))),
             }
@@ -63,12 +104,40 @@ impl Transport for WtTransport {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        self.send.write_all(&encode_record(&frame)).await.map_err(|e| TransportError::Io(e.to_string()))
+        let len = u32::try_from(frame.len()).map_err(|_| TransportError::TooLarge(frame.len()))?;
+        // The prefix and the frame go out as two chunks: the frame (possibly shared by many
+        // recipients) is not copied.
+        let mut chunks = [Bytes::copy_from_slice(&len.to_be_bytes()), frame];
+        self.send.quic_stream_mut().write_all_chunks(&mut chunks).await.map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn close(mut self, code: ErrorCode, reason: &str) {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.send.finish()).await;
-        let reason = &reason.as_bytes()[..reason.len().min(256)];
-        self.connection.close(VarInt::from_u32(close_code(code).into()), reason);
+        // Let the last frames reach the client: closing the connection discards unsent data.
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, self.send.finish()).await;
+        self.connection.close(VarInt::from_u32(close_code(code).into()), truncate(reason, MAX_REASON).as_bytes());
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn reasons_are_cut_on_char_boundaries() {
+        assert_eq!(truncate("short", 256), "short");
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate(&"x".repeat(300), 256).len(), 256);
     }
 }
