@@ -1,11 +1,31 @@
 #!/usr/bin/env python3
-"""Lint and render the Helm chart with Helm's own library (helm-python-sdk), for the default
-values and every value set in helm/switchboard/ci/, validate every rendered manifest against
-Kubernetes' schemas offline (kubernetes-validate, strict), check facts the product relies on,
-and make sure the value sets in helm/switchboard/ci-fail/ are refused."""
+"""Offline verification of the Helm chart in helm/switchboard (run by scripts/check-chart.sh).
 
+* Helm's own Go library, through PyPI's helm-python-sdk (module ``helm_python``; no helm
+  binary, no cluster): ``helm_python.lint`` (strict, with a target Kubernetes version) and
+  ``helm_python.Chart.load(...).render(...)`` (which also enforces values.schema.json).
+* Every value set in helm/switchboard/ci/*.yaml must lint clean and render; every rendered
+  manifest is validated offline, strictly (unknown fields are errors), against the
+  Kubernetes OpenAPI schemas shipped by PyPI's kubernetes-validate, for the oldest and the
+  newest Kubernetes version the chart targets. Custom resources it has no schema for
+  (ServiceMonitor, Certificate) are skipped and reported.
+* Semantic facts the product relies on are asserted on the rendered objects (grace period =
+  drain timeout + 15, probes, security context, UDP service, selectors that match, ...).
+* Every value set in helm/switchboard/ci-fail/*.yaml must be refused, with the message its
+  ``# expect: ...`` line names (e.g. three replicas without NATS).
+* values.yaml, values.schema.json and README.md must agree: every value is commented, typed
+  and documented.
+
+Ends with the plain line ``N passed, M failed``; exits 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import json
 import pathlib
+import re
 import sys
+import time
 
 import helm_python
 import kubernetes_validate
@@ -13,99 +33,429 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "switchboard"
-KUBE_VERSION = "1.30.0"
-# Custom resources kubernetes-validate has no schema for.
-CRD_KINDS = {"ServiceMonitor", "Certificate"}
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]  # oldest supported target, newest schemas shipped
+RELEASE, NAMESPACE = "rt", "realtime"
+# Custom resources: kubernetes-validate ships no schema for them.
+CRD_KINDS = {"ServiceMonitor": "monitoring.coreos.com/v1", "Certificate": "cert-manager.io/v1"}
 
-passed, failed = 0, 0
+passed = failed = 0
 
 
-def check(ok, what):
+def check(ok: object, what: str) -> bool:
     global passed, failed
     if ok:
         passed += 1
     else:
         failed += 1
         print(f"FAIL: {what}")
+    return bool(ok)
 
 
-def manifests(rendered):
+def get(d: dict, path: str, default=None):
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def manifests(rendered: dict[str, str]) -> list[tuple[str, dict]]:
+    out = []
     for path, text in sorted(rendered.items()):
         if not path.endswith(".yaml"):
             continue
         for doc in yaml.safe_load_all(text):
             if doc:
-                yield path, doc
+                out.append((path.split("/")[-1], doc))
+    return out
 
 
-def facts(name, docs, drain_timeout):
-    deployments = [d for _, d in docs if d["kind"] == "Deployment"]
-    check(deployments, f"{name}: renders a Deployment")
-    for d in deployments:
-        spec = d["spec"]["template"]["spec"]
-        who = f"{name}: {d['metadata']['name']}"
-        check(spec["terminationGracePeriodSeconds"] == drain_timeout + 15, f"{who}: grace period = drain timeout + 15")
-        check(spec["securityContext"]["runAsNonRoot"] is True, f"{who}: runAsNonRoot")
+def matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def check_deployments(name: str, docs: list[tuple[str, dict]], v: dict, secrets: dict) -> None:
+    deployments = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Deployment"}
+    split = get(v, "webtransport.split.enabled")
+    check(len(deployments) == (2 if split else 1), f"{name}: {2 if split else 1} Deployment(s), got {list(deployments)}")
+    drain = int(get(v, "node.drainTimeout"))
+    nats_url = get(v, "nats.url") or ""
+    for dname, d in deployments.items():
+        who = f"{name}: Deployment {dname}"
+        tpl = d["spec"]["template"]
+        spec = tpl["spec"]
+        component = tpl["metadata"]["labels"].get("app.kubernetes.io/component")
+        combined = component == "node"
+        check(matches(d["spec"]["selector"]["matchLabels"], tpl["metadata"]["labels"]), f"{who}: selector matches its pods")
+        check(spec.get("terminationGracePeriodSeconds") == drain + 15, f"{who}: terminationGracePeriodSeconds == drainTimeout + 15 ({drain + 15})")
+        check("checksum/secret" in (tpl["metadata"].get("annotations") or {}), f"{who}: checksum/secret pod annotation")
+        check(spec.get("automountServiceAccountToken") is False, f"{who}: no service-account token")
+        psc = spec.get("securityContext") or {}
+        check(psc.get("runAsNonRoot") is True, f"{who}: runAsNonRoot")
+        check(psc.get("runAsUser") == 10001, f"{who}: runAsUser 10001")
+        check(psc.get("fsGroup") == 10001, f"{who}: fsGroup")
+        check(get(psc, "seccompProfile.type") == "RuntimeDefault", f"{who}: seccomp RuntimeDefault")
+        tsc = spec.get("topologySpreadConstraints") or []
+        if get(v, "topologySpreadConstraints.enabled"):
+            check([c["topologyKey"] for c in tsc] == get(v, "topologySpreadConstraints.topologyKeys"), f"{who}: spread over the topology keys")
+            check(all(matches(c["labelSelector"]["matchLabels"], tpl["metadata"]["labels"]) for c in tsc), f"{who}: spread constraints select its own pods")
+        else:
+            check(not tsc, f"{who}: no spread constraints when disabled")
+        if get(v, "autoscaling.enabled" if combined else "webtransport.split.autoscaling.enabled"):
+            check("replicas" not in d["spec"], f"{who}: replicas left to the HPA")
+        else:
+            want = int(get(v, "replicaCount", 2 if nats_url else 1)) if combined else int(get(v, "webtransport.split.replicaCount"))
+            check(d["spec"].get("replicas") == want, f"{who}: replicas == {want}")
+        check(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, f"{who}: rolling update keeps capacity")
+        volumes = {vol["name"]: vol for vol in spec.get("volumes") or []}
+        check(len(spec["containers"]) == 1, f"{who}: one container")
         for c in spec["containers"]:
-            check(c["securityContext"]["readOnlyRootFilesystem"] is True, f"{who}: read-only root filesystem")
-            check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{who}: readiness on /readyz")
-            check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{who}: liveness on /healthz")
-            env = {e["name"]: e for e in c["env"]}
-            check(env["SWITCHBOARD_DRAIN_TIMEOUT"]["value"] == str(drain_timeout), f"{who}: drain timeout passed on")
-            check("fieldRef" in env["SWITCHBOARD_NODE_ID"]["valueFrom"], f"{who}: node id from the pod name")
-    udp = [d for _, d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-quic")]
-    check(len(udp) == 1 and udp[0]["spec"]["ports"][0]["protocol"] == "UDP", f"{name}: a UDP service for QUIC")
+            csc = c.get("securityContext") or {}
+            check(csc.get("readOnlyRootFilesystem") is True, f"{who}: readOnlyRootFilesystem")
+            check(csc.get("allowPrivilegeEscalation") is False, f"{who}: allowPrivilegeEscalation false")
+            check(get(csc, "capabilities.drop") == ["ALL"], f"{who}: capabilities drop ALL")
+            check(get(c, "readinessProbe.httpGet.path") == "/readyz", f"{who}: readiness probe GET /readyz")
+            check(get(c, "livenessProbe.httpGet.path") == "/healthz", f"{who}: liveness probe GET /healthz")
+            check(get(c, "startupProbe.httpGet.path") == "/healthz" and get(c, "startupProbe.failureThreshold", 0) >= 30, f"{who}: startup probe GET /healthz, failureThreshold >= 30")
+            check(get(c, "lifecycle.preStop.exec.command") == ["sleep", "5"], f"{who}: preStop sleep 5")
+            check(get(c, "resources.requests.cpu") and get(c, "resources.limits.memory"), f"{who}: cpu request and memory limit")
+            tag = get(v, "image.tag") or "0.1.0"
+            check(c["image"] == f"{get(v, 'image.repository')}:{tag}", f"{who}: image {c['image']}")
+            ports = {p["name"]: p for p in c.get("ports") or []}
+            env = {e["name"]: e for e in c.get("env") or []}
+            val = lambda k: (env.get(k) or {}).get("value")  # noqa: E731
+            check(get(env, "SWITCHBOARD_NODE_ID.valueFrom.fieldRef.fieldPath") == "metadata.name", f"{who}: node id from the pod name")
+            check(val("SWITCHBOARD_DRAIN_TIMEOUT") == str(drain), f"{who}: SWITCHBOARD_DRAIN_TIMEOUT == {drain}")
+            check(val("SWITCHBOARD_LOG_FORMAT") == get(v, "node.logFormat"), f"{who}: log format")
+            check(val("RUST_LOG") == get(v, "node.logLevel"), f"{who}: RUST_LOG")
+            check(val("SWITCHBOARD_NATS_URL") == (nats_url or None), f"{who}: SWITCHBOARD_NATS_URL")
+            check(val("SWITCHBOARD_NATS_REPLICAS") == str(get(v, "nats.presenceReplicas")), f"{who}: presence replicas")
+            if combined:
+                check(c["command"] == ["/usr/local/bin/switchboard", "serve"], f"{who}: runs switchboard serve")
+                check(val("SWITCHBOARD_HTTP_ADDR") == "0.0.0.0:8080" and get(ports, "http.containerPort") == 8080, f"{who}: HTTP on 8080")
+                check((val("SWITCHBOARD_NO_WEBTRANSPORT") == "true") == bool(split), f"{who}: --no-webtransport iff split")
+                check(("quic" in ports) != bool(split), f"{who}: QUIC port iff not split")
+            else:
+                check(c["command"] == ["/usr/local/bin/webtransport-server"], f"{who}: runs webtransport-server")
+                check(val("SWITCHBOARD_HTTP_ADDR") == "0.0.0.0:8081" and get(ports, "http.containerPort") == 8081, f"{who}: probes on 8081")
+                check("SWITCHBOARD_NO_WEBTRANSPORT" not in env and "SWITCHBOARD_ADMIN_KEY" not in env, f"{who}: WebTransport on, no admin API")
+            if "quic" in ports:
+                check(ports["quic"]["protocol"] == "UDP" and ports["quic"]["containerPort"] == 4433, f"{who}: QUIC on 4433/UDP")
+                check(val("SWITCHBOARD_WT_ADDR") == "0.0.0.0:4433", f"{who}: SWITCHBOARD_WT_ADDR")
+            if nats_url == "" and combined:
+                check(d["spec"].get("replicas") == 1, f"{who}: a single node without NATS")
+            # Files: each path the node reads is on a mounted volume from the right Secret.
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+
+            def mounted(path_env: str, secret: str, key: str | None = None) -> None:
+                path = val(path_env)
+                directory, _, filename = (path or "").rpartition("/")
+                m = mounts.get(directory)
+                vol = volumes.get(m["name"]) if m else None
+                ok = bool(m and m.get("readOnly") and vol and get(vol, "secret.secretName") == secret)
+                if ok and key is not None:
+                    ok = {"key": key, "path": filename} in (get(vol, "secret.items") or [])
+                check(ok, f"{who}: {path_env}={path} is mounted read-only from Secret {secret}")
+
+            if get(v, "nats.credentialsSecret"):
+                mounted("SWITCHBOARD_NATS_CREDS", get(v, "nats.credentialsSecret"), get(v, "nats.credentialsKey"))
+            else:
+                check("SWITCHBOARD_NATS_CREDS" not in env, f"{who}: no NATS credentials")
+            wt = "quic" in ports
+            if wt and get(v, "tls.secretName"):
+                mounted("SWITCHBOARD_TLS_CERT", get(v, "tls.secretName"))
+                mounted("SWITCHBOARD_TLS_KEY", get(v, "tls.secretName"))
+            else:
+                check("SWITCHBOARD_TLS_CERT" not in env and "SWITCHBOARD_TLS_KEY" not in env, f"{who}: no certificate paths")
+            public = get(v, "auth.existingPublicKeySecret") or get(v, "auth.publicKey")
+            if public:
+                secret = get(v, "auth.existingPublicKeySecret") or f"{RELEASE}-switchboard-jwt-public-key"
+                mounted("SWITCHBOARD_JWT_PUBLIC_KEY", secret, get(v, "auth.publicKeyKey") if get(v, "auth.existingPublicKeySecret") else None)
+                check(val("SWITCHBOARD_JWT_ALGORITHM") == get(v, "auth.publicKeyAlgorithm"), f"{who}: JWT algorithm")
+                check("SWITCHBOARD_JWT_SECRET" not in env, f"{who}: no JWT secret with a public key")
+            elif get(v, "auth.jwtSecret") or get(v, "auth.existingSecret"):
+                ref = get(env, "SWITCHBOARD_JWT_SECRET.valueFrom.secretKeyRef") or {}
+                check(ref.get("key") == get(v, "auth.jwtSecretKey") and not ref.get("optional"), f"{who}: SWITCHBOARD_JWT_SECRET from a Secret")
+            else:
+                check("SWITCHBOARD_JWT_SECRET" not in env and get(v, "auth.allowDevelopmentSecret"), f"{who}: development secret only when allowed")
+            if combined and (get(v, "auth.adminKey") or get(v, "auth.existingSecret")):
+                ref = get(env, "SWITCHBOARD_ADMIN_KEY.valueFrom.secretKeyRef") or {}
+                check(ref.get("key") == get(v, "auth.adminKeyKey"), f"{who}: SWITCHBOARD_ADMIN_KEY from the Secret")
+            # Every secretKeyRef to a chart-made Secret names a key the Secret has.
+            for e in env.values():
+                ref = get(e, "valueFrom.secretKeyRef")
+                if ref and ref["name"] in secrets and not ref.get("optional"):
+                    check(ref["key"] in (secrets[ref["name"]].get("data") or {}), f"{who}: {e['name']} key {ref['key']} exists in Secret {ref['name']}")
+            for m in mounts.values():
+                check(m["name"] in volumes, f"{who}: volume {m['name']} exists")
 
 
-def main():
-    lint_values = {"auth": {"jwtSecret": "x" * 32}, "nats": {"url": "nats://nats:4222"}}
-    lint = helm_python.lint(str(CHART), lint_values, strict=True, kube_version=f"v{KUBE_VERSION}")
-    errors = [m for m in lint.get("messages") or [] if m.get("severity", 0) >= 2] + list(lint.get("errors") or [])
-    for e in errors:
-        print(f"lint: {e}")
-    check(not errors, "helm lint --strict is clean")
+def check_services(name: str, docs: list[tuple[str, dict]], v: dict) -> None:
+    pods = [d["spec"]["template"] for _, d in docs if d["kind"] == "Deployment"]
+    services = [d for _, d in docs if d["kind"] == "Service"]
+    for s in services:
+        sname = s["metadata"]["name"]
+        selected = [p for p in pods if matches(s["spec"]["selector"], p["metadata"]["labels"])]
+        check(selected, f"{name}: Service {sname} selects pods")
+        for port in s["spec"]["ports"]:
+            ok = all(
+                any(cp["name"] == port["targetPort"] and cp["protocol"] == port["protocol"] for c in p["spec"]["containers"] for cp in c.get("ports", []))
+                for p in selected
+            )
+            check(ok, f"{name}: Service {sname} port {port['name']} targets a {port['protocol']} container port {port['targetPort']}")
+    http = [s for s in services if s["metadata"]["name"] == f"{RELEASE}-switchboard"]
+    check(
+        len(http) == 1 and http[0]["spec"]["type"] == get(v, "service.type")
+        and http[0]["spec"]["ports"] == [{"name": "http", "port": get(v, "service.port"), "targetPort": "http", "protocol": "TCP"}],
+        f"{name}: HTTP/WebSocket Service, TCP port named http",
+    )
+    udp = [s for s in services if any(p["protocol"] == "UDP" for p in s["spec"]["ports"])]
+    if check(len(udp) == 1, f"{name}: exactly one UDP Service"):
+        u = udp[0]
+        check(u["metadata"]["name"] == f"{RELEASE}-switchboard-quic", f"{name}: UDP Service named -quic")
+        check(u["spec"]["type"] == get(v, "udpService.type"), f"{name}: UDP Service type {get(v, 'udpService.type')}")
+        check(all(p["protocol"] == "UDP" for p in u["spec"]["ports"]) and u["spec"]["ports"][0]["port"] == get(v, "udpService.port"), f"{name}: UDP Service protocol UDP")
+        want_etp = None if get(v, "udpService.type") == "ClusterIP" else get(v, "udpService.externalTrafficPolicy")
+        check(u["spec"].get("externalTrafficPolicy") == want_etp, f"{name}: externalTrafficPolicy {want_etp}")
+        if get(v, "udpService.type") == "NodePort" and get(v, "udpService.nodePort") is not None:
+            check(u["spec"]["ports"][0].get("nodePort") == get(v, "udpService.nodePort"), f"{name}: fixed nodePort")
+        want = "webtransport" if get(v, "webtransport.split.enabled") else "node"
+        check(u["spec"]["selector"].get("app.kubernetes.io/component") == want, f"{name}: UDP Service selects the {want} pods")
 
-    chart = helm_python.Chart.load(str(CHART))
-    value_sets = sorted((CHART / "ci").glob("*-values.yaml"))
-    validated, skipped = 0, set()
-    for path in value_sets:
-        values = yaml.safe_load(path.read_text()) or {}
-        try:
-            chart.validate_schema(values)
-            rendered = chart.render(values, name="sb", namespace="realtime", is_install=True)
-        except helm_python.HelmError as e:
-            check(False, f"{path.name}: renders ({e})")
+
+def check_others(name: str, docs: list[tuple[str, dict]], v: dict, notes: str) -> None:
+    by_kind: dict[str, list[dict]] = {}
+    for _, d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+    split = get(v, "webtransport.split.enabled")
+
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    want = [c for c, a in (("node", "autoscaling"), ("webtransport", "webtransport.split.autoscaling")) if get(v, f"{a}.enabled") and (c == "node" or split)]
+    check(len(hpas) == len(want), f"{name}: {len(want)} HPA(s)")
+    for h in hpas:
+        target = h["spec"]["scaleTargetRef"]
+        check(target["kind"] == "Deployment" and target["name"] in deployments, f"{name}: HPA {h['metadata']['name']} targets a rendered Deployment")
+        comp = deployments.get(target["name"], {}).get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+        cfg = get(v, "autoscaling" if comp == "node" else "webtransport.split.autoscaling") or {}
+        names = [m["resource"]["name"] for m in h["spec"]["metrics"]]
+        check(names == (["cpu", "memory"] if cfg.get("targetMemoryUtilizationPercentage") is not None else ["cpu"]), f"{name}: HPA metrics {names}")
+        check((h["spec"]["minReplicas"], h["spec"]["maxReplicas"]) == (cfg.get("minReplicas"), cfg.get("maxReplicas")), f"{name}: HPA bounds")
+
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    if get(v, "podDisruptionBudget.enabled"):
+        check(len(pdbs) == len(deployments), f"{name}: one PDB per Deployment")
+        for p in pdbs:
+            check(any(matches(p["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()), f"{name}: PDB {p['metadata']['name']} selects pods")
+            check(("minAvailable" in p["spec"]) != ("maxUnavailable" in p["spec"]), f"{name}: PDB sets exactly one of minAvailable/maxUnavailable")
+    else:
+        check(not pdbs, f"{name}: no PDB when disabled")
+
+    ingresses = by_kind.get("Ingress", [])
+    check(len(ingresses) == (1 if get(v, "ingress.enabled") else 0), f"{name}: Ingress iff ingress.enabled")
+    for i in ingresses:
+        ann = i["metadata"].get("annotations") or {}
+        check(ann.get("nginx.ingress.kubernetes.io/proxy-read-timeout") == "3600" and ann.get("nginx.ingress.kubernetes.io/proxy-send-timeout") == "3600", f"{name}: Ingress keeps WebSockets open (3600 s)")
+        for rule in i["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                check(p["backend"]["service"] == {"name": f"{RELEASE}-switchboard", "port": {"name": "http"}}, f"{name}: Ingress routes to the HTTP Service")
+
+    monitors = by_kind.get("ServiceMonitor", [])
+    check(len(monitors) == (1 if get(v, "serviceMonitor.enabled") else 0), f"{name}: ServiceMonitor iff serviceMonitor.enabled")
+    for m in monitors:
+        check(m["apiVersion"] == CRD_KINDS["ServiceMonitor"], f"{name}: ServiceMonitor apiVersion")
+        scraped = [s for s in by_kind.get("Service", []) if matches(m["spec"]["selector"]["matchLabels"], s["metadata"]["labels"]) and any(p["name"] == "http" for p in s["spec"]["ports"])]
+        check(len(scraped) == (2 if split else 1), f"{name}: ServiceMonitor scrapes {2 if split else 1} Service(s) with an http port")
+        check(m["spec"]["endpoints"][0]["path"] == "/metrics", f"{name}: ServiceMonitor path /metrics")
+        for key, val in (get(v, "serviceMonitor.labels") or {}).items():
+            check(m["metadata"]["labels"].get(key) == val, f"{name}: ServiceMonitor label {key}")
+
+    certs = by_kind.get("Certificate", [])
+    check(len(certs) == (1 if get(v, "tls.certManager.enabled") else 0), f"{name}: Certificate iff tls.certManager.enabled")
+    for c in certs:
+        check(c["apiVersion"] == CRD_KINDS["Certificate"] and c["spec"]["secretName"] == get(v, "tls.secretName"), f"{name}: Certificate writes tls.secretName")
+        check(c["spec"]["issuerRef"]["name"] == get(v, "tls.certManager.issuerRef.name") and c["spec"]["dnsNames"] == get(v, "tls.certManager.dnsNames"), f"{name}: Certificate issuer and names")
+
+    check(len(by_kind.get("ServiceAccount", [])) == (1 if get(v, "serviceAccount.create") else 0), f"{name}: ServiceAccount iff create")
+    for d in deployments.values():
+        want_sa = get(v, "serviceAccount.name") or (f"{RELEASE}-switchboard" if get(v, "serviceAccount.create") else "default")
+        check(d["spec"]["template"]["spec"]["serviceAccountName"] == want_sa, f"{name}: pods use ServiceAccount {want_sa}")
+        ann = d["spec"]["template"]["metadata"].get("annotations") or {}
+        check(("prometheus.io/scrape" in ann) == bool(get(v, "prometheusAnnotations")), f"{name}: Prometheus annotations iff prometheusAnnotations")
+
+    for s in by_kind.get("Secret", []):
+        check(s["data"] and all(isinstance(x, str) for x in s["data"].values()), f"{name}: Secret {s['metadata']['name']} has data")
+    if get(v, "auth.existingSecret"):
+        check(f"{RELEASE}-switchboard" not in {s["metadata"]["name"] for s in by_kind.get("Secret", [])}, f"{name}: no chart Secret with existingSecret")
+
+    insecure = not (get(v, "auth.jwtSecret") or get(v, "auth.existingSecret") or get(v, "auth.publicKey") or get(v, "auth.existingPublicKeySecret"))
+    check(("WARNING" in notes) == insecure, f"{name}: NOTES warns iff no JWT secret or public key")
+    check("switchboard token" in notes and "/ws" in notes and "/wt" in notes, f"{name}: NOTES tells how to connect and mint a token")
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def documented_values() -> tuple[list[str], list[str]]:
+    """(keys with a '# --' comment, leaf keys) of values.yaml, as dotted paths."""
+    documented, leaves, stack = [], [], []
+    pending = False
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = True
             continue
-        docs = list(manifests(rendered))
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9_.-]*):(.*)$", line)
+        if not m or stripped.startswith("#"):
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        # Keys inside a map value documented as a whole (annotations, resources) are data.
+        if any(path.startswith(d + ".") for d in documented):
+            continue
+        if pending:
+            documented.append(path)
+        pending = False
+        if rest == "" or rest.startswith("#"):
+            stack.append((indent, key))
+        else:
+            leaves.append(path)
+    return documented, leaves
+
+
+def check_docs(chart: helm_python.Chart) -> None:
+    meta = chart.metadata
+    check(
+        meta.get("apiVersion") == "v2" and meta.get("version") == "0.1.0" and meta.get("appVersion") == "0.1.0",
+        "Chart.yaml: apiVersion v2, version 0.1.0, appVersion 0.1.0",
+    )
+    documented, leaves = documented_values()
+    for leaf in leaves:
+        check(any(leaf == d or leaf.startswith(d + ".") for d in documented), f"values.yaml: {leaf} has a '# --' comment")
+    readme = (CHART / "README.md").read_text()
+    table = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    for d in documented:
+        check(d in table, f"README.md: value {d} is in the values table")
+    for t in sorted(table - set(documented)):
+        check(False, f"README.md: table row {t} is not a value in values.yaml")
+    check(all(x in readme for x in ("jetstream:", "cluster:", "replicas: 3", "nats://nats:4222", "2.10")), "README.md: the official NATS chart snippet")
+
+    # The schema types every value and accepts the defaults.
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def node(path: str) -> dict | None:
+        n = schema
+        for part in path.split("."):
+            props = n.get("properties") or {}
+            if part in props:
+                n = props[part]
+            elif isinstance(n.get("additionalProperties"), dict) or n.get("additionalProperties") is True:
+                return n
+            else:
+                return None
+        return n
+
+    for d in documented:
+        n = node(d)
+        check(n is not None and ("type" in n or "oneOf" in n), f"values.schema.json: {d} is typed")
+    check(schema.get("additionalProperties") is False, "values.schema.json: unknown top-level values are refused")
+    try:
+        chart.validate_schema({})
+        check(True, "")
+    except helm_python.HelmError as e:
+        check(False, f"values.schema.json refuses the defaults: {e}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def validator_self_test() -> None:
+    """kubernetes-validate must actually refuse a bad manifest, or the rest proves nothing."""
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": 80, "protocol": "UDP", "bogus": 1}]}}
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(bad, version, strict=True)
+            check(False, f"kubernetes-validate {version} accepted an unknown field")
+        except kubernetes_validate.ValidationError:
+            check(True, "")
+
+
+def main() -> int:
+    started = time.monotonic()
+    print(f"helm-python-sdk {helm_python.__version__} (Helm SDK {helm_python.helm_sdk_version()}), kubernetes-validate {kubernetes_validate.version.__version__}")
+    validator_self_test()
+    chart = helm_python.Chart.load(str(CHART))
+    check_docs(chart)
+
+    value_sets = sorted((CHART / "ci").glob("*.yaml"))
+    check(len(value_sets) >= 7, f"at least 7 value sets in ci/ (found {len(value_sets)})")
+    rendered_sets = validated = 0
+    skipped: dict[str, int] = {}
+    for path in value_sets:
+        name = path.name
+        values = yaml.safe_load(path.read_text()) or {}
+
+        lint = helm_python.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSIONS[0]}")
+        problems = [m for m in lint.get("messages") or [] if m.get("severity", 0) >= 2] + list(lint.get("errors") or [])
+        for p in problems:
+            print(f"lint ({name}): {p}")
+        check(not problems, f"{name}: helm lint --strict is clean")
+
+        try:
+            rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm_python.HelmError as e:
+            check(False, f"{name}: renders ({e})")
+            continue
+        rendered_sets += 1
+        docs = manifests(rendered)
+        notes = next((t for p, t in rendered.items() if p.endswith("NOTES.txt")), "")
         for src, doc in docs:
             if doc["kind"] in CRD_KINDS:
-                skipped.add(doc["kind"])
+                skipped[doc["kind"]] = skipped.get(doc["kind"], 0) + 1
                 continue
-            try:
-                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-                check(True, "")
+            errors = []
+            for version in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
+                    errors.append(f"Kubernetes {version}: {getattr(e, 'message', e)}")
+            if check(not errors, f"{name}: {src} {doc['kind']} {doc['metadata'].get('name')} is invalid: {'; '.join(errors)}"):
                 validated += 1
-            except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
-                check(False, f"{path.name}: {src} ({doc['kind']}): {e}")
-        merged = chart.merge_values(values)
-        facts(path.name, docs, int(merged["node"]["drainTimeout"]))
-        print(f"ok: {path.name}: {len(docs)} manifests")
+        v = chart.merge_values(values)
+        secrets = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Secret"}
+        check_deployments(name, docs, v, secrets)
+        check_services(name, docs, v)
+        check_others(name, docs, v, notes)
+        kinds = sorted({d["kind"] for _, d in docs})
+        print(f"ok: {name}: {len(docs)} manifests ({', '.join(kinds)})")
 
+    must_fail = sorted((CHART / "ci-fail").glob("*.yaml"))
+    check(any(p.name == "replicas-without-nats-values.yaml" for p in must_fail), "ci-fail/ has replicas-without-nats-values.yaml")
     refused = 0
-    for path in sorted((CHART / "ci-fail").glob("*-values.yaml")):
-        values = yaml.safe_load(path.read_text()) or {}
+    for path in must_fail:
+        text = path.read_text()
+        expect = re.search(r"^# expect: (.+)$", text, re.M)
+        if not check(expect, f"{path.name}: has an '# expect: ...' line"):
+            continue
         try:
-            chart.validate_schema(values)
-            chart.render(values, name="sb", namespace="realtime")
+            chart.render(yaml.safe_load(text) or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
             check(False, f"{path.name}: must be refused, but rendered")
         except helm_python.HelmError as e:
-            refused += 1
-            check(True, "")
-            print(f"ok: {path.name} refused: {str(e).splitlines()[-1][:160]}")
+            message = " ".join(str(e).split())
+            if check(expect.group(1) in message, f"{path.name}: refused, but not with {expect.group(1)!r}: {message}"):
+                refused += 1
+                print(f"ok: {path.name} refused: {message[:150]}")
 
+    skipped_text = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "none"
     print(
-        f"chart: {len(value_sets)} value sets rendered, {validated} manifests validated against Kubernetes "
-        f"{KUBE_VERSION} (no schema for: {', '.join(sorted(skipped)) or 'none'}), {refused} expected refusals confirmed"
+        f"chart: {rendered_sets} value sets rendered, {validated} manifests validated against Kubernetes "
+        f"{' and '.join(KUBE_VERSIONS)} (custom resources without a schema, skipped: {skipped_text}), "
+        f"{refused} expected failures confirmed ({time.monotonic() - started:.1f} s)"
     )
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

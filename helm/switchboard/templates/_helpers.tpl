@@ -1,7 +1,9 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
 {{- define "switchboard.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Full name: release-chart, or the release name when it already contains the chart name. */}}
 {{- define "switchboard.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
@@ -15,18 +17,25 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Common labels of every object. */}}
 {{- define "switchboard.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: {{ include "switchboard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: switchboard
 {{- end -}}
 
-{{/* Selector labels; call with (dict "ctx" $ "component" "node"|"webtransport"). */}}
+{{/* Labels selecting every pod of the release (both components). */}}
+{{- define "switchboard.releaseSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "switchboard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "node"|"webtransport"). */}}
 {{- define "switchboard.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "switchboard.name" .ctx }}
-app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{ include "switchboard.releaseSelectorLabels" .ctx }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
@@ -38,49 +47,104 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret holding the JWT secret and admin key (the chart's or auth.existingSecret). */}}
 {{- define "switchboard.secretName" -}}
 {{- default (include "switchboard.fullname" .) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Whether the chart creates its own auth Secret. */}}
+{{- define "switchboard.createSecret" -}}
+{{- if and (not .Values.auth.existingSecret) (or .Values.auth.jwtSecret .Values.auth.adminKey) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether tokens are verified with a public key. */}}
+{{- define "switchboard.usePublicKey" -}}
+{{- if or .Values.auth.publicKey .Values.auth.existingPublicKeySecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether a JWT secret is available (chart Secret or existing Secret). */}}
+{{- define "switchboard.hasJwtSecret" -}}
+{{- if or .Values.auth.existingSecret .Values.auth.jwtSecret -}}true{{- end -}}
 {{- end -}}
 
 {{- define "switchboard.image" -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end -}}
 
-{{/* Fail early on configurations that cannot work. */}}
+{{/* Combined nodes: replicaCount, or 2 with NATS and 1 without when it is null. */}}
+{{- define "switchboard.replicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount -}}
+{{- ternary 2 1 (not (empty .Values.nats.url)) -}}
+{{- else -}}
+{{- int .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fail early, with a clear message, on configurations that cannot work. */}}
 {{- define "switchboard.validate" -}}
-{{- $multi := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.webtransport.split.enabled -}}
-{{- if and $multi (not .Values.nats.url) -}}
-{{- fail "nats.url is required with more than one node (replicaCount > 1, autoscaling or webtransport.split): nodes share rooms through NATS" -}}
+{{- $v := .Values -}}
+{{- $replicas := int (include "switchboard.replicas" .) -}}
+{{- if and (not $v.nats.url) (gt $replicas 1) -}}
+{{- fail (printf "replicaCount is %d but nats.url is empty: several nodes share rooms only through NATS (>= 2.10 with JetStream). Set nats.url (e.g. nats://nats:4222) or replicaCount=1." $replicas) -}}
 {{- end -}}
-{{- if and (not .Values.auth.existingSecret) (not .Values.auth.jwtSecret) (not .Values.auth.publicKey) (not .Values.auth.existingPublicKeySecret) -}}
-{{- fail "set auth.jwtSecret, auth.existingSecret, auth.publicKey or auth.existingPublicKeySecret: without one, anyone could mint tokens" -}}
+{{- if and (not $v.nats.url) $v.autoscaling.enabled -}}
+{{- fail "autoscaling.enabled needs nats.url: several nodes share rooms only through NATS (>= 2.10 with JetStream)." -}}
 {{- end -}}
-{{- if and .Values.auth.jwtSecret (lt (len .Values.auth.jwtSecret) 32) -}}
+{{- if and (not $v.nats.url) $v.webtransport.split.enabled -}}
+{{- fail "webtransport.split.enabled needs nats.url: the WebTransport-only pods reach the combined nodes' rooms only through NATS (>= 2.10 with JetStream)." -}}
+{{- end -}}
+{{- if and (not (include "switchboard.hasJwtSecret" .)) (not (include "switchboard.usePublicKey" .)) (not $v.auth.allowDevelopmentSecret) -}}
+{{- fail "no token key: set auth.jwtSecret (>= 32 bytes, e.g. $(openssl rand -hex 32)), auth.existingSecret, auth.publicKey or auth.existingPublicKeySecret. Without one, nodes use the public development secret and anyone can mint tokens (auth.allowDevelopmentSecret=true allows that for a throwaway test)." -}}
+{{- end -}}
+{{- if and $v.auth.jwtSecret (not $v.auth.existingSecret) (lt (len $v.auth.jwtSecret) 32) -}}
 {{- fail "auth.jwtSecret must be at least 32 bytes" -}}
 {{- end -}}
-{{- if and .Values.tls.certManager.enabled (not .Values.tls.secretName) -}}
-{{- fail "tls.certManager.enabled needs tls.secretName (the Secret cert-manager writes)" -}}
+{{- if and $v.tls.certManager.enabled (not $v.tls.secretName) -}}
+{{- fail "tls.certManager.enabled needs tls.secretName (the Secret cert-manager writes and the nodes mount)" -}}
+{{- end -}}
+{{- if and $v.tls.certManager.enabled (not $v.tls.certManager.issuerRef.name) -}}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if and $v.tls.certManager.enabled (not $v.tls.certManager.dnsNames) -}}
+{{- fail "tls.certManager.enabled needs tls.certManager.dnsNames (the names clients connect to)" -}}
+{{- end -}}
+{{- if and $v.podDisruptionBudget.enabled (not (kindIs "invalid" $v.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable)) -}}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" -}}
+{{- end -}}
+{{- if and $v.podDisruptionBudget.enabled (kindIs "invalid" $v.podDisruptionBudget.minAvailable) (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable) -}}
+{{- fail "podDisruptionBudget.enabled needs minAvailable or maxUnavailable" -}}
+{{- end -}}
+{{- range $what, $a := dict "autoscaling" $v.autoscaling "webtransport.split.autoscaling" $v.webtransport.split.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "%s.minReplicas (%d) is above maxReplicas (%d)" $what (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
 The pod template of a node. Call with (dict "ctx" $ "component" "node"|"webtransport"
-"command" list "resources" map "wt" bool "http" bool).
+"command" list "resources" map "wt" bool "http" bool):
+  wt    the pod serves WebTransport (UDP 4433)
+  http  the pod is a combined node (`switchboard serve`, HTTP/WebSocket on 8080, admin API);
+        otherwise a webtransport-server (probes and metrics on 8081)
 */}}
 {{- define "switchboard.podTemplate" -}}
 {{- $ctx := .ctx -}}
 {{- $v := $ctx.Values -}}
+{{- $httpPort := ternary 8080 8081 .http -}}
 metadata:
   labels:
     {{- include "switchboard.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+    app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
     {{- with $v.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
+    # Secret changes (JWT secret, admin key, public key) roll the pods.
     checksum/secret: {{ include (print $ctx.Template.BasePath "/secret.yaml") $ctx | sha256sum }}
     {{- if $v.prometheusAnnotations }}
     prometheus.io/scrape: "true"
-    prometheus.io/port: {{ ternary "8080" "8081" .http | quote }}
+    prometheus.io/port: {{ $httpPort | quote }}
     prometheus.io/path: /metrics
     {{- end }}
     {{- with $v.podAnnotations }}
@@ -88,6 +152,9 @@ metadata:
     {{- end }}
 spec:
   serviceAccountName: {{ include "switchboard.serviceAccountName" $ctx }}
+  automountServiceAccountToken: false
+  # Keep Kubernetes' <SERVICE>_PORT variables out of the SWITCHBOARD_* namespace.
+  enableServiceLinks: false
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -95,7 +162,7 @@ spec:
   {{- with $v.priorityClassName }}
   priorityClassName: {{ . }}
   {{- end }}
-  # Drain deadline plus the preStop pause plus slack: the node always finishes draining.
+  # Drain deadline + the 5 s preStop pause + 10 s of slack: Kubernetes never kills a draining node.
   terminationGracePeriodSeconds: {{ add (int $v.node.drainTimeout) 15 }}
   securityContext:
     runAsNonRoot: true
@@ -104,9 +171,9 @@ spec:
     fsGroup: 10001
     seccompProfile:
       type: RuntimeDefault
-  {{- if $v.topologySpreadConstraints.enabled }}
+  {{- if and $v.topologySpreadConstraints.enabled $v.topologySpreadConstraints.topologyKeys }}
   topologySpreadConstraints:
-    {{- range list "topology.kubernetes.io/zone" "kubernetes.io/hostname" }}
+    {{- range $v.topologySpreadConstraints.topologyKeys }}
     - maxSkew: {{ $v.topologySpreadConstraints.maxSkew }}
       topologyKey: {{ . }}
       whenUnsatisfiable: {{ $v.topologySpreadConstraints.whenUnsatisfiable }}
@@ -123,7 +190,7 @@ spec:
         {{- toYaml .command | nindent 8 }}
       ports:
         - name: http
-          containerPort: {{ ternary 8080 8081 .http }}
+          containerPort: {{ $httpPort }}
           protocol: TCP
         {{- if .wt }}
         - name: quic
@@ -136,7 +203,7 @@ spec:
             fieldRef:
               fieldPath: metadata.name
         - name: SWITCHBOARD_HTTP_ADDR
-          value: {{ printf "0.0.0.0:%s" (ternary "8080" "8081" .http) | quote }}
+          value: {{ printf "0.0.0.0:%d" $httpPort | quote }}
         - name: SWITCHBOARD_WT_ADDR
           value: "0.0.0.0:4433"
         {{- if not .wt }}
@@ -149,25 +216,27 @@ spec:
         {{- end }}
         {{- if $v.nats.credentialsSecret }}
         - name: SWITCHBOARD_NATS_CREDS
-          value: /etc/switchboard/nats/{{ $v.nats.credentialsKey }}
+          value: /etc/switchboard/nats/nats.creds
         {{- end }}
         - name: SWITCHBOARD_NATS_REPLICAS
           value: {{ $v.nats.presenceReplicas | quote }}
+        - name: SWITCHBOARD_NATS_CONNECT_TIMEOUT
+          value: {{ $v.nats.connectTimeout | quote }}
         - name: SWITCHBOARD_SUBJECT_PREFIX
           value: {{ $v.nats.subjectPrefix | quote }}
-        {{- if or $v.auth.publicKey $v.auth.existingPublicKeySecret }}
+        {{- if include "switchboard.usePublicKey" $ctx }}
         - name: SWITCHBOARD_JWT_PUBLIC_KEY
           value: /etc/switchboard/jwt/public.pem
         - name: SWITCHBOARD_JWT_ALGORITHM
           value: {{ $v.auth.publicKeyAlgorithm | quote }}
-        {{- else }}
+        {{- else if include "switchboard.hasJwtSecret" $ctx }}
         - name: SWITCHBOARD_JWT_SECRET
           valueFrom:
             secretKeyRef:
               name: {{ include "switchboard.secretName" $ctx }}
               key: {{ $v.auth.jwtSecretKey }}
         {{- end }}
-        {{- if .http }}
+        {{- if and .http (or $v.auth.existingSecret $v.auth.adminKey) }}
         - name: SWITCHBOARD_ADMIN_KEY
           valueFrom:
             secretKeyRef:
@@ -189,6 +258,12 @@ spec:
           value: {{ $v.node.nodeTimeout | quote }}
         - name: SWITCHBOARD_REQUEST_RATE
           value: {{ $v.node.requestRate | quote }}
+        - name: SWITCHBOARD_MAX_ROOMS_PER_SESSION
+          value: {{ $v.node.maxRoomsPerSession | quote }}
+        {{- if and .http (not (kindIs "invalid" $v.node.httpWorkers)) }}
+        - name: SWITCHBOARD_HTTP_WORKERS
+          value: {{ $v.node.httpWorkers | quote }}
+        {{- end }}
         - name: SWITCHBOARD_LOG_FORMAT
           value: {{ $v.node.logFormat | quote }}
         - name: RUST_LOG
@@ -197,20 +272,28 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       startupProbe:
-        httpGet: {path: /healthz, port: http}
+        httpGet:
+          path: /healthz
+          port: http
         periodSeconds: 2
         failureThreshold: 30
       livenessProbe:
-        httpGet: {path: /healthz, port: http}
+        httpGet:
+          path: /healthz
+          port: http
         periodSeconds: 10
+        timeoutSeconds: 2
         failureThreshold: 3
       readinessProbe:
-        httpGet: {path: /readyz, port: http}
+        httpGet:
+          path: /readyz
+          port: http
         periodSeconds: 2
-        failureThreshold: 1
+        timeoutSeconds: 2
+        failureThreshold: 2
       lifecycle:
         preStop:
-          # Give load balancers time to take the pod out before the node starts draining.
+          # Let endpoints and load balancers drop the pod before the node starts draining.
           exec:
             command: ["sleep", "5"]
       resources:
@@ -218,15 +301,19 @@ spec:
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
+        runAsNonRoot: true
         capabilities:
-          drop: [ALL]
+          drop: ["ALL"]
+      {{- $mounts := or (and .wt $v.tls.secretName) (include "switchboard.usePublicKey" $ctx) $v.nats.credentialsSecret }}
+      {{- if $mounts }}
       volumeMounts:
         {{- if and .wt $v.tls.secretName }}
+        # A directory mount (no subPath), so renewed certificates appear in place; nodes re-read them.
         - name: tls
           mountPath: /etc/switchboard/tls
           readOnly: true
         {{- end }}
-        {{- if or $v.auth.publicKey $v.auth.existingPublicKeySecret }}
+        {{- if include "switchboard.usePublicKey" $ctx }}
         - name: jwt
           mountPath: /etc/switchboard/jwt
           readOnly: true
@@ -236,22 +323,35 @@ spec:
           mountPath: /etc/switchboard/nats
           readOnly: true
         {{- end }}
+      {{- end }}
+  {{- if $mounts }}
   volumes:
     {{- if and .wt $v.tls.secretName }}
     - name: tls
       secret:
         secretName: {{ $v.tls.secretName }}
     {{- end }}
-    {{- if or $v.auth.publicKey $v.auth.existingPublicKeySecret }}
+    {{- if include "switchboard.usePublicKey" $ctx }}
     - name: jwt
       secret:
-        secretName: {{ default (printf "%s-jwt-public-key" (include "switchboard.fullname" $ctx)) $v.auth.existingPublicKeySecret }}
+        {{- if $v.auth.existingPublicKeySecret }}
+        secretName: {{ $v.auth.existingPublicKeySecret }}
+        items:
+          - key: {{ $v.auth.publicKeyKey }}
+            path: public.pem
+        {{- else }}
+        secretName: {{ include "switchboard.fullname" $ctx }}-jwt-public-key
+        {{- end }}
     {{- end }}
     {{- if $v.nats.credentialsSecret }}
     - name: nats-creds
       secret:
         secretName: {{ $v.nats.credentialsSecret }}
+        items:
+          - key: {{ $v.nats.credentialsKey }}
+            path: nats.creds
     {{- end }}
+  {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
