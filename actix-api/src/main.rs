@@ -72,6 +72,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     let node = build_node(&args.node).await?;
+    let mut wt_task = None;
     let (cert_sha256, wt_port) = if args.no_webtransport {
         (None, None)
     } else {
@@ -79,7 +80,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         let hash = server.generated_certificate_sha256_hex();
         let port = server.local_addr()?.port();
         tracing::info!(addr = %server.local_addr()?, "WebTransport listening");
-        tokio::spawn(server.serve(node.clone()));
+        wt_task = Some(tokio::spawn(server.serve(node.clone())));
         (hash, Some(port))
     };
     let drain_timeout = Duration::from_secs(args.node.drain_timeout);
@@ -119,6 +120,10 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await.context("HTTP server")?;
+    // Let the WebTransport edge send its sessions' close frames before the process exits.
+    if let Some(task) = wt_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
