@@ -58,7 +58,17 @@ enum Reply {
     Joined(pb::Joined),
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>;
+type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
+
+/// Requests awaiting their answer, and, once the connection has ended, how it ended (so
+/// later requests fail at once with [`ClientError::Closed`] instead of timing out).
+#[derive(Default)]
+struct PendingState {
+    waiting: HashMap<u64, ReplyTx>,
+    ended: Option<ClientError>,
+}
+
+type Pending = Mutex<PendingState>;
 
 enum Command {
     Frame(Bytes),
@@ -80,7 +90,7 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>> {
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, PendingState> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -113,8 +123,9 @@ impl Client {
         let (event_tx, rx) = mpsc::channel(config.event_buffer.max(1));
         let pending: Arc<Pending> = Arc::default();
         let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(1000)));
-        tokio::spawn(write_loop(writer, command_rx, heartbeat));
-        tokio::spawn(read_loop(reader, pending.clone(), event_tx));
+        let (stop_writer, writer_stopped) = oneshot::channel();
+        tokio::spawn(write_loop(writer, command_rx, heartbeat, writer_stopped));
+        tokio::spawn(read_loop(reader, pending.clone(), event_tx, stop_writer));
         let inner =
             Inner { commands, pending, next_id: AtomicU64::new(1), welcome, request_timeout: config.request_timeout };
         Ok((Client { inner: Arc::new(inner) }, Events { rx }))
@@ -130,27 +141,43 @@ impl Client {
         &self.inner.welcome.session_id
     }
 
+    /// How the connection ended (or a generic [`ClientError::Closed`] if not known yet).
+    fn closed_error(&self) -> ClientError {
+        lock(&self.inner.pending)
+            .ended
+            .clone()
+            .unwrap_or_else(|| ClientError::Closed { code: None, reason: "connection closed".into() })
+    }
+
     async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
-        self.inner
-            .commands
-            .send(Command::Frame(frame))
-            .await
-            .map_err(|_| ClientError::Closed { code: None, reason: "connection closed".into() })
+        if let Some(ended) = lock(&self.inner.pending).ended.clone() {
+            return Err(ended);
+        }
+        match self.inner.commands.send(Command::Frame(frame)).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.closed_error()),
+        }
     }
 
     async fn request(&self, kind: client_frame::Kind) -> Result<Reply, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(id, tx);
+        {
+            let mut pending = lock(&self.inner.pending);
+            if let Some(ended) = pending.ended.clone() {
+                return Err(ended);
+            }
+            pending.waiting.insert(id, tx);
+        }
         if let Err(e) = self.send(encode(&ClientFrame { id, kind: Some(kind) })).await {
-            lock(&self.inner.pending).remove(&id);
+            lock(&self.inner.pending).waiting.remove(&id);
             return Err(e);
         }
         match tokio::time::timeout(self.inner.request_timeout, rx).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(ClientError::Closed { code: None, reason: "connection closed".into() }),
+            Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
-                lock(&self.inner.pending).remove(&id);
+                lock(&self.inner.pending).waiting.remove(&id);
                 Err(ClientError::Timeout("waiting for the server's answer"))
             }
         }
@@ -255,11 +282,20 @@ impl Client {
     }
 }
 
-async fn write_loop(mut writer: Writer, mut commands: mpsc::Receiver<Command>, heartbeat: Duration) {
+/// Owns the sending half: frames from the [`Client`]s and a `Ping` every heartbeat. Ends on
+/// [`Command::Close`], when every `Client` is dropped, on a write error, or when the
+/// reader reports the connection ended (`stop`).
+async fn write_loop(
+    mut writer: Writer,
+    mut commands: mpsc::Receiver<Command>,
+    heartbeat: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut nonce = 0u64;
     loop {
         let frame = tokio::select! {
+            _ = &mut stop => break,
             cmd = commands.recv() => match cmd {
                 Some(Command::Frame(f)) => f,
                 Some(Command::Close) | None => break,
@@ -276,7 +312,15 @@ async fn write_loop(mut writer: Writer, mut commands: mpsc::Receiver<Command>, h
     writer.close().await;
 }
 
-async fn read_loop(mut reader: Reader, pending: Arc<Pending>, events: mpsc::Sender<Event>) {
+/// Owns the receiving half: answers pending requests, forwards everything else as
+/// [`Event`]s, and finally fails what is still pending, stops the writer and sends
+/// [`Event::Closed`].
+async fn read_loop(
+    mut reader: Reader,
+    pending: Arc<Pending>,
+    events: mpsc::Sender<Event>,
+    stop_writer: oneshot::Sender<()>,
+) {
     let mut fatal: Option<ErrorCode> = None;
     let ended = loop {
         let bytes = match reader.next().await {
@@ -304,7 +348,7 @@ async fn read_loop(mut reader: Reader, pending: Arc<Pending>, events: mpsc::Send
                 if e.fatal {
                     fatal = Some(e.code());
                 }
-                let waiting = e.ref_id != 0 && lock(&pending).contains_key(&e.ref_id);
+                let waiting = e.ref_id != 0 && lock(&pending).waiting.contains_key(&e.ref_id);
                 if waiting {
                     answer(&pending, e.ref_id, Err(ClientError::Server { code: e.code(), message: e.message }));
                     continue;
@@ -325,14 +369,156 @@ async fn read_loop(mut reader: Reader, pending: Arc<Pending>, events: mpsc::Send
         let _ = events.send(event).await;
     };
     let code = ended.code.or(fatal);
-    for (_, tx) in lock(&pending).drain() {
-        let _ = tx.send(Err(ClientError::Closed { code, reason: ended.reason.clone() }));
+    let closed = ClientError::Closed { code, reason: ended.reason.clone() };
+    let waiting = {
+        let mut state = lock(&pending);
+        state.ended = Some(closed.clone());
+        std::mem::take(&mut state.waiting)
+    };
+    for (_, tx) in waiting {
+        let _ = tx.send(Err(closed.clone()));
     }
+    let _ = stop_writer.send(());
     let _ = events.send(Event::Closed { code, reason: ended.reason }).await;
 }
 
 fn answer(pending: &Pending, ref_id: u64, reply: Result<Reply, ClientError>) {
-    if let Some(tx) = lock(pending).remove(&ref_id) {
+    if let Some(tx) = lock(pending).waiting.remove(&ref_id) {
         let _ = tx.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection logic against a scripted in-process WebSocket server.
+
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use switchboard_protocol::{close_code, decode_client_frame};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    fn frame(kind: server_frame::Kind) -> Message {
+        Message::Binary(encode(&pb::ServerFrame { kind: Some(kind) }))
+    }
+
+    fn welcome() -> Message {
+        frame(server_frame::Kind::Welcome(pb::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: "s1".into(),
+            heartbeat_ms: 15_000,
+            ..Default::default()
+        }))
+    }
+
+    async fn next_client_frame(ws: &mut ServerWs) -> ClientFrame {
+        loop {
+            match ws.next().await.expect("client went away").expect("read") {
+                Message::Binary(b) => return decode_client_frame(&b).expect("valid client frame"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Serve one connection with `script`; returns the URL to connect to.
+    async fn serve<F, Fut>(script: F) -> String
+    where
+        F: FnOnce(ServerWs) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            script(tokio_tungstenite::accept_async(tcp).await.unwrap()).await;
+        });
+        url
+    }
+
+    fn config(url: String) -> ClientConfig {
+        let mut config = ClientConfig::new(url, "token");
+        config.connect_timeout = Duration::from_secs(5);
+        config.request_timeout = Duration::from_secs(5);
+        config
+    }
+
+    #[tokio::test]
+    async fn hello_welcome_and_requests_matched_by_id() {
+        let url = serve(|mut ws| async move {
+            match next_client_frame(&mut ws).await.kind {
+                Some(client_frame::Kind::Hello(h)) => assert_eq!((h.protocol_version, h.token.as_str()), (1, "token")),
+                other => panic!("expected Hello, got {other:?}"),
+            }
+            ws.send(welcome()).await.unwrap();
+            let join = next_client_frame(&mut ws).await;
+            let publish = next_client_frame(&mut ws).await;
+            assert!(join.id != 0 && publish.id > join.id);
+            // Answer out of order, with an event in between.
+            ws.send(frame(server_frame::Kind::Error(pb::Error {
+                code: ErrorCode::Forbidden as i32,
+                message: "no".into(),
+                ref_id: publish.id,
+                fatal: false,
+            })))
+            .await
+            .unwrap();
+            ws.send(frame(server_frame::Kind::GoAway(pb::GoAway::default()))).await.unwrap();
+            let joined = pb::Joined { ref_id: join.id, room: "demo".into(), ..Default::default() };
+            ws.send(frame(server_frame::Kind::Joined(joined))).await.unwrap();
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (client, mut events) = Client::connect(config(url)).await.unwrap();
+        assert_eq!(client.session_id(), "s1");
+        let (joined, published) =
+            tokio::join!(client.join("demo"), client.publish("demo", Bytes::from_static(b"x"), true, "chat"));
+        assert_eq!(joined.unwrap().room, "demo");
+        assert_eq!(published.unwrap_err().code(), Some(ErrorCode::Forbidden));
+        assert!(matches!(events.recv().await, Some(Event::GoAway(_))));
+    }
+
+    #[tokio::test]
+    async fn refusal_is_typed() {
+        let url = serve(|mut ws| async move {
+            next_client_frame(&mut ws).await;
+            let error =
+                pb::Error { code: ErrorCode::TokenInvalid as i32, message: "bad token".into(), ref_id: 0, fatal: true };
+            ws.send(frame(server_frame::Kind::Error(error))).await.unwrap();
+            let _ = ws.close(None).await;
+        })
+        .await;
+        match Client::connect(config(url)).await {
+            Err(ClientError::Rejected { code, message }) => {
+                assert_eq!((code, message.as_str()), (ErrorCode::TokenInvalid, "bad token"))
+            }
+            other => panic!("expected Rejected, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn server_close_ends_events_and_fails_requests_at_once() {
+        let url = serve(|mut ws| async move {
+            next_client_frame(&mut ws).await;
+            ws.send(welcome()).await.unwrap();
+            let code = close_code(ErrorCode::SlowConsumer).into();
+            let _ = ws.close(Some(CloseFrame { code, reason: "too slow".into() })).await;
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (client, mut events) = Client::connect(config(url)).await.unwrap();
+        match events.recv().await {
+            Some(Event::Closed { code, reason }) => {
+                assert_eq!((code, reason.as_str()), (Some(ErrorCode::SlowConsumer), "too slow"))
+            }
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert!(events.recv().await.is_none());
+        let started = std::time::Instant::now();
+        let err = client.join("demo").await.unwrap_err();
+        assert!(matches!(err, ClientError::Closed { code: Some(ErrorCode::SlowConsumer), .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(client.media(pb::Media::default()).await.is_err());
     }
 }

@@ -80,10 +80,13 @@ async fn main() -> anyhow::Result<()> {
                              "participants": joined.participants.iter().map(participant).collect::<Vec<_>>()}));
             }
             let mut messages = 0u64;
+            // Listen for Ctrl-C once, so a signal arriving between two events is not lost.
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
             loop {
                 let event = tokio::select! {
                     e = events.recv() => e,
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = &mut ctrl_c => break,
                 };
                 let Some(event) = event else { break };
                 let closed = matches!(event, Event::Closed { .. });
