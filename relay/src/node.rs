@@ -101,11 +101,6 @@ impl Node {
         &self.bus
     }
 
-    /// Alive: the process serves (always true while it runs).
-    pub fn is_live(&self) -> bool {
-        true
-    }
-
     /// Ready for new sessions: the bus is connected and the node is not draining.
     pub fn is_ready(&self) -> bool {
         self.bus.is_connected() && !self.is_draining()

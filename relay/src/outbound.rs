@@ -14,6 +14,9 @@ use std::sync::Mutex;
 use switchboard_protocol::ErrorCode;
 use tokio::sync::Notify;
 
+/// Most (sender, track) pairs a session waits on for a keyframe at once.
+const MAX_AWAITING_KEYFRAME: usize = 256;
+
 /// Priority class of an outbound frame (lower sends first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
@@ -189,6 +192,11 @@ impl Outbound {
             // Drop what is queued: stale media is worthless, a fresh keyframe is what helps.
             st.queues[i].clear();
             st.bytes[i] = 0;
+            // Bounded: senders choose track numbers. Past the bound the set is reset, so the
+            // worst case is a few undecodable frames, never unbounded memory.
+            if st.awaiting_keyframe.len() >= MAX_AWAITING_KEYFRAME {
+                st.awaiting_keyframe.clear();
+            }
             st.awaiting_keyframe.insert((source.to_owned(), track));
             return Pushed::NeedKeyframe;
         }
@@ -311,5 +319,14 @@ mod tests {
         assert_eq!(q.push_media(Bytes::from_static(b"k2"), "a", 1, true), Pushed::Queued);
         assert_eq!(next(&q).await, "o1");
         assert_eq!(next(&q).await, "k2");
+    }
+
+    #[tokio::test]
+    async fn keyframe_waits_are_bounded_whatever_tracks_senders_use() {
+        let q = Outbound::new(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (0, 0)] });
+        for track in 0..10_000u32 {
+            assert_eq!(q.push_media(Bytes::from_static(b"d"), "a", track, false), Pushed::NeedKeyframe);
+        }
+        assert!(q.lock().awaiting_keyframe.len() <= MAX_AWAITING_KEYFRAME);
     }
 }

@@ -14,7 +14,7 @@ use crate::node::Node;
 use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
-use crate::transport::{Transport, TransportError, TransportKind};
+use crate::transport::{Transport, TransportError};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -499,9 +499,3 @@ impl Session {
         self.publish_or_error(subject, bus_envelope::Kind::Media(event), id).await;
     }
 }
-
-/// The kind of transport, re-exported for edges.
-pub use crate::transport::TransportKind as Kind;
-
-#[allow(dead_code)]
-fn _assert_kind(_: TransportKind) {}

@@ -1,7 +1,6 @@
 //! A raw WebTransport peer speaking the wire protocol by hand over real QUIC.
 
 use crate::WAIT;
-use bytes::Bytes;
 use switchboard_protocol::framing::{encode_record, RecordDecoder};
 use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, ServerFrame};
 use switchboard_protocol::{decode_server_frame, encode, limits::MAX_FRAME_BYTES, PROTOCOL_VERSION};
@@ -106,11 +105,6 @@ impl RawWt {
             server_frame::Kind::Welcome(w) => (wt, w),
             other => panic!("expected Welcome, got {other:?}"),
         }
-    }
-
-    /// Raw payload helper for tests.
-    pub fn bytes(b: &'static [u8]) -> Bytes {
-        Bytes::from_static(b)
     }
 }
 
