@@ -1,7 +1,7 @@
 //! `switchboard token`: mint a development token.
 
 use anyhow::Context;
-use switchboard_relay::auth::{now_secs, Claims, Minter, DEV_SECRET};
+use switchboard_relay::auth::{Claims, Minter, DEV_SECRET};
 
 /// Arguments of `switchboard token`.
 #[derive(Debug, clap::Args)]
@@ -51,17 +51,13 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         }
         None => Minter::hmac(args.jwt_secret.as_deref().unwrap_or(DEV_SECRET).as_bytes()),
     };
-    let now = now_secs();
+    let rooms: Vec<&str> = args.rooms.iter().map(String::as_str).collect();
     let claims = Claims {
-        sub: args.sub,
         name: args.name,
-        exp: now + args.ttl,
-        nbf: None,
-        iat: Some(now),
-        rooms: args.rooms,
         publish: args.no_publish.then_some(false),
         media: args.no_media.then_some(false),
         signal: args.no_signal.then_some(false),
+        ..Claims::new(args.sub, &rooms, args.ttl)
     };
     switchboard_protocol::subject::validate_id(&claims.sub).context("--sub")?;
     println!("{}", minter.mint(&claims)?);

@@ -51,6 +51,22 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Claims for `sub` granting `rooms` (all permissions), valid for `ttl_secs` from now.
+    pub fn new(sub: impl Into<String>, rooms: &[&str], ttl_secs: u64) -> Self {
+        let now = now_secs();
+        Self {
+            sub: sub.into(),
+            name: None,
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
+            rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+            publish: None,
+            media: None,
+            signal: None,
+        }
+    }
+
     /// Whether the token grants joining `room`.
     pub fn may_join(&self, room: &str) -> bool {
         self.rooms.iter().any(|g| match g.strip_suffix('*') {
@@ -332,17 +348,7 @@ mod asymmetric_tests {
     use super::*;
 
     fn claims() -> Claims {
-        Claims {
-            sub: "dave".into(),
-            name: None,
-            exp: now_secs() + 60,
-            nbf: None,
-            iat: None,
-            rooms: vec!["*".into()],
-            publish: None,
-            media: None,
-            signal: None,
-        }
+        Claims::new("dave", &["*"], 60)
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, Join, Publish, ServerFrame};
 use switchboard_protocol::{decode_server_frame, encode, ErrorCode, PROTOCOL_VERSION};
-use switchboard_relay::auth::{now_secs, Claims, Minter};
+use switchboard_relay::auth::{Claims, Minter};
 use switchboard_relay::{
     ConnInfo, LocalBus, Node, RelayConfig, Transport, TransportError, TransportKind, Verifier, VerifyKey,
 };
@@ -70,17 +70,7 @@ impl Peer {
 
     async fn hello(node: &Arc<Node>, sub: &str, rooms: &[&str]) -> Self {
         let mut p = Self::connect(node);
-        let claims = Claims {
-            sub: sub.into(),
-            name: None,
-            exp: now_secs() + 600,
-            nbf: None,
-            iat: None,
-            rooms: rooms.iter().map(|s| s.to_string()).collect(),
-            publish: None,
-            media: None,
-            signal: None,
-        };
+        let claims = Claims::new(sub, rooms, 600);
         let token = Minter::hmac(SECRET).mint(&claims).unwrap();
         p.send(
             1,

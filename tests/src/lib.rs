@@ -13,7 +13,7 @@ pub use node::{NodeOptions, TestNode};
 
 use std::future::Future;
 use std::time::Duration;
-use switchboard_relay::auth::{now_secs, Claims, Minter};
+use switchboard_relay::auth::{Claims, Minter};
 
 /// The HS256 secret the test nodes are started with.
 pub const TEST_SECRET: &str = "switchboard-test-secret-0123456789abcdef";
@@ -31,17 +31,7 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
 
 /// Claims for `sub` granting `rooms`, valid for an hour.
 pub fn claims(sub: &str, rooms: &[&str]) -> Claims {
-    Claims {
-        sub: sub.into(),
-        name: Some(format!("{sub} (test)")),
-        exp: now_secs() + 3600,
-        nbf: None,
-        iat: Some(now_secs()),
-        rooms: rooms.iter().map(|r| r.to_string()).collect(),
-        publish: None,
-        media: None,
-        signal: None,
-    }
+    Claims { name: Some(format!("{sub} (test)")), ..Claims::new(sub, rooms, 3600) }
 }
 
 /// Sign `claims` with [`TEST_SECRET`].

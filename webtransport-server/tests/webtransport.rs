@@ -10,7 +10,7 @@ use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, P
 use switchboard_protocol::{
     close_code, decode_server_frame, encode, limits::MAX_FRAME_BYTES, ErrorCode, PROTOCOL_VERSION,
 };
-use switchboard_relay::auth::{now_secs, DEV_SECRET};
+use switchboard_relay::auth::DEV_SECRET;
 use switchboard_relay::{Claims, LocalBus, Minter, Node, RelayConfig, Verifier, VerifyKey};
 use switchboard_webtransport::{WtConfig, WtServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,17 +69,7 @@ impl Server {
 }
 
 fn token(user: &str) -> String {
-    let claims = Claims {
-        sub: user.into(),
-        name: None,
-        exp: now_secs() + 3600,
-        nbf: None,
-        iat: None,
-        rooms: vec!["*".into()],
-        publish: None,
-        media: None,
-        signal: None,
-    };
+    let claims = Claims::new(user, &["*"], 3600);
     Minter::hmac(DEV_SECRET.as_bytes()).mint(&claims).expect("token")
 }
 
