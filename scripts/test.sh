@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, then format check, clippy
 # (warnings are errors), build, and every test (unit, integration over real nats-server
-# processes, real sockets and real QUIC).
+# processes, real sockets and real QUIC), the Helm chart checks and the browser tests
+# (Debian's Chromium driving the demo against a real cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,3 +58,5 @@ echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}"
 echo "==> Helm chart: lint, render, validate (offline)"
 ./scripts/check-chart.sh
+echo "==> browser tests (Chromium, TypeScript client, demo)"
+./scripts/browser-test.sh

@@ -25,7 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// An API error: HTTP status, stable code, message.
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl ApiError {
     fn response(&self) -> HttpResponse {
@@ -33,14 +33,14 @@ impl ApiError {
     }
 }
 
-type ApiResult = Result<HttpResponse, ApiError>;
+pub(crate) type ApiResult = Result<HttpResponse, ApiError>;
 
-fn respond(r: ApiResult) -> HttpResponse {
+pub(crate) fn respond(r: ApiResult) -> HttpResponse {
     r.unwrap_or_else(|e| e.response())
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -69,11 +69,11 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn valid(kind: &'static str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn valid(kind: &'static str, id: &str) -> Result<(), ApiError> {
     validate_id(id).map_err(|e| ApiError(StatusCode::BAD_REQUEST, kind, format!("{id:?}: {e}")))
 }
 
-fn unavailable(e: switchboard_relay::BusError) -> ApiError {
+pub(crate) fn unavailable(e: switchboard_relay::BusError) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
 }
 
@@ -135,6 +135,7 @@ async fn kick(
                 user: body.user.unwrap_or_default(),
                 session: body.session.unwrap_or_default(),
                 reason: body.reason.unwrap_or_else(|| "kicked".into()),
+                ban_until_ms: 0,
             };
             admin::kick(&state.node, kick).await.map_err(unavailable)?;
             Ok(accepted())
@@ -220,6 +221,8 @@ async fn message_user(
 #[serde(deny_unknown_fields)]
 struct DisconnectBody {
     reason: Option<String>,
+    /// Refuse the user's new sessions for this long (their tokens stay valid otherwise).
+    ban_seconds: Option<u64>,
 }
 
 async fn disconnect_user(
@@ -232,9 +235,26 @@ async fn disconnect_user(
         async {
             authorize(&req, &state)?;
             valid("invalid_user", &user)?;
-            let reason =
-                body.and_then(|b| b.into_inner().reason).unwrap_or_else(|| "disconnected by an operator".into());
-            let kick = AdminKick { room: String::new(), user: user.into_inner(), session: String::new(), reason };
+            let body = body.map(|b| b.into_inner());
+            let ban_until_ms = match body.as_ref().and_then(|b| b.ban_seconds) {
+                Some(secs) if secs > 366 * 86_400 => {
+                    return Err(ApiError(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        "ban_seconds: at most a year".into(),
+                    ))
+                }
+                Some(secs) => switchboard_protocol::now_ms() + secs * 1000,
+                None => 0,
+            };
+            let reason = body.and_then(|b| b.reason).unwrap_or_else(|| "disconnected by an operator".into());
+            let kick = AdminKick {
+                room: String::new(),
+                user: user.into_inner(),
+                session: String::new(),
+                reason,
+                ban_until_ms,
+            };
             admin::kick(&state.node, kick).await.map_err(unavailable)?;
             Ok(accepted())
         }

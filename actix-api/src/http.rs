@@ -1,5 +1,5 @@
 //! HTTP endpoints: health, readiness, metrics, the WebTransport certificate hash and the
-//! index page.
+//! node page (`/node`; the demo app at `/` is in `web.rs`).
 
 use actix_web::{http::header, web, HttpResponse, Responder};
 use std::sync::Arc;
@@ -17,6 +17,10 @@ pub struct AppState {
     pub admin_key: Option<String>,
     /// How long a drain waits for clients.
     pub drain_timeout: std::time::Duration,
+    /// Origins allowed to open WebSocket sessions; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Built-in accounts (`--accounts`); `None` when disabled.
+    pub accounts: Option<crate::accounts::Accounts>,
 }
 
 /// Register the routes.
@@ -26,12 +30,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/certificate.sha256", web::get().to(certificate))
         .route("/ws", web::get().to(crate::ws::upgrade))
-        .route("/", web::get().to(index))
+        .route("/node", web::get().to(index))
         .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(|err, _req| {
             let body = serde_json::json!({"error": {"code": "invalid_json", "message": err.to_string()}});
             actix_web::error::InternalError::from_response(err, HttpResponse::BadRequest().json(body)).into()
         }))
-        .configure(crate::admin::routes);
+        .configure(crate::admin::routes)
+        .configure(crate::calls_api::routes)
+        .configure(crate::accounts::routes);
 }
 
 /// Liveness: the process serves HTTP.

@@ -3,10 +3,14 @@
 //!
 //! `main` only wires configuration -> node (auth, bus) -> edges -> signals.
 
+mod accounts;
 mod admin;
+mod calls_api;
 mod http;
 mod openapi;
+mod tls;
 mod token;
+mod web;
 mod ws;
 
 use anyhow::Context;
@@ -46,6 +50,22 @@ struct ServeArgs {
     /// API key of the admin HTTP API (`/api/...`); without it the admin API is disabled.
     #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Origins allowed to open WebSocket sessions (comma separated, e.g.
+    /// `https://app.example.com`); empty allows any. Requests without an `Origin` header
+    /// (native clients) are always allowed: the check guards browsers' cross-site use.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Serve `POST /api/dev/token` (tokens for any name, for the demo) even with a
+    /// configured `--jwt-secret`. Always on with the built-in development secret.
+    #[arg(long, env = "SWITCHBOARD_DEV_TOKENS")]
+    dev_tokens: bool,
+    /// TLS certificate chain (PEM) for HTTP and WebSocket (`https://`, `wss://`); with
+    /// `--http-tls-key`. Reloaded when the files change. Without it: plain HTTP.
+    #[arg(long, env = "SWITCHBOARD_HTTP_TLS_CERT", requires = "http_tls_key")]
+    http_tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for `--http-tls-cert`.
+    #[arg(long, env = "SWITCHBOARD_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    http_tls_key: Option<std::path::PathBuf>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SWITCHBOARD_HTTP_WORKERS")]
     http_workers: Option<usize>,
@@ -53,6 +73,8 @@ struct ServeArgs {
     wt: WtArgs,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    accounts: accounts::AccountArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +94,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     let node = build_node(&args.node).await?;
+    let accounts = accounts::Accounts::from_args(&args.accounts, &args.node, node.verifier())?;
     let mut wt_task = None;
     let (cert_sha256, wt_port) = if args.no_webtransport {
         (None, None)
@@ -90,27 +113,51 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         wt_port,
         admin_key: args.admin_key.clone().filter(|k| !k.is_empty()),
         drain_timeout,
+        accounts,
+        allowed_origins: args.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
     });
+    let dev_secret = args.node.jwt_secret.is_none() && args.node.jwt_public_key.is_none();
+    let hmac_secret = match (&args.node.jwt_public_key, &args.node.jwt_secret) {
+        (Some(_), _) => None,
+        (None, secret) => Some(secret.as_deref().unwrap_or(switchboard_relay::auth::DEV_SECRET).as_bytes()),
+    };
+    let web_state = actix_web::web::Data::new(web::WebState::new(dev_secret, args.dev_tokens, hmac_secret));
     if state.admin_key.is_none() {
         tracing::info!("admin API disabled (no --admin-key)");
     }
     let workers = args.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let server =
-        actix_web::HttpServer::new(move || actix_web::App::new().app_data(state.clone()).configure(http::routes))
-            .workers(workers)
-            // Small real-time frames must not wait for Nagle's algorithm (and the peer's
-            // delayed ACK): without this, WebSocket delivery gained ~10-40 ms under load.
-            .on_connect(|conn, _| {
-                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                    let _ = tcp.set_nodelay(true);
-                }
-            })
-            .disable_signals()
-            .shutdown_timeout(5)
-            .bind(args.http_addr)
-            .with_context(|| format!("binding {}", args.http_addr))?
-            .run();
-    tracing::info!(addr = %args.http_addr, node = node.id(), "HTTP and WebSocket listening");
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .app_data(web_state.clone())
+            .configure(http::routes)
+            .configure(web::routes)
+    })
+    .workers(workers)
+    // Small real-time frames must not wait for Nagle's algorithm (and the peer's
+    // delayed ACK): without this, WebSocket delivery gained ~10-40 ms under load.
+    .on_connect(|conn, _| {
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        } else if let Some(tls) = conn.downcast_ref::<Tls>() {
+            let _ = tls.get_ref().0.set_nodelay(true);
+        }
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
+    let tls = match (&args.http_tls_cert, &args.http_tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert.clone(), key.clone())?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https/wss" } else { "http/ws" };
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(args.http_addr, config),
+        None => server.bind(args.http_addr),
+    }
+    .with_context(|| format!("binding {}", args.http_addr))?
+    .run();
+    tracing::info!(addr = %args.http_addr, node = node.id(), scheme, "HTTP and WebSocket listening");
     let handle = server.handle();
     let node_for_signal: Arc<switchboard_relay::Node> = node.clone();
     tokio::spawn(async move {

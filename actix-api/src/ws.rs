@@ -76,6 +76,18 @@ pub async fn upgrade(
         // Tell the load balancer (and the client) to go elsewhere before upgrading.
         return Ok(HttpResponse::ServiceUnavailable().body("draining"));
     }
+    if !state.allowed_origins.is_empty() {
+        if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+            if !state.allowed_origins.iter().any(|o| o == origin) {
+                state.node.metrics().error(ErrorCode::Forbidden);
+                tracing::info!(origin, "WebSocket from a disallowed origin refused");
+                return Ok(HttpResponse::Forbidden().json(serde_json::json!(
+                    {"error": {"code": "origin_not_allowed", "message": format!("origin {origin:?} is not allowed")}}
+                )));
+            }
+        }
+    }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let transport = WsTransport { session, stream: stream.max_frame_size(MAX_FRAME_BYTES) };
     let info = ConnInfo { peer: req.peer_addr() };

@@ -20,12 +20,37 @@ pub enum Event {
     ParticipantJoined(pb::ParticipantJoined),
     /// Someone left a room this session is in.
     ParticipantLeft(pb::ParticipantLeft),
+    /// A large room's participant count changed (such rooms send this instead of
+    /// individual joins and leaves).
+    RoomStats(pb::RoomStats),
     /// Signaling addressed to this session or user.
     Signal(pb::SignalEvent),
     /// A relayed media frame.
     Media(pb::MediaEvent),
     /// A receiver asks this session for a keyframe.
     KeyframeRequest(pb::KeyframeRequestEvent),
+    /// A call this user is a party of changed state.
+    Call(pb::CallEvent),
+    /// ([`crate::ReconnectingClient`]) the connection was lost for a reason that is not
+    /// final; the client is reconnecting. Requests made meanwhile wait for the new session
+    /// (up to the request timeout).
+    Disconnected {
+        /// The error code behind the loss, if the server gave one.
+        code: Option<ErrorCode>,
+        /// Why.
+        reason: String,
+    },
+    /// ([`crate::ReconnectingClient`]) a new session replaced the lost one (`welcome.node`
+    /// says which node it landed on, `welcome.session_id` its new id).
+    Reconnected {
+        /// The new session's `Welcome`.
+        welcome: pb::Welcome,
+    },
+    /// ([`crate::ReconnectingClient`]) a room was joined again after a reconnect. It comes
+    /// before the room's missed messages (if still in history), which then arrive as
+    /// [`Event::Message`]s; `history_gap` says whether some could not be recovered (reload
+    /// the room's state then).
+    Rejoined(pb::Joined),
     /// This session was removed from a room by the server.
     Left(pb::Left),
     /// The node is draining: reconnect (elsewhere) after the hinted delay.
@@ -51,20 +76,32 @@ impl Events {
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+
+    pub(crate) fn from_receiver(rx: mpsc::Receiver<Event>) -> Self {
+        Self { rx }
+    }
 }
 
 enum Reply {
-    Ack,
+    Ack(pb::Ack),
     Joined(pb::Joined),
 }
 
 type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
 
+/// A request awaiting its answer.
+struct Waiter {
+    tx: ReplyTx,
+    /// A rejoin of this room: its `Joined` (or `Error`) is also sent as an event
+    /// ([`Event::Rejoined`], [`Event::Error`]), in order with the room's replayed messages.
+    rejoin: Option<String>,
+}
+
 /// Requests awaiting their answer, and, once the connection has ended, how it ended (so
 /// later requests fail at once with [`ClientError::Closed`] instead of timing out).
 #[derive(Default)]
 struct PendingState {
-    waiting: HashMap<u64, ReplyTx>,
+    waiting: HashMap<u64, Waiter>,
     ended: Option<ClientError>,
 }
 
@@ -122,10 +159,13 @@ impl Client {
         let (commands, command_rx) = mpsc::channel(256);
         let (event_tx, rx) = mpsc::channel(config.event_buffer.max(1));
         let pending: Arc<Pending> = Arc::default();
-        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(1000)));
+        // Floor: a server announcing 0 must not make the client ping in a busy loop.
+        let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(250)));
         let (stop_writer, writer_stopped) = oneshot::channel();
         tokio::spawn(write_loop(writer, command_rx, heartbeat, writer_stopped));
-        tokio::spawn(read_loop(reader, pending.clone(), event_tx, stop_writer));
+        // The server answers every Ping, so silence for a few heartbeats means a dead
+        // connection (a vanished node or network) that TCP may take minutes to notice.
+        tokio::spawn(read_loop(reader, pending.clone(), event_tx, stop_writer, heartbeat * SILENT_HEARTBEATS));
         let inner =
             Inner { commands, pending, next_id: AtomicU64::new(1), welcome, request_timeout: config.request_timeout };
         Ok((Client { inner: Arc::new(inner) }, Events { rx }))
@@ -139,6 +179,16 @@ impl Client {
     /// This session's id.
     pub fn session_id(&self) -> &str {
         &self.inner.welcome.session_id
+    }
+
+    /// Whether the connection has ended (requests then fail at once).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.inner.pending).ended.is_some()
+    }
+
+    /// Whether `self` and `other` share one connection.
+    pub(crate) fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// How the connection ended (or a generic [`ClientError::Closed`] if not known yet).
@@ -160,6 +210,10 @@ impl Client {
     }
 
     async fn request(&self, kind: client_frame::Kind) -> Result<Reply, ClientError> {
+        self.request_with(kind, None).await
+    }
+
+    async fn request_with(&self, kind: client_frame::Kind, rejoin: Option<String>) -> Result<Reply, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -167,7 +221,7 @@ impl Client {
             if let Some(ended) = pending.ended.clone() {
                 return Err(ended);
             }
-            pending.waiting.insert(id, tx);
+            pending.waiting.insert(id, Waiter { tx, rejoin });
         }
         if let Err(e) = self.send(encode(&ClientFrame { id, kind: Some(kind) })).await {
             lock(&self.inner.pending).waiting.remove(&id);
@@ -183,30 +237,49 @@ impl Client {
         }
     }
 
-    async fn acked(&self, kind: client_frame::Kind) -> Result<(), ClientError> {
+    async fn acked(&self, kind: client_frame::Kind) -> Result<pb::Ack, ClientError> {
         match self.request(kind).await? {
-            Reply::Ack => Ok(()),
+            Reply::Ack(a) => Ok(a),
             Reply::Joined(_) => Err(ClientError::Protocol("unexpected Joined".into())),
         }
     }
 
     /// Join `room`; returns everyone in it (cluster-wide, this session included).
     pub async fn join(&self, room: &str) -> Result<pb::Joined, ClientError> {
-        match self.request(client_frame::Kind::Join(pb::Join { room: room.into(), resume_from: None })).await? {
+        self.join_from(room, None).await
+    }
+
+    /// Join `room`, resuming after `resume_from` (the last reliable message offset this
+    /// client saw there): the missed messages follow the returned `Joined` (see its
+    /// `history_gap` and `replayed`).
+    pub async fn join_from(&self, room: &str, resume_from: Option<u64>) -> Result<pb::Joined, ClientError> {
+        self.join_with(room, resume_from, false).await
+    }
+
+    /// [`Client::join_from`] that also emits the answer as an event: [`Event::Rejoined`],
+    /// or [`Event::Error`] if refused (for [`crate::ReconnectingClient`]).
+    pub(crate) async fn rejoin(&self, room: &str, resume_from: Option<u64>) -> Result<pb::Joined, ClientError> {
+        self.join_with(room, resume_from, true).await
+    }
+
+    async fn join_with(&self, room: &str, resume_from: Option<u64>, rejoin: bool) -> Result<pb::Joined, ClientError> {
+        let join = pb::Join { room: room.into(), resume_from };
+        match self.request_with(client_frame::Kind::Join(join), rejoin.then(|| room.to_owned())).await? {
             Reply::Joined(j) => Ok(j),
-            Reply::Ack => Err(ClientError::Protocol("expected Joined, got Ack".into())),
+            Reply::Ack(_) => Err(ClientError::Protocol("expected Joined, got Ack".into())),
         }
     }
 
     /// Leave `room`.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
-        self.acked(client_frame::Kind::Leave(pb::Leave { room: room.into() })).await
+        self.acked(client_frame::Kind::Leave(pb::Leave { room: room.into() })).await.map(drop)
     }
 
-    /// Publish a room message; resolves when the server accepted it.
-    pub async fn publish(&self, room: &str, payload: Bytes, reliable: bool, kind: &str) -> Result<(), ClientError> {
+    /// Publish a room message; resolves when the server accepted it, with the message's
+    /// offset in the room's history (0 for unreliable messages or with history off).
+    pub async fn publish(&self, room: &str, payload: Bytes, reliable: bool, kind: &str) -> Result<u64, ClientError> {
         let p = pb::Publish { room: room.into(), payload, reliable, kind: kind.into() };
-        self.acked(client_frame::Kind::Publish(p)).await
+        self.acked(client_frame::Kind::Publish(p)).await.map(|a| a.offset)
     }
 
     /// Publish without waiting for (or asking for) the server's acknowledgement: pipelined
@@ -252,7 +325,64 @@ impl Client {
         payload: Bytes,
     ) -> Result<(), ClientError> {
         let s = pb::Signal { room: room.into(), target: Some(target), kind: kind as i32, payload, call: String::new() };
-        self.acked(client_frame::Kind::Signal(s)).await
+        self.acked(client_frame::Kind::Signal(s)).await.map(drop)
+    }
+
+    /// Call `callees` (user ids); returns the new call's id. Every device of every party
+    /// then receives [`Event::Call`]s.
+    pub async fn call_invite(&self, callees: &[&str], media: pb::CallMedia) -> Result<String, ClientError> {
+        let inv = pb::CallInvite { callees: callees.iter().map(|c| (*c).to_owned()).collect(), media: media as i32 };
+        self.acked(client_frame::Kind::CallInvite(inv)).await.map(|a| a.call)
+    }
+
+    /// Accept (`true`) or reject a call on this device.
+    pub async fn call_answer(&self, call: &str, accept: bool) -> Result<(), ClientError> {
+        self.acked(client_frame::Kind::CallAnswer(pb::CallAnswer { call: call.into(), accept })).await.map(drop)
+    }
+
+    /// Withdraw a ringing call (caller only).
+    pub async fn call_cancel(&self, call: &str) -> Result<(), ClientError> {
+        self.acked(client_frame::Kind::CallCancel(pb::CallCancel { call: call.into() })).await.map(drop)
+    }
+
+    /// End a call for everyone.
+    pub async fn call_end(&self, call: &str) -> Result<(), ClientError> {
+        self.acked(client_frame::Kind::CallEnd(pb::CallEnd { call: call.into() })).await.map(drop)
+    }
+
+    /// Call signaling without a room: to every device of `to_user` (a party of `call`),
+    /// on any node. Arrives as [`Event::Signal`] with `call` set.
+    pub async fn signal_call(
+        &self,
+        call: &str,
+        to_user: &str,
+        kind: pb::SignalKind,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
+        self.call_signal(call, signal::Target::ToUser(to_user.into()), kind, payload).await
+    }
+
+    /// Call signaling without a room to one session of a party of `call` (e.g. the device
+    /// that accepted: [`pb::CallEvent::by`]).
+    pub async fn signal_call_session(
+        &self,
+        call: &str,
+        to_session: &str,
+        kind: pb::SignalKind,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
+        self.call_signal(call, signal::Target::ToSession(to_session.into()), kind, payload).await
+    }
+
+    async fn call_signal(
+        &self,
+        call: &str,
+        target: signal::Target,
+        kind: pb::SignalKind,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
+        let s = pb::Signal { room: String::new(), target: Some(target), kind: kind as i32, payload, call: call.into() };
+        self.acked(client_frame::Kind::Signal(s)).await.map(drop)
     }
 
     /// Send a media frame (fire and forget: no acknowledgement).
@@ -263,12 +393,12 @@ impl Client {
     /// Ask `session` in `room` for a keyframe of `track`.
     pub async fn keyframe_request(&self, room: &str, session: &str, track: u32) -> Result<(), ClientError> {
         let k = pb::KeyframeRequest { room: room.into(), to_session: session.into(), track };
-        self.acked(client_frame::Kind::KeyframeRequest(k)).await
+        self.acked(client_frame::Kind::KeyframeRequest(k)).await.map(drop)
     }
 
     /// Replace the session's token.
     pub async fn refresh_token(&self, token: &str) -> Result<(), ClientError> {
-        self.acked(client_frame::Kind::RefreshToken(pb::RefreshToken { token: token.into() })).await
+        self.acked(client_frame::Kind::RefreshToken(pb::RefreshToken { token: token.into() })).await.map(drop)
     }
 
     /// Send arbitrary bytes as one frame (for testing servers with bad input).
@@ -312,20 +442,29 @@ async fn write_loop(
     writer.close().await;
 }
 
+/// Heartbeats without any frame from the server after which the connection counts as dead.
+const SILENT_HEARTBEATS: u32 = 3;
+
 /// Owns the receiving half: answers pending requests, forwards everything else as
 /// [`Event`]s, and finally fails what is still pending, stops the writer and sends
-/// [`Event::Closed`].
+/// [`Event::Closed`]. A server silent for `silence_limit` ends the connection with
+/// `HEARTBEAT_TIMEOUT`.
 async fn read_loop(
     mut reader: Reader,
     pending: Arc<Pending>,
     events: mpsc::Sender<Event>,
     stop_writer: oneshot::Sender<()>,
+    silence_limit: Duration,
 ) {
     let mut fatal: Option<ErrorCode> = None;
     let ended = loop {
-        let bytes = match reader.next().await {
-            Ok(b) => b,
-            Err(ended) => break ended,
+        let bytes = match tokio::time::timeout(silence_limit, reader.next()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(ended)) => break ended,
+            Err(_) => {
+                let reason = format!("no frame from the server for {} ms", silence_limit.as_millis());
+                break Ended { code: Some(ErrorCode::HeartbeatTimeout), reason };
+            }
         };
         let kind = match decode_server_frame(&bytes) {
             Ok(f) => f.kind,
@@ -337,32 +476,53 @@ async fn read_loop(
         let event = match kind {
             None | Some(server_frame::Kind::Pong(_)) | Some(server_frame::Kind::Welcome(_)) => continue,
             Some(server_frame::Kind::Ack(a)) => {
-                answer(&pending, a.ref_id, Ok(Reply::Ack));
+                answer(&pending, a.ref_id, Ok(Reply::Ack(a)));
                 continue;
             }
             Some(server_frame::Kind::Joined(j)) => {
-                answer(&pending, j.ref_id, Ok(Reply::Joined(j)));
-                continue;
+                let waiter = lock(&pending).waiting.remove(&j.ref_id);
+                match waiter {
+                    Some(w) if w.rejoin.is_some() => {
+                        let _ = w.tx.send(Ok(Reply::Joined(j.clone())));
+                        Event::Rejoined(j)
+                    }
+                    Some(w) => {
+                        let _ = w.tx.send(Ok(Reply::Joined(j)));
+                        continue;
+                    }
+                    None => continue,
+                }
             }
             Some(server_frame::Kind::Error(e)) => {
                 if e.fatal {
                     fatal = Some(e.code());
                 }
-                let waiting = e.ref_id != 0 && lock(&pending).waiting.contains_key(&e.ref_id);
-                if waiting {
-                    answer(&pending, e.ref_id, Err(ClientError::Server { code: e.code(), message: e.message }));
-                    continue;
+                let waiter = if e.ref_id != 0 { lock(&pending).waiting.remove(&e.ref_id) } else { None };
+                match waiter {
+                    Some(w) => {
+                        let _ = w.tx.send(Err(ClientError::Server { code: e.code(), message: e.message.clone() }));
+                        match w.rejoin {
+                            // The application did not make this request: tell it as an event.
+                            Some(room) => {
+                                let message = format!("rejoining {room}: {}", e.message);
+                                Event::Error(pb::Error { message, ref_id: 0, ..e })
+                            }
+                            None => continue,
+                        }
+                    }
+                    None => Event::Error(e),
                 }
-                Event::Error(e)
             }
             Some(server_frame::Kind::GoAway(g)) => Event::GoAway(g),
             Some(server_frame::Kind::Left(l)) => Event::Left(l),
             Some(server_frame::Kind::ParticipantJoined(p)) => Event::ParticipantJoined(p),
             Some(server_frame::Kind::ParticipantLeft(p)) => Event::ParticipantLeft(p),
+            Some(server_frame::Kind::RoomStats(r)) => Event::RoomStats(r),
             Some(server_frame::Kind::Message(m)) => Event::Message(m),
             Some(server_frame::Kind::Signal(s)) => Event::Signal(s),
             Some(server_frame::Kind::Media(m)) => Event::Media(m),
             Some(server_frame::Kind::KeyframeRequest(k)) => Event::KeyframeRequest(k),
+            Some(server_frame::Kind::Call(c)) => Event::Call(c),
         };
         // Backpressure: a consumer that does not read stops this reader (and the server
         // eventually disconnects it as a slow consumer). A dropped receiver is ignored.
@@ -375,150 +535,18 @@ async fn read_loop(
         state.ended = Some(closed.clone());
         std::mem::take(&mut state.waiting)
     };
-    for (_, tx) in waiting {
-        let _ = tx.send(Err(closed.clone()));
+    for (_, w) in waiting {
+        let _ = w.tx.send(Err(closed.clone()));
     }
     let _ = stop_writer.send(());
     let _ = events.send(Event::Closed { code, reason: ended.reason }).await;
 }
 
 fn answer(pending: &Pending, ref_id: u64, reply: Result<Reply, ClientError>) {
-    if let Some(tx) = lock(pending).waiting.remove(&ref_id) {
-        let _ = tx.send(reply);
+    if let Some(w) = lock(pending).waiting.remove(&ref_id) {
+        let _ = w.tx.send(reply);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    //! The connection logic against a scripted in-process WebSocket server.
-
-    use super::*;
-    use futures_util::{SinkExt, StreamExt};
-    use switchboard_protocol::{close_code, decode_client_frame};
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::Message;
-
-    type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-    fn frame(kind: server_frame::Kind) -> Message {
-        Message::Binary(encode(&pb::ServerFrame { kind: Some(kind) }))
-    }
-
-    fn welcome() -> Message {
-        frame(server_frame::Kind::Welcome(pb::Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            session_id: "s1".into(),
-            heartbeat_ms: 15_000,
-            ..Default::default()
-        }))
-    }
-
-    async fn next_client_frame(ws: &mut ServerWs) -> ClientFrame {
-        loop {
-            match ws.next().await.expect("client went away").expect("read") {
-                Message::Binary(b) => return decode_client_frame(&b).expect("valid client frame"),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Serve one connection with `script`; returns the URL to connect to.
-    async fn serve<F, Fut>(script: F) -> String
-    where
-        F: FnOnce(ServerWs) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            script(tokio_tungstenite::accept_async(tcp).await.unwrap()).await;
-        });
-        url
-    }
-
-    fn config(url: String) -> ClientConfig {
-        let mut config = ClientConfig::new(url, "token");
-        config.connect_timeout = Duration::from_secs(5);
-        config.request_timeout = Duration::from_secs(5);
-        config
-    }
-
-    #[tokio::test]
-    async fn hello_welcome_and_requests_matched_by_id() {
-        let url = serve(|mut ws| async move {
-            match next_client_frame(&mut ws).await.kind {
-                Some(client_frame::Kind::Hello(h)) => assert_eq!((h.protocol_version, h.token.as_str()), (1, "token")),
-                other => panic!("expected Hello, got {other:?}"),
-            }
-            ws.send(welcome()).await.unwrap();
-            let join = next_client_frame(&mut ws).await;
-            let publish = next_client_frame(&mut ws).await;
-            assert!(join.id != 0 && publish.id > join.id);
-            // Answer out of order, with an event in between.
-            ws.send(frame(server_frame::Kind::Error(pb::Error {
-                code: ErrorCode::Forbidden as i32,
-                message: "no".into(),
-                ref_id: publish.id,
-                fatal: false,
-            })))
-            .await
-            .unwrap();
-            ws.send(frame(server_frame::Kind::GoAway(pb::GoAway::default()))).await.unwrap();
-            let joined = pb::Joined { ref_id: join.id, room: "demo".into(), ..Default::default() };
-            ws.send(frame(server_frame::Kind::Joined(joined))).await.unwrap();
-            while ws.next().await.is_some() {}
-        })
-        .await;
-        let (client, mut events) = Client::connect(config(url)).await.unwrap();
-        assert_eq!(client.session_id(), "s1");
-        let (joined, published) =
-            tokio::join!(client.join("demo"), client.publish("demo", Bytes::from_static(b"x"), true, "chat"));
-        assert_eq!(joined.unwrap().room, "demo");
-        assert_eq!(published.unwrap_err().code(), Some(ErrorCode::Forbidden));
-        assert!(matches!(events.recv().await, Some(Event::GoAway(_))));
-    }
-
-    #[tokio::test]
-    async fn refusal_is_typed() {
-        let url = serve(|mut ws| async move {
-            next_client_frame(&mut ws).await;
-            let error =
-                pb::Error { code: ErrorCode::TokenInvalid as i32, message: "bad token".into(), ref_id: 0, fatal: true };
-            ws.send(frame(server_frame::Kind::Error(error))).await.unwrap();
-            let _ = ws.close(None).await;
-        })
-        .await;
-        match Client::connect(config(url)).await {
-            Err(ClientError::Rejected { code, message }) => {
-                assert_eq!((code, message.as_str()), (ErrorCode::TokenInvalid, "bad token"))
-            }
-            other => panic!("expected Rejected, got {:?}", other.map(|_| ())),
-        }
-    }
-
-    #[tokio::test]
-    async fn server_close_ends_events_and_fails_requests_at_once() {
-        let url = serve(|mut ws| async move {
-            next_client_frame(&mut ws).await;
-            ws.send(welcome()).await.unwrap();
-            let code = close_code(ErrorCode::SlowConsumer).into();
-            let _ = ws.close(Some(CloseFrame { code, reason: "too slow".into() })).await;
-            while ws.next().await.is_some() {}
-        })
-        .await;
-        let (client, mut events) = Client::connect(config(url)).await.unwrap();
-        match events.recv().await {
-            Some(Event::Closed { code, reason }) => {
-                assert_eq!((code, reason.as_str()), (Some(ErrorCode::SlowConsumer), "too slow"))
-            }
-            other => panic!("expected Closed, got {other:?}"),
-        }
-        assert!(events.recv().await.is_none());
-        let started = std::time::Instant::now();
-        let err = client.join("demo").await.unwrap_err();
-        assert!(matches!(err, ClientError::Closed { code: Some(ErrorCode::SlowConsumer), .. }), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(1));
-        assert!(client.media(pb::Media::default()).await.is_err());
-    }
-}
+mod tests;

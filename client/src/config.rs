@@ -22,6 +22,8 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Capacity of the event channel; when full, the connection stops reading (backpressure).
     pub event_buffer: usize,
+    /// `wss://`: trust this CA (PEM) instead of the public web roots (private CAs, tests).
+    pub ca_pem: Option<Vec<u8>>,
     /// Local address to connect from (load generators spread connections over several
     /// loopback addresses to get past the ephemeral-port limit). `None`: the OS picks.
     pub bind_ip: Option<std::net::IpAddr>,
@@ -40,7 +42,14 @@ impl ClientConfig {
             client_name: concat!("switchboard-rs/", env!("CARGO_PKG_VERSION")).into(),
             event_buffer: 1024,
             bind_ip: None,
+            ca_pem: None,
         }
+    }
+
+    /// `wss://`: trust the CA certificate(s) in `pem` instead of the public web roots.
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
     }
 
     /// Trust a self-signed WebTransport certificate by its SHA-256 (hex).

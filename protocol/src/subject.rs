@@ -124,6 +124,12 @@ impl Subjects {
         format!("{}.user.{}", self.prefix, user)
     }
 
+    /// `<prefix>.calls.request.>`: call operations over NATS request/reply
+    /// (`create`, `answer`, `reject`, `cancel`, `end`), served by every node in a queue group.
+    pub fn call_requests(&self) -> String {
+        format!("{}.calls.request.>", self.prefix)
+    }
+
     /// Split a room subject into `(room, channel)`.
     pub fn parse_room_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, RoomChannel)> {
         let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".room.")?;

@@ -32,8 +32,12 @@ pub async fn participants(node: &Node, room: &str) -> Result<Vec<Participant>, B
     Ok(list)
 }
 
-/// Kick matching sessions cluster-wide (see [`AdminKick`]).
+/// Kick matching sessions cluster-wide (see [`AdminKick`]). A kick with `ban_until_ms`
+/// (and a user) is also stored, so nodes started during the ban refuse the user too.
 pub async fn kick(node: &Node, kick: AdminKick) -> Result<(), BusError> {
+    if kick.ban_until_ms > 0 && !kick.user.is_empty() {
+        crate::admission::store_ban(node, &kick.user, kick.ban_until_ms).await?;
+    }
     broadcast(node, admin_command::Kind::Kick(kick)).await
 }
 
@@ -48,6 +52,7 @@ fn server_sender(node: &Node) -> Sender {
 
 fn server_message(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Message {
     Message {
+        prev_offset: 0,
         room: room.into(),
         from: Some(server_sender(node)),
         offset: 0,
@@ -90,6 +95,9 @@ fn apply(node: &Arc<Node>, cmd: AdminCommand) {
     match cmd.kind {
         Some(admin_command::Kind::Kick(k)) => {
             let reason = if k.reason.is_empty() { "kicked".to_owned() } else { k.reason.clone() };
+            if k.ban_until_ms > 0 && !k.user.is_empty() {
+                crate::admission::ban(node, &k.user, k.ban_until_ms);
+            }
             for (session, queue) in node.local_sessions(&k.user, &k.session) {
                 tracing::info!(%session, room = %k.room, %reason, "kicked by an operator");
                 if k.room.is_empty() {

@@ -48,6 +48,13 @@ pub struct Claims {
     /// May send signaling (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<bool>,
+    /// May place and answer calls (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<bool>,
+    /// Participant limit for the rooms this token joins (overrides the server's
+    /// `--max-participants`); the join that would exceed it fails with `ROOM_FULL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<u32>,
 }
 
 impl Claims {
@@ -64,6 +71,8 @@ impl Claims {
             publish: None,
             media: None,
             signal: None,
+            call: None,
+            max_participants: None,
         }
     }
 
@@ -85,6 +94,10 @@ impl Claims {
     /// Whether the token grants signaling.
     pub fn may_signal(&self) -> bool {
         self.signal.unwrap_or(true)
+    }
+    /// Whether the token grants placing and answering calls.
+    pub fn may_call(&self) -> bool {
+        self.call.unwrap_or(true)
     }
     /// The display name, falling back to the user id.
     pub fn display_name(&self) -> &str {
@@ -296,6 +309,8 @@ mod tests {
             publish: None,
             media: Some(false),
             signal: None,
+            call: None,
+            max_participants: None,
         }
     }
 

@@ -40,6 +40,21 @@ pub struct RelayConfig {
     pub write_timeout: Duration,
     /// Allowed clock skew for token `exp`/`nbf`, in seconds.
     pub token_leeway_secs: u64,
+    /// Whether reliable room messages go through the room history log (offsets, recovery).
+    /// Must match the bus's retention (`StoreLimits::history_max_msgs > 0`).
+    pub history: bool,
+    /// How long an unanswered call rings before it ends as missed.
+    pub ring_timeout: Duration,
+    /// Rooms with more participants than this get `RoomStats` count updates instead of
+    /// individual join/leave events; 0 never switches.
+    pub presence_events_max: usize,
+    /// Open connections from one IP address to this node; 0 is unlimited.
+    pub max_connections_per_ip: usize,
+    /// Sessions of one user on this node; 0 is unlimited.
+    pub max_sessions_per_user: usize,
+    /// Participants per room, cluster-wide; 0 is unlimited. A token's `max_participants`
+    /// claim overrides it.
+    pub max_participants: usize,
 }
 
 impl Default for RelayConfig {
@@ -57,6 +72,12 @@ impl Default for RelayConfig {
             media_bytes_rate: Rate { per_sec: 8.0 * 1024.0 * 1024.0, burst: 16.0 * 1024.0 * 1024.0 },
             write_timeout: Duration::from_secs(10),
             token_leeway_secs: 5,
+            history: true,
+            ring_timeout: Duration::from_secs(30),
+            max_participants: 0,
+            presence_events_max: 500,
+            max_connections_per_ip: 0,
+            max_sessions_per_user: 0,
         }
     }
 }

@@ -9,8 +9,10 @@
 //! with the shared [`Node`].
 
 pub mod admin;
+mod admission;
 pub mod auth;
 pub mod bus;
+pub mod calls;
 pub mod config;
 pub mod ids;
 pub mod metrics;

@@ -65,6 +65,16 @@ pub struct Metrics {
     pub bytes_out: Family<KindLabel, Counter>,
     /// Joins of local sessions to rooms.
     pub room_joins: Counter,
+    /// Presence reconciliations with the store after the bus came back.
+    pub presence_resyncs: Counter,
+    /// Resuming joins told that part of what they missed is no longer in history.
+    pub history_gaps: Counter,
+    /// History appends that lost a compare-and-set to another node and retried.
+    pub history_conflicts: Counter,
+    /// Call transitions applied by this node, by transition.
+    pub call_transitions: Family<KindLabel, Counter>,
+    /// Compare-and-set retries on call state.
+    pub call_conflicts: Counter,
     /// Time to hand a message to the bus.
     pub bus_publish_seconds: Histogram,
     /// Time from the origin node accepting a room message to this node fanning it out.
@@ -101,6 +111,11 @@ impl Metrics {
             presence_restores: Counter::default(),
             bytes_out: Family::default(),
             room_joins: Counter::default(),
+            history_gaps: Counter::default(),
+            presence_resyncs: Counter::default(),
+            history_conflicts: Counter::default(),
+            call_transitions: Family::default(),
+            call_conflicts: Counter::default(),
             bus_publish_seconds: latency_buckets(),
             delivery_latency_seconds: latency_buckets(),
             registry: Registry::default(),
@@ -127,6 +142,19 @@ impl Metrics {
         );
         registry.register("bytes_out", "Bytes queued to clients", m.bytes_out.clone());
         registry.register("room_joins", "Joins of local sessions to rooms", m.room_joins.clone());
+        registry.register(
+            "presence_resyncs",
+            "Presence reconciliations with the store after the bus came back",
+            m.presence_resyncs.clone(),
+        );
+        registry.register("history_gaps", "Resuming joins told part of their gap is gone", m.history_gaps.clone());
+        registry.register(
+            "history_conflicts",
+            "History appends retried after another node appended first",
+            m.history_conflicts.clone(),
+        );
+        registry.register("call_transitions", "Call transitions applied by this node", m.call_transitions.clone());
+        registry.register("call_conflicts", "Call state compare-and-set retries", m.call_conflicts.clone());
         registry.register("bus_publish_seconds", "Time to hand a message to the bus", m.bus_publish_seconds.clone());
         registry.register(
             "delivery_latency_seconds",

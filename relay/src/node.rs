@@ -34,6 +34,14 @@ pub struct Node {
     pub(crate) node_seen: Mutex<HashMap<String, Instant>>,
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
+    /// User inbox subscriptions of this node.
+    pub(crate) inboxes: crate::calls::inbox::Inboxes,
+    /// Presence records whose removal failed (bus away), retried after a reconnect.
+    pub(crate) pending_removals: Mutex<Vec<(String, String)>>,
+    /// Connection caps and bans.
+    pub(crate) admission: crate::admission::Admission,
+    /// Calls whose ring timeout this node has scheduled.
+    pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Errors starting a node.
@@ -68,12 +76,26 @@ impl Node {
             node_seen: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             drain_tx,
+            inboxes: Default::default(),
+            admission: Default::default(),
+            pending_removals: Mutex::default(),
+            ring_timers: Mutex::default(),
         });
         let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
         node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));
         let admin = node.bus.subscribe(node.subjects.admin()).await?;
         node.runtime.spawn(crate::admin::listen(Arc::downgrade(&node), admin));
+        let calls = node
+            .bus
+            .queue_subscribe(node.subjects.call_requests(), crate::calls::service::QUEUE_GROUP.to_owned())
+            .await?;
+        node.runtime.spawn(crate::calls::service::serve(Arc::downgrade(&node), calls));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
+        match crate::admission::load_bans(&node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(bans = n, "bans in force loaded"),
+            Err(e) => tracing::warn!(error = %e, "cannot load bans"),
+        }
         if let Some(epochs) = node.bus.connection_epochs() {
             node.runtime.spawn(restore_after_reconnect(Arc::downgrade(&node), epochs));
         }
@@ -89,6 +111,11 @@ impl Node {
     /// The node's configuration.
     pub fn config(&self) -> &RelayConfig {
         &self.config
+    }
+
+    /// The token verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// The node's metrics.
@@ -228,19 +255,20 @@ async fn heartbeat_and_reap(node: std::sync::Weak<Node>) {
         let subject = node.subjects.node_heartbeat(&node.config.node_id);
         let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
         crate::rooms::reap_dead_nodes(&node).await;
+        crate::rooms::flush_room_stats(&node);
     }
 }
 
 /// After the bus reconnects (e.g. NATS restarted and lost its in-memory presence bucket),
-/// re-create the presence store and re-record this node's participants.
-async fn restore_after_reconnect(node: std::sync::Weak<Node>, mut epochs: watch::Receiver<u64>) {
+/// re-create the stores, re-record this node's participants and re-follow room histories.
+async fn restore_after_reconnect(weak: std::sync::Weak<Node>, mut epochs: watch::Receiver<u64>) {
     epochs.borrow_and_update();
     while epochs.changed().await.is_ok() {
-        let Some(node) = node.upgrade() else { return };
+        let Some(node) = weak.upgrade() else { return };
         tracing::info!("bus reconnected: restoring presence");
         let mut backoff = Duration::from_millis(100);
         loop {
-            match node.bus.ensure_presence_store().await {
+            match node.bus.ensure_stores().await {
                 Ok(()) => break,
                 Err(e) if backoff < Duration::from_secs(10) => {
                     tracing::warn!(error = %e, "presence store not ready yet");
@@ -254,6 +282,15 @@ async fn restore_after_reconnect(node: std::sync::Weak<Node>, mut epochs: watch:
             }
         }
         crate::rooms::republish_presence(&node).await;
+        crate::rooms::refollow_history(&node).await;
         node.metrics.presence_restores.inc();
+        // Give the other nodes a couple of heartbeats to restore their records too, then
+        // reconcile the views with the store (leaves and joins lost during the outage).
+        let wait = node.config.node_heartbeat * 2;
+        drop(node);
+        tokio::time::sleep(wait).await;
+        let Some(node) = weak.upgrade() else { return };
+        crate::rooms::resync_presence(&node).await;
+        node.metrics.presence_resyncs.inc();
     }
 }

@@ -244,6 +244,24 @@ impl Outbound {
     }
 
     /// Wait for the next frame in priority order, or for the close. Cancel-safe.
+    /// Move up to `max` more queued frames (priority order) into `out`, without waiting;
+    /// stops at a pending command or close, which the next [`Outbound::pop`] returns.
+    pub fn pop_frames(&self, max: usize, out: &mut Vec<Bytes>) {
+        let mut st = self.lock();
+        if st.closed.is_some() || !st.commands.is_empty() {
+            return;
+        }
+        let mut taken = 0;
+        for i in 0..4 {
+            while taken < max {
+                let Some(frame) = st.queues[i].pop_front() else { break };
+                st.bytes[i] -= frame.len();
+                out.push(frame);
+                taken += 1;
+            }
+        }
+    }
+
     pub async fn pop(&self) -> Popped {
         loop {
             {
@@ -290,6 +308,23 @@ mod tests {
         q.push(Class::Control, Bytes::from_static(b"c"), false);
         let order: Vec<Bytes> = vec![next(&q).await, next(&q).await, next(&q).await, next(&q).await];
         assert_eq!(order, vec!["c", "s", "d", "m"]);
+    }
+
+    #[tokio::test]
+    async fn batches_keep_priority_and_stop_at_commands() {
+        let q = small();
+        q.push(Class::Data, Bytes::from_static(b"d"), false);
+        q.push(Class::Control, Bytes::from_static(b"c"), false);
+        q.push(Class::Signal, Bytes::from_static(b"s"), false);
+        let mut out = Vec::new();
+        q.pop_frames(2, &mut out);
+        assert_eq!(out, vec!["c", "s"]);
+        q.push_command(SessionCommand::LeaveRoom { room: "r".into(), reason: "x".into() });
+        q.pop_frames(8, &mut out);
+        assert_eq!(out.len(), 2, "a pending command comes first, through pop()");
+        assert!(matches!(q.pop().await, Popped::Command(_)));
+        q.pop_frames(8, &mut out);
+        assert_eq!(out, vec!["c", "s", "d"]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! node) is always stamped from the verified token and this session, never from a frame.
 
 use crate::auth::Claims;
+use crate::calls::{self, Actor};
 use crate::node::Node;
 use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
@@ -46,6 +47,9 @@ struct Session {
     expires_at: Instant,
 }
 
+/// Frames written per wake-up of the session's writer, at most.
+const WRITE_BATCH: usize = 32;
+
 /// A frame handling outcome that ends the session.
 struct Fatal(ErrorCode, String);
 
@@ -68,6 +72,10 @@ fn kind_name(kind: &client_frame::Kind) -> &'static str {
         client_frame::Kind::Signal(_) => "signal",
         client_frame::Kind::Media(_) => "media",
         client_frame::Kind::KeyframeRequest(_) => "keyframe_request",
+        client_frame::Kind::CallInvite(_) => "call_invite",
+        client_frame::Kind::CallAnswer(_) => "call_answer",
+        client_frame::Kind::CallCancel(_) => "call_cancel",
+        client_frame::Kind::CallEnd(_) => "call_end",
     }
 }
 
@@ -81,13 +89,44 @@ fn expiry_deadline(exp: u64) -> Instant {
 pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo) {
     let kind = transport.kind();
     let label = crate::metrics::TransportLabel { transport: kind.as_str() };
+    let Some(_ip_slot) = crate::admission::enter_ip(&node, info.peer.map(|p| p.ip())) else {
+        node.metrics.error(ErrorCode::TooManyConnections);
+        let msg = "too many connections from this address";
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            transport.send(error_frame(ErrorCode::TooManyConnections, msg, 0, true)),
+        )
+        .await;
+        transport.close(ErrorCode::TooManyConnections, msg).await;
+        return;
+    };
     node.metrics.connections.get_or_create(&label).inc();
     let (code, reason) = match handshake(&node, &mut transport).await {
         Ok(mut session) => {
+            let Some(_user_slot) = crate::admission::enter_user(&node, &session.claims.sub) else {
+                node.metrics.error(ErrorCode::TooManyConnections);
+                let msg = "too many sessions of this user on this node";
+                let (code, reason) = session.fatal(&mut transport, ErrorCode::TooManyConnections, msg).await;
+                transport.close(code, &reason).await;
+                node.metrics.connections.get_or_create(&label).dec();
+                return;
+            };
             node.metrics.sessions_total.get_or_create(&label).inc();
             node.register_session(&session.id, &session.claims.sub, session.outbound.clone());
             tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), peer = ?info.peer, "session started");
-            let end = session.serve(&mut transport).await;
+            // The user's inbox reaches this node before the client hears Welcome.
+            let end = match crate::calls::inbox::attach(&node, &session.claims.sub).await {
+                Ok(()) => {
+                    let end = session.serve(&mut transport).await;
+                    crate::calls::inbox::detach(&node, &session.claims.sub).await;
+                    end
+                }
+                Err(e) => {
+                    node.metrics.error(ErrorCode::Unavailable);
+                    let msg = format!("cannot subscribe to the user's inbox: {e}");
+                    session.fatal(&mut transport, ErrorCode::Unavailable, &msg).await
+                }
+            };
             for room in std::mem::take(&mut session.rooms) {
                 rooms::leave(&node, &room, &session.id, "disconnected").await;
             }
@@ -163,6 +202,14 @@ async fn accept_hello<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Resu
         node.metrics.auth_failures.get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() }).inc();
         Refusal::Error(e.code(), e.to_string(), frame.id)
     })?;
+    if let Some(until) = crate::admission::banned_until(node, &claims.sub) {
+        let secs = until.saturating_sub(now_ms()).div_ceil(1000);
+        return Err(Refusal::Error(
+            ErrorCode::Banned,
+            format!("banned by an operator for {secs} more seconds"),
+            frame.id,
+        ));
+    }
     let session = Session {
         node: node.clone(),
         id: crate::ids::session_id(),
@@ -218,7 +265,7 @@ impl Session {
 
     fn ack(&self, ref_id: u64) {
         if ref_id != 0 {
-            self.reply(server(server_frame::Kind::Ack(Ack { ref_id })));
+            self.reply(server(server_frame::Kind::Ack(Ack { ref_id, ..Default::default() })));
         }
     }
 
@@ -228,12 +275,23 @@ impl Session {
         let mut idle_deadline = Instant::now() + idle_limit;
         let mut drain = self.node.drain_signal();
         let mut told_to_move = false;
+        let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
         loop {
             tokio::select! {
                 biased;
                 popped = self.outbound.pop() => match popped {
                     Popped::Frame(bytes) => {
-                        match tokio::time::timeout(self.node.config.write_timeout, transport.send(bytes)).await {
+                        // Write what is queued now as one batch under one timer: a burst
+                        // costs one wake-up and one deadline, not one per frame.
+                        batch.push(bytes);
+                        self.outbound.pop_frames(WRITE_BATCH - 1, &mut batch);
+                        let write = async {
+                            for frame in batch.drain(..) {
+                                transport.send(frame).await?;
+                            }
+                            Ok::<(), TransportError>(())
+                        };
+                        match tokio::time::timeout(self.node.config.write_timeout, write).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return (ErrorCode::Unspecified, format!("write failed: {e}")),
                             Err(_) => {
@@ -241,6 +299,7 @@ impl Session {
                                 return self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading").await;
                             }
                         }
+                        batch.clear();
                     }
                     Popped::Closed(reason) => return self.fatal(transport, reason.code, &reason.message).await,
                     Popped::Command(SessionCommand::LeaveRoom { room, reason }) => {
@@ -321,7 +380,7 @@ impl Session {
             }
             client_frame::Kind::Ping(p) => self.reply(server(server_frame::Kind::Pong(Pong { nonce: p.nonce }))),
             client_frame::Kind::RefreshToken(r) => self.refresh(id, &r.token).await?,
-            client_frame::Kind::Join(j) => self.join(id, &j.room).await,
+            client_frame::Kind::Join(j) => self.join(id, &j.room, j.resume_from).await,
             client_frame::Kind::Leave(l) => {
                 if self.rooms.remove(&l.room) {
                     rooms::leave(&self.node, &l.room, &self.id, "left").await;
@@ -342,8 +401,45 @@ impl Session {
                 let subject = self.node.subjects.room(&k.room, RoomChannel::Media);
                 self.publish_or_error(subject, bus_envelope::Kind::KeyframeRequest(req), id).await;
             }
+            client_frame::Kind::CallInvite(inv) => {
+                let media = inv.media();
+                self.call_op(id, |node, actor| async move { calls::invite(&node, &actor, &inv.callees, media).await })
+                    .await
+            }
+            client_frame::Kind::CallAnswer(a) => {
+                self.call_op(id, |node, actor| async move { calls::answer(&node, &actor, &a.call, a.accept).await })
+                    .await
+            }
+            client_frame::Kind::CallCancel(c) => {
+                self.call_op(id, |node, actor| async move { calls::cancel(&node, &actor, &c.call).await }).await
+            }
+            client_frame::Kind::CallEnd(c) => {
+                self.call_op(id, |node, actor| async move { calls::hang_up(&node, &actor, &c.call).await }).await
+            }
         }
         Ok(())
+    }
+
+    fn actor(&self) -> Actor {
+        Actor { user: self.claims.sub.clone(), session: self.id.clone(), name: self.claims.display_name().to_owned() }
+    }
+
+    /// Run a call operation for this session; ack with the call id or send its error.
+    async fn call_op<F, Fut>(&self, id: u64, op: F)
+    where
+        F: FnOnce(Arc<Node>, Actor) -> Fut,
+        Fut: std::future::Future<Output = Result<switchboard_protocol::pb::Call, calls::CallError>>,
+    {
+        if !self.claims.may_call() {
+            return self.error(ErrorCode::Forbidden, "token does not grant calls", id);
+        }
+        match op(self.node.clone(), self.actor()).await {
+            Ok(call) if id != 0 => {
+                self.reply(server(server_frame::Kind::Ack(Ack { ref_id: id, call: call.id, ..Default::default() })))
+            }
+            Ok(_) => {}
+            Err(e) => self.error(e.code(), e.to_string(), id),
+        }
     }
 
     async fn publish_or_error(&self, subject: String, kind: bus_envelope::Kind, id: u64) {
@@ -383,11 +479,24 @@ impl Session {
         Ok(())
     }
 
-    async fn join(&mut self, id: u64, room: &str) {
+    async fn join(&mut self, id: u64, room: &str, resume_from: Option<u64>) {
         if let Err(e) = validate_id(room) {
             return self.error(ErrorCode::InvalidRoom, format!("room id: {e}"), id);
         }
-        if !self.claims.may_join(room) {
+        if room.starts_with(calls::CALL_ROOM_PREFIX) {
+            // A call's room admits its connected parties, whatever the token's room grants.
+            match calls::may_join_room(&self.node, room, &self.claims.sub).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return self.error(
+                        ErrorCode::Forbidden,
+                        format!("only the caller and callees who accepted may join {room:?} while the call lasts"),
+                        id,
+                    )
+                }
+                Err(e) => return self.error(e.code(), e.to_string(), id),
+            }
+        } else if !self.claims.may_join(room) {
             return self.error(ErrorCode::Forbidden, format!("token does not grant room {room:?}"), id);
         }
         if self.rooms.contains(room) {
@@ -407,8 +516,10 @@ impl Session {
             node: self.node.config.node_id.clone(),
             joined_at_ms: now_ms(),
         };
-        let member = Member { user: self.claims.sub.clone(), outbound: self.outbound.clone() };
-        match rooms::join(&self.node, room, participant, member, id).await {
+        let member = Member { user: self.claims.sub.clone(), outbound: self.outbound.clone(), floor: 0 };
+        let max_participants = self.claims.max_participants.map_or(self.node.config.max_participants, |n| n as usize);
+        let req = rooms::JoinRequest { participant, member, ref_id: id, resume_from, max_participants };
+        match rooms::join(&self.node, room, req).await {
             Ok(()) => {
                 self.rooms.insert(room.to_owned());
             }
@@ -442,12 +553,40 @@ impl Session {
             kind: p.kind,
             reliable: p.reliable,
             sent_at_ms: now_ms(),
+            prev_offset: 0,
         };
+        if p.reliable && self.node.config.history {
+            match rooms::append_history(&self.node, &p.room, msg, id).await {
+                Ok(ack) => {
+                    // The ack comes when the log stored the message; meanwhile the session
+                    // goes on (many messages in flight, each acked with its offset).
+                    let (node, outbound) = (self.node.clone(), self.outbound.clone());
+                    self.node.runtime.spawn(async move {
+                        let frame = match ack.await {
+                            Ok(_) if id == 0 => return,
+                            Ok(offset) => {
+                                server(server_frame::Kind::Ack(Ack { ref_id: id, offset, ..Default::default() }))
+                            }
+                            Err(e) => {
+                                node.metrics.error(ErrorCode::Unavailable);
+                                error_frame(ErrorCode::Unavailable, e.to_string(), id, false)
+                            }
+                        };
+                        outbound.push(Class::Control, frame, false);
+                    });
+                }
+                Err(e) => self.error(ErrorCode::Unavailable, e.to_string(), id),
+            }
+            return;
+        }
         let subject = self.node.subjects.room(&p.room, RoomChannel::Msg);
         self.publish_or_error(subject, bus_envelope::Kind::Message(msg), id).await;
     }
 
     async fn signal(&mut self, id: u64, s: switchboard_protocol::pb::Signal) {
+        if s.room.is_empty() && !s.call.is_empty() {
+            return self.call_signal(id, s).await;
+        }
         if !self.check_room(&s.room, id) {
             return;
         }
@@ -472,6 +611,39 @@ impl Session {
         };
         let sig = BusSignal { to_user, to_session, event: Some(event) };
         let subject = self.node.subjects.room(&s.room, RoomChannel::Signal);
+        self.publish_or_error(subject, bus_envelope::Kind::Signal(sig), id).await;
+    }
+
+    /// Call signaling without a room: to a party's inbox, only between parties of the call.
+    async fn call_signal(&mut self, id: u64, s: switchboard_protocol::pb::Signal) {
+        if !self.claims.may_signal() {
+            return self.error(ErrorCode::Forbidden, "token does not grant signaling", id);
+        }
+        let call = match calls::get(&self.node, &s.call).await {
+            Ok(c) => c,
+            Err(e) => return self.error(e.code(), e.to_string(), id),
+        };
+        let (to_user, to_session) = match s.target {
+            Some(signal::Target::ToUser(u)) => (u, String::new()),
+            // A session target must be a party's known session (the caller's, or one that accepted).
+            Some(signal::Target::ToSession(sess)) => match call.parties.iter().find(|p| p.session == sess) {
+                Some(p) if !sess.is_empty() => (p.user.clone(), sess),
+                _ => return self.error(ErrorCode::TargetNotFound, "no party of the call has that session", id),
+            },
+            None => return self.error(ErrorCode::InvalidArgument, "signal needs to_user or to_session", id),
+        };
+        if let Err(e) = calls::check_signal(&call, &self.claims.sub, &to_user) {
+            return self.error(e.code(), e.to_string(), id);
+        }
+        let event = SignalEvent {
+            room: String::new(),
+            from: Some(self.sender()),
+            kind: s.kind,
+            payload: s.payload,
+            call: s.call,
+        };
+        let sig = BusSignal { to_user: to_user.clone(), to_session, event: Some(event) };
+        let subject = self.node.subjects.user_inbox(&to_user);
         self.publish_or_error(subject, bus_envelope::Kind::Signal(sig), id).await;
     }
 

@@ -44,14 +44,34 @@ pub fn token(sub: &str, rooms: &[&str]) -> String {
     sign(&claims(sub, rooms))
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a free TCP port").port()
+/// Ports this test process has handed out: the OS may offer a just-released port again,
+/// and two servers of one test must not get the same one.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+fn unused(mut probe: impl FnMut() -> u16) -> u16 {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = probe();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no unused port after 1000 tries");
 }
 
-/// A free UDP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 (never one already handed out in this process).
+pub fn free_tcp_port() -> u16 {
+    unused(|| {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a free TCP port").port()
+    })
+}
+
+/// A free UDP port on 127.0.0.1 (never one already handed out in this process).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("binding a free UDP port").port()
+    unused(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("binding a free UDP port").port()
+    })
 }
 
 /// Poll `check` every 25 ms until it returns `Some`, for at most `limit`.
@@ -90,3 +110,26 @@ pub fn binary(name: &str) -> std::path::PathBuf {
 pub mod lb;
 pub mod raw;
 pub mod raw_wt;
+
+/// Write a fresh self-signed identity for `localhost`/`127.0.0.1` into `dir` as `key.pem`
+/// and `cert.pem`, as a secret rotation would: each file complete on disk before it is
+/// renamed into place, key first so a reload that sees the new certificate finds its key.
+/// Returns the identity (for its certificate PEM or hash).
+///
+/// Written with `std::fs` on purpose: wtransport's async `store_pemfile` does not flush its
+/// `tokio::fs::File`, so the renamed file can be read while still incomplete.
+pub fn write_identity(dir: &std::path::Path) -> wtransport::Identity {
+    let identity = wtransport::Identity::self_signed(["localhost", "127.0.0.1"]).expect("self-signed identity");
+    let cert_pem: String = identity.certificate_chain().as_slice().iter().map(|c| c.to_pem()).collect();
+    for (name, pem) in [("key.pem", identity.private_key().to_secret_pem()), ("cert.pem", cert_pem)] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, pem).expect("writing a PEM file");
+        std::fs::rename(&tmp, dir.join(name)).expect("renaming a PEM file into place");
+    }
+    identity
+}
+
+/// The PEM of `identity`'s certificate chain (what a client is given to trust).
+pub fn certificate_pem(identity: &wtransport::Identity) -> Vec<u8> {
+    identity.certificate_chain().as_slice().iter().map(|c| c.to_pem()).collect::<String>().into_bytes()
+}

@@ -95,8 +95,12 @@ impl NatsServer {
         self.child = Some(child);
         let port = self.monitor_port;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // A clustered JetStream server is healthy only once a quorum formed, which needs
+        // the servers started after it: for those, wait for the monitor endpoint here and
+        // for health in `NatsCluster::start`.
+        let probe = if self.cluster_port.is_some() { "/varz" } else { "/healthz" };
         loop {
-            if let Ok((200, _)) = crate::http::get(port, "/healthz").await {
+            if let Ok((200, _)) = crate::http::get(port, probe).await {
                 return;
             }
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
@@ -189,6 +193,13 @@ impl NatsCluster {
                 let (_, body) = crate::http::get(port, "/routez").await.ok()?;
                 let v: serde_json::Value = serde_json::from_str(&body).ok()?;
                 (v["num_routes"].as_u64()? as usize >= n - 1).then_some(())
+            })
+            .await;
+        }
+        for s in &cluster.servers {
+            let port = s.monitor_port;
+            wait_for(Duration::from_secs(30), "clustered JetStream health", || async move {
+                matches!(crate::http::get(port, "/healthz").await, Ok((200, _))).then_some(())
             })
             .await;
         }

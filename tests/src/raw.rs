@@ -53,7 +53,12 @@ impl RawWs {
 
     /// The next frame or close (pings and pongs skipped), within the default wait.
     pub async fn next(&mut self) -> Received {
-        crate::within(WAIT, "a server frame", async {
+        self.next_within(WAIT).await
+    }
+
+    /// The next frame or close, within `limit`.
+    pub async fn next_within(&mut self, limit: std::time::Duration) -> Received {
+        crate::within(limit, "a server frame", async {
             loop {
                 match self.ws.next().await {
                     None => return Received::Closed(None),

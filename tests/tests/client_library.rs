@@ -18,21 +18,21 @@ async fn ws_and_wt_clients_on_two_nodes_share_a_room() {
     let (n1, n2) = tokio::join!(TestNode::start(opts("east")), TestNode::start(opts("west")));
 
     let (ws, mut ws_events) =
-        Client::connect(ClientConfig::new(n1.ws_url(), token("alice", &["call-1"]))).await.unwrap();
-    let wt_config = ClientConfig::new(n2.wt_url(), token("bob", &["call-1"])).with_cert_hash(n2.cert_hash().await);
+        Client::connect(ClientConfig::new(n1.ws_url(), token("alice", &["huddle-1"]))).await.unwrap();
+    let wt_config = ClientConfig::new(n2.wt_url(), token("bob", &["huddle-1"])).with_cert_hash(n2.cert_hash().await);
     let (wt, mut wt_events) = Client::connect(wt_config).await.unwrap();
     assert_eq!((ws.welcome().node.as_str(), wt.welcome().node.as_str()), ("east", "west"));
 
-    assert_eq!(ws.join("call-1").await.unwrap().participants.len(), 1);
-    assert_eq!(wt.join("call-1").await.unwrap().participants.len(), 2);
+    assert_eq!(ws.join("huddle-1").await.unwrap().participants.len(), 1);
+    assert_eq!(wt.join("huddle-1").await.unwrap().participants.len(), 2);
     match next_event(&mut ws_events).await {
         Event::ParticipantJoined(p) => assert_eq!(p.participant.unwrap().session, wt.session_id()),
         other => panic!("expected ParticipantJoined, got {other:?}"),
     }
 
     // Chat both ways.
-    wt.publish("call-1", Bytes::from_static(b"hi from wt"), true, "chat").await.unwrap();
-    ws.publish("call-1", Bytes::from_static(b"hi from ws"), true, "chat").await.unwrap();
+    wt.publish("huddle-1", Bytes::from_static(b"hi from wt"), true, "chat").await.unwrap();
+    ws.publish("huddle-1", Bytes::from_static(b"hi from ws"), true, "chat").await.unwrap();
     match next_event(&mut ws_events).await {
         Event::Message(m) => assert_eq!((&m.payload[..], m.from.unwrap().user.as_str()), (&b"hi from wt"[..], "bob")),
         other => panic!("expected Message, got {other:?}"),
@@ -43,7 +43,7 @@ async fn ws_and_wt_clients_on_two_nodes_share_a_room() {
     }
 
     // An offer/answer exchange.
-    ws.signal_user("call-1", "bob", pb::SignalKind::Offer, Bytes::from_static(b"offer-sdp")).await.unwrap();
+    ws.signal_user("huddle-1", "bob", pb::SignalKind::Offer, Bytes::from_static(b"offer-sdp")).await.unwrap();
     let offer_from = match next_event(&mut wt_events).await {
         Event::Signal(s) => {
             assert_eq!((s.kind(), &s.payload[..]), (pb::SignalKind::Offer, &b"offer-sdp"[..]));
@@ -51,16 +51,18 @@ async fn ws_and_wt_clients_on_two_nodes_share_a_room() {
         }
         other => panic!("expected Signal, got {other:?}"),
     };
-    wt.signal_session("call-1", &offer_from, pb::SignalKind::Answer, Bytes::from_static(b"answer-sdp")).await.unwrap();
+    wt.signal_session("huddle-1", &offer_from, pb::SignalKind::Answer, Bytes::from_static(b"answer-sdp"))
+        .await
+        .unwrap();
     assert!(matches!(next_event(&mut ws_events).await, Event::Signal(s) if s.kind() == pb::SignalKind::Answer));
     // Signaling someone outside the room is refused with its code.
-    let err = ws.signal_user("call-1", "mallory", pb::SignalKind::Offer, Bytes::new()).await.unwrap_err();
+    let err = ws.signal_user("huddle-1", "mallory", pb::SignalKind::Offer, Bytes::new()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TargetNotFound));
 
     // Relayed media and a keyframe request back to the sender.
     for seq in 0..5u64 {
         let m = pb::Media {
-            room: "call-1".into(),
+            room: "huddle-1".into(),
             track: 2,
             seq,
             timestamp: seq * 20_000,
@@ -76,7 +78,7 @@ async fn ws_and_wt_clients_on_two_nodes_share_a_room() {
             other => panic!("expected Media, got {other:?}"),
         }
     }
-    ws.keyframe_request("call-1", wt.session_id(), 2).await.unwrap();
+    ws.keyframe_request("huddle-1", wt.session_id(), 2).await.unwrap();
     match next_event(&mut wt_events).await {
         Event::KeyframeRequest(k) => assert_eq!((k.track, k.from.unwrap().user.as_str()), (2, "alice")),
         other => panic!("expected KeyframeRequest, got {other:?}"),

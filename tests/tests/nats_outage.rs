@@ -2,9 +2,10 @@
 //! serving what is local, turns ready again, restores its presence records, and rooms work
 //! across the restart.
 
+use std::time::Duration;
 use switchboard_protocol::pb::{client_frame, server_frame, Join, Publish};
 use switchboard_tests::raw::RawWs;
-use switchboard_tests::{token, wait_for, NatsServer, NodeOptions, TestNode};
+use switchboard_tests::{token, wait_for, within, NatsServer, NodeOptions, TestNode};
 
 fn join(room: &str) -> client_frame::Kind {
     client_frame::Kind::Join(Join { room: room.into(), resume_from: None })
@@ -53,5 +54,51 @@ async fn readiness_follows_nats_and_the_node_serves_again() {
             server_frame::Kind::ParticipantJoined(_) => {}
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+/// A participant who left while NATS was away is not a ghost: once NATS returns the others
+/// hear the leave (the node's client buffers the announcement; if it were lost, the views
+/// are reconciled with the restored presence records, reason `resync`), and newcomers do
+/// not see them.
+#[tokio::test]
+async fn no_ghost_participants_after_an_outage() {
+    let limit = Duration::from_secs(30);
+    let mut nats = NatsServer::start().await;
+    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
+    let (n1, n2) = tokio::join!(TestNode::start(opts("alpha")), TestNode::start(opts("beta")));
+    let (mut alice, _) = RawWs::authenticated(&n1.ws_url(), &token("alice", &["r"])).await;
+    alice.send(2, join("r")).await;
+    assert!(matches!(alice.frame().await, server_frame::Kind::Joined(_)));
+    let (mut bob, _) = RawWs::authenticated(&n2.ws_url(), &token("bob", &["r"])).await;
+    bob.send(2, join("r")).await;
+    assert!(matches!(bob.frame().await, server_frame::Kind::Joined(_)));
+    assert!(matches!(alice.frame().await, server_frame::Kind::ParticipantJoined(_)));
+
+    nats.kill();
+    wait_for(limit, "beta to notice", || async { (n2.get("/readyz").await.0 == 503).then_some(()) }).await;
+    bob.close().await; // his leave cannot reach alpha now
+    nats.restart().await;
+    wait_for(limit, "alpha to be ready again", || async { (n1.get("/readyz").await.0 == 200).then_some(()) }).await;
+    // The resync runs two node heartbeats (4 s) after the reconnect.
+    let left = within(limit, "bob's leave after the resync", async {
+        loop {
+            if let server_frame::Kind::ParticipantLeft(l) = alice.frame().await {
+                return l;
+            }
+        }
+    })
+    .await;
+    assert_eq!(left.participant.unwrap().user, "bob");
+    assert!(["disconnected", "resync"].contains(&left.reason.as_str()), "{}", left.reason);
+    let (mut carol, _) = RawWs::authenticated(&n1.ws_url(), &token("carol", &["r"])).await;
+    carol.send(2, join("r")).await;
+    match carol.frame().await {
+        server_frame::Kind::Joined(j) => {
+            let mut users: Vec<_> = j.participants.iter().map(|p| p.user.as_str()).collect();
+            users.sort();
+            assert_eq!(users, ["alice", "carol"], "no ghost of bob");
+        }
+        other => panic!("expected Joined, got {other:?}"),
     }
 }

@@ -19,7 +19,17 @@ async fn slow_reader_is_disconnected_and_memory_stays_bounded() {
     // The publisher sends 600 requests as fast as acks come back: above the default
     // per-session request rate, which is not what this test is about.
     let node =
-        TestNode::start(NodeOptions { args: vec!["--request-rate".into(), "100000".into()], ..Default::default() })
+        // Room history is bounded separately (it keeps what was sent, by design): keep it
+        // small here so the growth measured is the slow reader's.
+        TestNode::start(NodeOptions {
+            args: vec![
+                "--request-rate".into(),
+                "100000".into(),
+                "--history-max-bytes".into(),
+                "4194304".into(),
+            ],
+            ..Default::default()
+        })
             .await;
     let join = |_id: u64| client_frame::Kind::Join(Join { room: "flood".into(), resume_from: None });
     let (mut slow, _) = RawWs::authenticated(&node.ws_url(), &token("slow", &["flood"])).await;

@@ -4,17 +4,12 @@
 use std::time::Duration;
 use switchboard_protocol::pb::{client_frame, server_frame};
 use switchboard_tests::raw_wt::RawWt;
-use switchboard_tests::{token, wait_for, NodeOptions, TestNode};
+use switchboard_tests::{token, wait_for, write_identity, NodeOptions, TestNode};
 use wtransport::tls::Sha256DigestFmt;
-use wtransport::Identity;
 
-async fn write_identity(dir: &std::path::Path) -> String {
-    let identity = Identity::self_signed(["localhost", "127.0.0.1"]).expect("self-signed identity");
-    // Key first, then the certificate: a reload that sees the new certificate finds its key.
-    identity.private_key().store_secret_pemfile(dir.join("key.pem.tmp")).await.unwrap();
-    std::fs::rename(dir.join("key.pem.tmp"), dir.join("key.pem")).unwrap();
-    identity.certificate_chain().store_pemfile(dir.join("cert.pem.tmp")).await.unwrap();
-    std::fs::rename(dir.join("cert.pem.tmp"), dir.join("cert.pem")).unwrap();
+/// Write a fresh identity into `dir`; returns its certificate's SHA-256 in hex.
+fn rotate(dir: &std::path::Path) -> String {
+    let identity = write_identity(dir);
     identity.certificate_chain().as_slice()[0].hash().fmt(Sha256DigestFmt::DottedHex).replace(':', "")
 }
 
@@ -22,7 +17,7 @@ async fn write_identity(dir: &std::path::Path) -> String {
 async fn configured_certificate_is_reloaded_on_change() {
     let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let first = write_identity(&dir).await;
+    let first = rotate(&dir);
     let node = TestNode::start(NodeOptions {
         args: vec![
             "--tls-cert".into(),
@@ -37,7 +32,7 @@ async fn configured_certificate_is_reloaded_on_change() {
     assert_eq!(node.get("/certificate.sha256").await.0, 404);
     let (mut old, _) = RawWt::authenticated(&node.wt_url(), &first, &token("tess", &["demo"])).await;
 
-    let second = write_identity(&dir).await;
+    let second = rotate(&dir);
     assert_ne!(first, second);
     let url = node.wt_url();
     wait_for(Duration::from_secs(30), "the new certificate to be served", || {

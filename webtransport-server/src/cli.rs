@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_relay::auth::DEV_SECRET;
+use switchboard_relay::bus::StoreLimits;
 use switchboard_relay::config::{generate_node_id, RelayConfig};
 use switchboard_relay::{Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
 
@@ -57,6 +58,43 @@ pub struct NodeArgs {
     /// Requests (publish, signal, join, leave) per second per session; bursts of twice that.
     #[arg(long, env = "SWITCHBOARD_REQUEST_RATE", default_value_t = 200.0)]
     pub request_rate: f64,
+    /// Reliable messages kept per room for recovery (`Join.resume_from`); 0 turns room
+    /// history off (reliable messages then carry no offset).
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_MSGS", default_value_t = 1000)]
+    pub history_max_msgs: i64,
+    /// Seconds a room message stays in history.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_AGE", default_value_t = 86_400)]
+    pub history_max_age: u64,
+    /// Bytes of room history kept in all rooms together (oldest dropped first).
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: i64,
+    /// Where NATS keeps room history: `file` (survives server restarts) or `memory`
+    /// (faster; lost when a server restarts, replicas still cover one server's loss).
+    #[arg(long, env = "SWITCHBOARD_HISTORY_STORAGE", default_value = "file", value_parser = ["file", "memory"])]
+    pub history_storage: String,
+    /// Call records kept per user (`GET /api/calls`).
+    #[arg(long, env = "SWITCHBOARD_CALL_HISTORY_MAX", default_value_t = 1000)]
+    pub call_history_max: i64,
+    /// Days a call record is kept.
+    #[arg(long, env = "SWITCHBOARD_CALL_HISTORY_DAYS", default_value_t = 90)]
+    pub call_history_days: u64,
+    /// Seconds an unanswered call rings before it ends as missed.
+    #[arg(long, env = "SWITCHBOARD_CALL_RING_TIMEOUT", default_value_t = 30)]
+    pub call_ring_timeout: u64,
+    /// Rooms with more participants than this get periodic `RoomStats` (the count) instead
+    /// of a join/leave event per participant (0: never switch).
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_EVENTS_MAX", default_value_t = 500)]
+    pub presence_events_max: usize,
+    /// Open connections from one IP address to this node (0: unlimited).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Sessions of one user on this node (0: unlimited).
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: usize,
+    /// Participants per room, cluster-wide (0: unlimited). A token's `max_participants`
+    /// claim overrides it for the rooms that token joins.
+    #[arg(long, env = "SWITCHBOARD_MAX_PARTICIPANTS", default_value_t = 0)]
+    pub max_participants: usize,
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -95,10 +133,23 @@ fn verify_key(args: &NodeArgs) -> anyhow::Result<VerifyKey> {
     }))
 }
 
+/// Retention of history and call state, from the flags.
+pub fn store_limits(args: &NodeArgs) -> StoreLimits {
+    StoreLimits {
+        history_max_msgs: args.history_max_msgs.max(0),
+        history_max_age: Duration::from_secs(args.history_max_age.max(1)),
+        history_max_bytes: args.history_max_bytes.max(1),
+        history_in_memory: args.history_storage == "memory",
+        call_history_max: args.call_history_max.max(1),
+        call_history_max_age: Duration::from_secs(args.call_history_days.max(1) * 86_400),
+        ..StoreLimits::default()
+    }
+}
+
 async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn Bus>> {
     let Some(url) = &args.nats_url else {
         tracing::info!("no NATS configured: embedded single node on the in-process bus");
-        return Ok(Arc::new(LocalBus::new()));
+        return Ok(Arc::new(LocalBus::with_limits(store_limits(args))));
     };
     let opts = NatsOptions {
         url: url.clone(),
@@ -106,6 +157,7 @@ async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn B
         prefix: args.subject_prefix.clone(),
         replicas: args.nats_replicas,
         credentials_file: args.nats_creds.clone(),
+        limits: store_limits(args),
     };
     // NATS may start after us (or its JetStream may still be electing a leader): retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.nats_connect_timeout);
@@ -138,6 +190,12 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
         node_heartbeat: Duration::from_secs(args.node_timeout.max(1)).div_f64(5.0).min(defaults.node_heartbeat),
         max_rooms_per_session: args.max_rooms_per_session,
         request_rate: switchboard_relay::config::Rate { per_sec: args.request_rate, burst: args.request_rate * 2.0 },
+        history: args.history_max_msgs > 0,
+        ring_timeout: Duration::from_secs(args.call_ring_timeout.max(1)),
+        max_participants: args.max_participants,
+        max_connections_per_ip: args.max_connections_per_ip,
+        presence_events_max: args.presence_events_max,
+        max_sessions_per_user: args.max_sessions_per_user,
         ..defaults
     };
     let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;

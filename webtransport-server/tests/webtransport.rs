@@ -81,6 +81,7 @@ struct Client {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test helper: size does not matter
 enum Event {
     Frame(server_frame::Kind),
     /// The connection closed, with the application close code if any.

@@ -30,9 +30,9 @@ pub(crate) enum Writer {
 /// Open a connection as `config.url` says.
 pub(crate) async fn connect(config: &ClientConfig) -> Result<(Reader, Writer), ClientError> {
     match config.transport()? {
-        TransportChoice::WebSocket => {
-            ws::connect(&config.url, config.bind_ip).await.map(|(r, w)| (Reader::Ws(r), Writer::Ws(w)))
-        }
+        TransportChoice::WebSocket => ws::connect(&config.url, config.bind_ip, config.ca_pem.as_deref())
+            .await
+            .map(|(r, w)| (Reader::Ws(r), Writer::Ws(w))),
         TransportChoice::WebTransport => wt::connect(config).await.map(|(r, w)| (Reader::Wt(r), Writer::Wt(w))),
     }
 }

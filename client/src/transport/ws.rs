@@ -38,8 +38,38 @@ pub async fn websocket_connect(url: &str, bind_ip: Option<std::net::IpAddr>) -> 
     Ok(tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| err(&e))?.0)
 }
 
-pub(crate) async fn connect(url: &str, bind_ip: Option<std::net::IpAddr>) -> Result<(WsReader, WsWriter), ClientError> {
-    let ws = websocket_connect(url, bind_ip).await?;
+/// Open a `wss://` WebSocket trusting only the CA certificate(s) in `pem`.
+pub async fn websocket_connect_with_ca(url: &str, pem: &[u8]) -> Result<Ws, ClientError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let err = |e: &dyn std::fmt::Display| ClientError::Connect(format!("{url}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let config =
+        WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls));
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(connector))
+        .await
+        .map_err(|e| err(&e))?;
+    Ok(ws)
+}
+
+pub(crate) async fn connect(
+    url: &str,
+    bind_ip: Option<std::net::IpAddr>,
+    ca_pem: Option<&[u8]>,
+) -> Result<(WsReader, WsWriter), ClientError> {
+    let ws = match ca_pem {
+        Some(pem) => websocket_connect_with_ca(url, pem).await?,
+        None => websocket_connect(url, bind_ip).await?,
+    };
     let (sink, stream) = ws.split();
     Ok((WsReader(stream), WsWriter(sink)))
 }

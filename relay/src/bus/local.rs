@@ -1,14 +1,16 @@
 //! The in-process bus of the embedded single node.
 
-use super::{Bus, BusError, BusMessage, Subscription};
+use super::{Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, StoreLimits, Subscription};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use switchboard_protocol::pb::Participant;
 use switchboard_protocol::subject::subject_matches;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Messages buffered per subscription before the publisher waits.
 const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -61,22 +63,139 @@ impl Subscribers {
     }
 }
 
-/// In-process bus: subject matching with NATS wildcard rules, presence in a map.
+/// Entries a log follower may have queued before it is cut off (and must re-follow).
+const FOLLOWER_BUFFER: usize = 8192;
+
+#[derive(Default)]
+struct KeyLog {
+    entries: VecDeque<(u64, Instant, Bytes)>,
+    followers: Vec<mpsc::Sender<Result<LogEntry, BusError>>>,
+}
+
+impl KeyLog {
+    fn last(&self) -> u64 {
+        self.entries.back().map_or(0, |(seq, _, _)| *seq)
+    }
+}
+
+/// One log: its keys, its next sequence, and a global index (seq -> key) so the oldest
+/// entry overall can be dropped when the log exceeds its byte budget, like a stream's
+/// `max_bytes` with discard-old.
+#[derive(Default)]
+struct LogState {
+    next: u64,
+    keys: HashMap<String, KeyLog>,
+    index: BTreeMap<u64, String>,
+    bytes: usize,
+    /// Sweep keys with nothing retained and no live follower when there are more than this.
+    sweep_at: usize,
+}
+
+impl LogState {
+    /// Forget keys that hold nothing (no entries, no live follower), so rooms that came and
+    /// went leave no trace; amortised: runs when the key count doubled since the last sweep.
+    fn sweep(&mut self) {
+        if self.keys.len() <= self.sweep_at {
+            return;
+        }
+        self.keys.retain(|_, k| {
+            k.followers.retain(|tx| !tx.is_closed());
+            !k.entries.is_empty() || !k.followers.is_empty()
+        });
+        self.sweep_at = (self.keys.len() * 2).max(1024);
+    }
+
+    /// Drop `key`'s entries beyond its count and age bounds.
+    fn trim_key(&mut self, key: &str, max_msgs: i64, max_age: Duration) {
+        let Some(key_log) = self.keys.get_mut(key) else { return };
+        let now = Instant::now();
+        while let Some((seq, at, payload)) = key_log.entries.front() {
+            let expired = now.duration_since(*at) > max_age;
+            if !expired && key_log.entries.len() as i64 <= max_msgs.max(0) {
+                break;
+            }
+            self.bytes -= payload.len();
+            self.index.remove(seq);
+            key_log.entries.pop_front();
+        }
+    }
+
+    /// Drop the oldest entries of the whole log while it exceeds `max_bytes`.
+    fn trim_bytes(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((seq, key)) = self.index.pop_first() else { break };
+            if let Some(key_log) = self.keys.get_mut(&key) {
+                if key_log.entries.front().is_some_and(|(s, _, _)| *s == seq) {
+                    if let Some((_, _, payload)) = key_log.entries.pop_front() {
+                        self.bytes -= payload.len();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// In-process bus: subject matching with NATS wildcard rules, presence, key-value buckets
+/// and logs in maps, with the NATS implementation's semantics (compare-and-set, bounded
+/// retention, no responders).
 #[derive(Default, Clone)]
 pub struct LocalBus {
     subs: Arc<Mutex<Subscribers>>,
     presence: Arc<Mutex<HashMap<String, BTreeMap<String, Participant>>>>,
+    kv: Arc<Mutex<HashMap<(Bucket, String), KvEntry>>>,
+    logs: Arc<Mutex<HashMap<Log, LogState>>>,
+    limits: StoreLimits,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LocalBus {
-    /// An empty bus.
+    /// An empty bus with the default retention.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty bus with the given retention.
+    pub fn with_limits(limits: StoreLimits) -> Self {
+        Self { limits, ..Self::default() }
+    }
+
+    fn log_bounds(&self, log: Log) -> (i64, Duration, usize) {
+        match log {
+            Log::RoomHistory => (
+                self.limits.history_max_msgs,
+                self.limits.history_max_age,
+                usize::try_from(self.limits.history_max_bytes).unwrap_or(usize::MAX),
+            ),
+            Log::CallHistory => (self.limits.call_history_max, self.limits.call_history_max_age, usize::MAX),
+        }
+    }
+
+    /// Run `f` on `key`'s log (trimmed to its bounds) and the log's state.
+    fn with_log<R>(&self, log: Log, key: &str, f: impl FnOnce(&mut LogState, &str) -> R) -> R {
+        let (max_msgs, max_age, _) = self.log_bounds(log);
+        let mut logs = lock(&self.logs);
+        let state = logs.entry(log).or_insert_with(|| LogState { next: 1, sweep_at: 1024, ..LogState::default() });
+        state.trim_key(key, max_msgs, max_age);
+        f(state, key)
+    }
+
     /// Number of live subscriptions on `subject` (exact pattern), for tests.
     pub fn subscription_count(&self, pattern: &str) -> usize {
-        self.subs.lock().unwrap_or_else(|e| e.into_inner()).count(pattern)
+        lock(&self.subs).count(pattern)
+    }
+
+    /// The retained entries of `key` after `after`.
+    fn entries_after(state: &LogState, key: &str, after: u64) -> Vec<LogEntry> {
+        state.keys.get(key).map_or_else(Vec::new, |k| {
+            k.entries
+                .iter()
+                .filter(|(seq, _, _)| *seq > after)
+                .map(|(seq, _, payload)| LogEntry { seq: *seq, payload: payload.clone() })
+                .collect()
+        })
     }
 }
 
@@ -87,7 +206,7 @@ impl Bus for LocalBus {
             for tx in targets {
                 // Like a NATS slow consumer, a full subscriber loses the message rather
                 // than stalling the publisher.
-                let _ = tx.try_send(BusMessage { subject: subject.clone(), payload: payload.clone() });
+                let _ = tx.try_send(BusMessage { subject: subject.clone(), payload: payload.clone(), reply: None });
             }
             Ok(())
         }
@@ -101,6 +220,147 @@ impl Bus for LocalBus {
             Ok(tokio_stream_from(rx))
         }
         .boxed()
+    }
+
+    fn queue_subscribe(&self, subject: String, _group: String) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        // One process is one node: each queue group has a single member here.
+        self.subscribe(subject)
+    }
+
+    fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> BoxFuture<'_, Result<Bytes, BusError>> {
+        async move {
+            let targets = lock(&self.subs).matching(&subject);
+            if targets.is_empty() {
+                return Err(BusError::NoResponders);
+            }
+            let inbox = format!("_INBOX.{}", crate::ids::random_id(16));
+            let mut replies = self.subscribe(inbox.clone()).await?;
+            for tx in targets {
+                let msg = BusMessage { subject: subject.clone(), payload: payload.clone(), reply: Some(inbox.clone()) };
+                let _ = tx.try_send(msg);
+            }
+            match tokio::time::timeout(timeout, replies.next()).await {
+                Ok(Some(reply)) => Ok(reply.payload),
+                Ok(None) => Err(BusError::Other("reply subscription closed".into())),
+                Err(_) => Err(BusError::Unavailable(format!("request on {subject} timed out"))),
+            }
+        }
+        .boxed()
+    }
+
+    fn kv_get(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<Option<KvEntry>, BusError>> {
+        let entry = lock(&self.kv).get(&(bucket, key.to_owned())).cloned();
+        async move { Ok(entry) }.boxed()
+    }
+
+    fn kv_create(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        let mut kv = lock(&self.kv);
+        let r = match kv.entry((bucket, key.to_owned())) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(BusError::Conflict(format!("key {key} exists"))),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(KvEntry { value, revision: 1 });
+                Ok(1)
+            }
+        };
+        async move { r }.boxed()
+    }
+
+    fn kv_keys(&self, bucket: Bucket) -> BoxFuture<'_, Result<Vec<String>, BusError>> {
+        let keys = lock(&self.kv).keys().filter(|(b, _)| *b == bucket).map(|(_, k)| k.clone()).collect();
+        async move { Ok(keys) }.boxed()
+    }
+
+    fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        let mut kv = lock(&self.kv);
+        let entry = kv.entry((bucket, key.to_owned())).or_insert(KvEntry { value: Bytes::new(), revision: 0 });
+        entry.revision += 1;
+        entry.value = value;
+        let revision = entry.revision;
+        async move { Ok(revision) }.boxed()
+    }
+
+    fn kv_update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<u64, BusError>> {
+        let mut kv = lock(&self.kv);
+        let r = match kv.get_mut(&(bucket, key.to_owned())) {
+            Some(e) if e.revision == revision => {
+                e.revision += 1;
+                e.value = value;
+                Ok(e.revision)
+            }
+            _ => Err(BusError::Conflict(format!("key {key} is not at revision {revision}"))),
+        };
+        async move { r }.boxed()
+    }
+
+    fn log_append(
+        &self,
+        log: Log,
+        key: &str,
+        payload: Bytes,
+        _dedupe_id: Option<String>,
+    ) -> BoxFuture<'_, Result<LogAck, BusError>> {
+        let (max_msgs, max_age, max_bytes) = self.log_bounds(log);
+        let seq = self.with_log(log, key, |state, key| {
+            let seq = state.next;
+            state.next += 1;
+            state.bytes += payload.len();
+            state.index.insert(seq, key.to_owned());
+            state.sweep();
+            let key_log = state.keys.entry(key.to_owned()).or_default();
+            key_log.entries.push_back((seq, Instant::now(), payload.clone()));
+            // A follower that fell this far behind is cut off; it re-follows from its seq.
+            key_log.followers.retain(|tx| tx.try_send(Ok(LogEntry { seq, payload: payload.clone() })).is_ok());
+            state.trim_key(key, max_msgs, max_age);
+            state.trim_bytes(max_bytes);
+            seq
+        });
+        let ack: LogAck = async move { Ok(seq) }.boxed();
+        async move { Ok(ack) }.boxed()
+    }
+
+    fn log_last(&self, log: Log, key: &str) -> BoxFuture<'_, Result<u64, BusError>> {
+        let last = self.with_log(log, key, |state, key| state.keys.get(key).map_or(0, KeyLog::last));
+        async move { Ok(last) }.boxed()
+    }
+
+    fn log_contains(&self, log: Log, key: &str, seq: u64) -> BoxFuture<'_, Result<bool, BusError>> {
+        let found = self.with_log(log, key, |state, key| {
+            state.keys.get(key).is_some_and(|k| k.entries.iter().any(|(s, _, _)| *s == seq))
+        });
+        async move { Ok(found) }.boxed()
+    }
+
+    fn log_read(
+        &self,
+        log: Log,
+        key: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, BusError>> {
+        let mut entries = self.with_log(log, key, |state, key| Self::entries_after(state, key, after));
+        entries.truncate(limit);
+        async move { Ok(entries) }.boxed()
+    }
+
+    fn log_follow(&self, log: Log, key: &str, after: u64) -> BoxFuture<'_, Result<LogStream, BusError>> {
+        let (retained, mut rx) = self.with_log(log, key, |state, key| {
+            let retained: Vec<Result<LogEntry, BusError>> =
+                Self::entries_after(state, key, after).into_iter().map(Ok).collect();
+            let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
+            state.sweep();
+            let key_log = state.keys.entry(key.to_owned()).or_default();
+            key_log.followers.retain(|tx| !tx.is_closed());
+            key_log.followers.push(tx);
+            (retained, rx)
+        });
+        let live = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        async move { Ok(futures_util::stream::iter(retained).chain(live).boxed()) }.boxed()
     }
 
     fn presence_put(&self, room: &str, participant: &Participant) -> BoxFuture<'_, Result<(), BusError>> {
@@ -167,5 +427,18 @@ mod tests {
         assert_eq!(bus.subscription_count("sb.room.a.>"), 1);
         drop(sub);
         assert_eq!(bus.subscription_count("sb.room.a.>"), 0);
+    }
+
+    #[tokio::test]
+    async fn rooms_that_went_leave_no_log_keys_behind() {
+        let bus = LocalBus::new();
+        for i in 0..3000 {
+            drop(bus.log_follow(Log::RoomHistory, &format!("room{i}"), 0).await.unwrap());
+        }
+        let kept = bus.log_append(Log::RoomHistory, "busy", Bytes::from_static(b"m"), None).await.unwrap();
+        assert_eq!(kept.await.unwrap(), 1);
+        let keys = lock(&bus.logs)[&Log::RoomHistory].keys.len();
+        assert!(keys < 2100, "{keys} keys kept for 3,001 rooms of which one has history");
+        assert_eq!(bus.log_read(Log::RoomHistory, "busy", 0, 10).await.unwrap().len(), 1);
     }
 }

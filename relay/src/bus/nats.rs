@@ -1,6 +1,7 @@
-//! The NATS bus: core pub/sub for traffic, a JetStream key-value bucket for presence.
+//! The NATS bus: core pub/sub and request/reply for traffic, JetStream key-value buckets
+//! for presence, calls and accounts, JetStream streams for room and call history.
 
-use super::{Bus, BusError, BusMessage, Subscription};
+use super::{Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, StoreLimits, Subscription};
 use async_nats::jetstream::{self, consumer::push, consumer::DeliverPolicy, kv};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -22,6 +23,8 @@ pub struct NatsOptions {
     pub replicas: usize,
     /// Optional credentials file (`.creds`).
     pub credentials_file: Option<std::path::PathBuf>,
+    /// Retention of history and call state.
+    pub limits: StoreLimits,
 }
 
 /// NATS implementation of [`Bus`].
@@ -29,8 +32,63 @@ pub struct NatsBus {
     client: async_nats::Client,
     js: jetstream::Context,
     presence: kv::Store,
-    presence_config: kv::Config,
+    /// Every bucket and stream, to re-create them after the broker lost them.
+    bucket_configs: Vec<kv::Config>,
+    stream_configs: Vec<jetstream::stream::Config>,
+    calls: kv::Store,
+    users: kv::Store,
+    bans: kv::Store,
+    room_history: jetstream::stream::Stream,
+    call_history: jetstream::stream::Stream,
+    prefix: String,
     epochs: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Create a key-value bucket, or open it if it exists.
+async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
+            other(format!(
+                "bucket {bucket}: {create_err}; {e} \
+                 (Switchboard needs nats-server 2.10 or later with JetStream enabled: -js)"
+            ))
+        }),
+    }
+}
+
+/// A log stream's configuration: one subject per key under `<prefix>.<log>.`, bounded per
+/// key, by age and by bytes, oldest dropped first.
+fn log_config(
+    prefix: &str,
+    log: Log,
+    (max_per_key, max_age, max_bytes): (i64, Duration, i64),
+    storage: jetstream::stream::StorageType,
+    replicas: usize,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("{}_{}", prefix.replace('.', "_"), log.name()),
+        subjects: vec![format!("{prefix}.{}.*", log.name())],
+        max_messages_per_subject: max_per_key.max(1),
+        max_age,
+        max_bytes,
+        storage,
+        num_replicas: replicas,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Create a log stream, or update its limits if it exists.
+async fn open_log(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let name = config.name.clone();
+    js.create_or_update_stream(config).await.map_err(|e| other(format!("stream {name}: {e}")))?;
+    js.get_stream(&name).await.map_err(|e| other(format!("stream {name}: {e}")))
 }
 
 fn other(e: impl std::fmt::Display) -> BusError {
@@ -71,25 +129,119 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS at {}: {e}", opts.url)))?;
         let js = jetstream::new(client.clone());
-        let bucket = format!("{}_presence", opts.prefix.replace('.', "_"));
+        let name = opts.prefix.replace('.', "_");
+        let replicas = opts.replicas.max(1);
         let config = kv::Config {
-            bucket: bucket.clone(),
+            bucket: format!("{name}_presence"),
             description: "Switchboard room presence (one key per room and session)".into(),
             history: 1,
             storage: jetstream::stream::StorageType::Memory,
-            num_replicas: opts.replicas.max(1),
+            num_replicas: replicas,
             ..Default::default()
         };
-        let presence = match js.create_key_value(config.clone()).await {
-            Ok(store) => store,
-            Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
-                other(format!(
-                    "presence bucket {bucket}: {create_err}; {e} \
-                         (Switchboard needs nats-server 2.10 or later with JetStream enabled: -js)"
-                ))
-            })?,
+        let presence = open_bucket(&js, config.clone()).await?;
+        let calls_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Calls.name()),
+            description: "Switchboard call state (key = call id)".into(),
+            history: 1,
+            max_age: opts.limits.call_state_ttl,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
         };
-        Ok(Self { client, js, presence, presence_config: config, epochs })
+        let calls = open_bucket(&js, calls_config.clone()).await?;
+        let users_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Users.name()),
+            description: "Switchboard built-in accounts (key = user id)".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let users = open_bucket(&js, users_config.clone()).await?;
+        let bans_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Bans.name()),
+            description: "Switchboard operator bans (key = user id, value = end, Unix ms)".into(),
+            history: 1,
+            max_age: Duration::from_secs(30 * 86_400),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let bans = open_bucket(&js, bans_config.clone()).await?;
+        let l = &opts.limits;
+        let storage = if l.history_in_memory {
+            jetstream::stream::StorageType::Memory
+        } else {
+            jetstream::stream::StorageType::File
+        };
+        let room_history_config = log_config(
+            &opts.prefix,
+            Log::RoomHistory,
+            (l.history_max_msgs, l.history_max_age, l.history_max_bytes),
+            storage,
+            replicas,
+        );
+        let room_history = open_log(&js, room_history_config.clone()).await?;
+        let call_history_config = log_config(
+            &opts.prefix,
+            Log::CallHistory,
+            (l.call_history_max, l.call_history_max_age, -1),
+            jetstream::stream::StorageType::File,
+            replicas,
+        );
+        let call_history = open_log(&js, call_history_config.clone()).await?;
+        Ok(Self {
+            client,
+            js,
+            presence,
+            bucket_configs: vec![config, calls_config, users_config, bans_config],
+            stream_configs: vec![room_history_config, call_history_config],
+            calls,
+            users,
+            bans,
+            room_history,
+            call_history,
+            prefix: opts.prefix.clone(),
+            epochs,
+        })
+    }
+
+    fn bucket(&self, bucket: Bucket) -> &kv::Store {
+        match bucket {
+            Bucket::Calls => &self.calls,
+            Bucket::Users => &self.users,
+            Bucket::Bans => &self.bans,
+        }
+    }
+
+    fn stream(&self, log: Log) -> &jetstream::stream::Stream {
+        match log {
+            Log::RoomHistory => &self.room_history,
+            Log::CallHistory => &self.call_history,
+        }
+    }
+
+    fn log_subject(&self, log: Log, key: &str) -> String {
+        format!("{}.{}.{key}", self.prefix, log.name())
+    }
+
+    /// An ordered consumer over `key`'s log from `after + 1`.
+    async fn log_consumer(
+        &self,
+        log: Log,
+        key: &str,
+        after: u64,
+    ) -> Result<jetstream::consumer::Consumer<push::OrderedConfig>, BusError> {
+        self.stream(log)
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: self.log_subject(log, key),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+                ..Default::default()
+            })
+            .await
+            .map_err(other)
     }
 
     /// The underlying client.
@@ -102,6 +254,34 @@ impl NatsBus {
     }
 }
 
+/// The messages an ordered consumer has pending at its creation (at most `limit`): a
+/// consistent snapshot of what it covers. Each message must arrive within 5 s.
+async fn snapshot(
+    consumer: jetstream::consumer::Consumer<push::OrderedConfig>,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<jetstream::Message>, BusError> {
+    let mut pending = consumer.cached_info().num_pending.min(limit as u64);
+    let mut out = Vec::with_capacity(pending.min(4096) as usize);
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(other)?;
+    while pending > 0 {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| BusError::Unavailable(format!("{what} timed out")))?;
+        let Some(msg) = next else { break };
+        out.push(msg.map_err(other)?);
+        pending -= 1;
+    }
+    Ok(out)
+}
+
+fn nats_message(m: async_nats::Message) -> BusMessage {
+    BusMessage { subject: m.subject.to_string(), payload: m.payload, reply: m.reply.map(|r| r.to_string()) }
+}
+
 impl Bus for NatsBus {
     fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
         async move { self.client.publish(subject, payload).await.map_err(|e| BusError::Unavailable(e.to_string())) }
@@ -111,7 +291,180 @@ impl Bus for NatsBus {
     fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<Subscription, BusError>> {
         async move {
             let sub = self.client.subscribe(subject).await.map_err(|e| BusError::Unavailable(e.to_string()))?;
-            Ok(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload }).boxed())
+            Ok(sub.map(nats_message).boxed())
+        }
+        .boxed()
+    }
+
+    fn queue_subscribe(&self, subject: String, group: String) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        async move {
+            let sub =
+                self.client.queue_subscribe(subject, group).await.map_err(|e| BusError::Unavailable(e.to_string()))?;
+            Ok(sub.map(nats_message).boxed())
+        }
+        .boxed()
+    }
+
+    fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> BoxFuture<'_, Result<Bytes, BusError>> {
+        async move {
+            let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+            match self.client.send_request(subject.clone(), request).await {
+                Ok(reply) => Ok(reply.payload),
+                Err(e) => Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders,
+                    async_nats::RequestErrorKind::TimedOut => {
+                        BusError::Unavailable(format!("request on {subject} timed out"))
+                    }
+                    _ => BusError::Unavailable(e.to_string()),
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn kv_get(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<Option<KvEntry>, BusError>> {
+        let key = key.to_owned();
+        async move {
+            let entry = self.bucket(bucket).entry(key).await.map_err(other)?;
+            Ok(entry
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| KvEntry { value: e.value, revision: e.revision }))
+        }
+        .boxed()
+    }
+
+    fn kv_create(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        let key = key.to_owned();
+        async move {
+            self.bucket(bucket).create(&key, value).await.map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => BusError::Conflict(format!("key {key} exists")),
+                _ => other(e),
+            })
+        }
+        .boxed()
+    }
+
+    fn kv_keys(&self, bucket: Bucket) -> BoxFuture<'_, Result<Vec<String>, BusError>> {
+        async move {
+            let mut keys = self.bucket(bucket).keys().await.map_err(other)?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                out.push(key.map_err(other)?);
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
+        let key = key.to_owned();
+        async move { self.bucket(bucket).put(key, value).await.map_err(other) }.boxed()
+    }
+
+    fn kv_update(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<u64, BusError>> {
+        let key = key.to_owned();
+        async move {
+            self.bucket(bucket).update(&key, value, revision).await.map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {
+                    BusError::Conflict(format!("key {key} is not at revision {revision}"))
+                }
+                _ => other(e),
+            })
+        }
+        .boxed()
+    }
+
+    fn log_append(
+        &self,
+        log: Log,
+        key: &str,
+        payload: Bytes,
+        dedupe_id: Option<String>,
+    ) -> BoxFuture<'_, Result<LogAck, BusError>> {
+        let subject = self.log_subject(log, key);
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(id) = dedupe_id {
+                headers.insert("Nats-Msg-Id", id.as_str());
+            }
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            let ack: LogAck =
+                async move { ack.await.map(|a| a.sequence).map_err(|e| BusError::Unavailable(e.to_string())) }.boxed();
+            Ok(ack)
+        }
+        .boxed()
+    }
+
+    fn log_last(&self, log: Log, key: &str) -> BoxFuture<'_, Result<u64, BusError>> {
+        let subject = self.log_subject(log, key);
+        async move {
+            match self.stream(log).get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => Ok(m.sequence),
+                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+                Err(e) => Err(other(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn log_contains(&self, log: Log, key: &str, seq: u64) -> BoxFuture<'_, Result<bool, BusError>> {
+        let subject = self.log_subject(log, key);
+        async move {
+            if seq == 0 {
+                return Ok(false);
+            }
+            match self.stream(log).get_raw_message(seq).await {
+                Ok(m) => Ok(m.subject.as_str() == subject),
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+                Err(e) => Err(other(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn log_read(
+        &self,
+        log: Log,
+        key: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, BusError>> {
+        let key = key.to_owned();
+        async move {
+            let consumer = self.log_consumer(log, &key, after).await?;
+            snapshot(consumer, limit, "history read")
+                .await?
+                .into_iter()
+                .map(|msg| {
+                    Ok(LogEntry { seq: msg.info().map_err(other)?.stream_sequence, payload: msg.payload.clone() })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn log_follow(&self, log: Log, key: &str, after: u64) -> BoxFuture<'_, Result<LogStream, BusError>> {
+        let key = key.to_owned();
+        async move {
+            let consumer = self.log_consumer(log, &key, after).await?;
+            let messages = consumer.messages().await.map_err(other)?;
+            Ok(messages
+                .map(|m| {
+                    let msg = m.map_err(other)?;
+                    let seq = msg.info().map_err(other)?.stream_sequence;
+                    Ok(LogEntry { seq, payload: msg.payload.clone() })
+                })
+                .boxed())
         }
         .boxed()
     }
@@ -143,19 +496,8 @@ impl Bus for NatsBus {
                 })
                 .await
                 .map_err(other)?;
-            let mut pending = consumer.cached_info().num_pending;
-            let mut out = Vec::with_capacity(pending as usize);
-            if pending == 0 {
-                return Ok(out);
-            }
-            let mut messages = consumer.messages().await.map_err(other)?;
-            while pending > 0 {
-                let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
-                    .await
-                    .map_err(|_| BusError::Unavailable("presence snapshot timed out".into()))?;
-                let Some(msg) = next else { break };
-                let msg = msg.map_err(other)?;
-                pending -= 1;
+            let mut out = Vec::new();
+            for msg in snapshot(consumer, usize::MAX, "presence snapshot").await? {
                 let deleted =
                     msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some_and(|op| op.as_str() != "PUT");
                 if deleted {
@@ -195,8 +537,20 @@ impl Bus for NatsBus {
         Some(self.epochs.clone())
     }
 
-    fn ensure_presence_store(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        async move { self.js.create_key_value(self.presence_config.clone()).await.map(|_| ()).map_err(other) }.boxed()
+    fn ensure_stores(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        async move {
+            for config in &self.bucket_configs {
+                if let Err(e) = self.js.create_key_value(config.clone()).await {
+                    // Exists with other settings (an operator changed them): use it as it is.
+                    self.js.get_key_value(&config.bucket).await.map_err(|_| other(e))?;
+                }
+            }
+            for config in &self.stream_configs {
+                self.js.create_or_update_stream(config.clone()).await.map_err(other)?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn is_connected(&self) -> bool {

@@ -1,4 +1,5 @@
-//! `switchboard-cli`: join rooms and print events as JSON lines, or send a message.
+//! `switchboard-cli`: join rooms and print events as JSON lines, send a message, or place,
+//! answer and follow calls.
 
 mod bench;
 
@@ -6,12 +7,13 @@ use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use switchboard_client::{pb, Client, ClientConfig, Event};
+use switchboard_client::{pb, Client, ClientConfig, ClientError, Event, Events, ReconnectPolicy, ReconnectingClient};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard-cli", version, about = "Switchboard command-line client")]
 struct Cli {
     /// Node URL: ws://HOST:PORT/ws (WebSocket) or https://HOST:PORT/wt (WebTransport).
+    /// With `join --reconnect`, several nodes, comma separated (tried in turn).
     #[arg(long, global = true, env = "SWITCHBOARD_URL", default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
     /// Token (JWT), e.g. from `switchboard token`.
@@ -38,7 +40,14 @@ enum Command {
         /// Exit after this many room messages.
         #[arg(long)]
         count: Option<u64>,
+        /// Survive lost connections: reconnect (rotating through the --url list) and resume
+        /// every room from the last message printed.
+        #[arg(long)]
+        reconnect: bool,
     },
+    /// Place, answer or follow calls.
+    #[command(subcommand)]
+    Call(CallCommand),
     /// Load-test a node (loopback only): see `bench --help`.
     Bench(Box<bench::BenchArgs>),
     /// Join a room, publish one message, wait for the server's acknowledgement.
@@ -58,20 +67,113 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CallCommand {
+    /// Ring users: prints the call id, then the call's events until it ends (or Ctrl-C).
+    Invite {
+        /// Callee user id (repeat for several).
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// A video call (default: audio).
+        #[arg(long)]
+        video: bool,
+    },
+    /// Accept a ringing call from this device, then print its events until it ends; or
+    /// `--reject` it.
+    Answer {
+        /// The call id.
+        call: String,
+        /// Reject instead of accepting.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// Withdraw a ringing call (caller only).
+    Cancel {
+        /// The call id.
+        call: String,
+    },
+    /// End a call for every party.
+    End {
+        /// The call id.
+        call: String,
+    },
+    /// Print this user's call events and call signaling as JSON lines until Ctrl-C.
+    Listen,
+}
+
+/// A plain session, or one that reconnects by itself (`join --reconnect`).
+enum Session {
+    Plain(Client),
+    Resilient(ReconnectingClient),
+}
+
+impl Session {
+    fn welcome(&self) -> pb::Welcome {
+        match self {
+            Session::Plain(c) => c.welcome().clone(),
+            Session::Resilient(c) => c.welcome(),
+        }
+    }
+
+    async fn join(&self, room: &str) -> Result<pb::Joined, ClientError> {
+        match self {
+            Session::Plain(c) => c.join(room).await,
+            Session::Resilient(c) => c.join(room).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Session::Plain(c) => c.close().await,
+            Session::Resilient(c) => c.close().await,
+        }
+    }
+}
+
+/// One config per `--url` entry.
+fn configs(cli: &Cli) -> Vec<ClientConfig> {
+    cli.url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            let mut config = ClientConfig::new(url, &cli.token);
+            config.insecure = cli.insecure;
+            config.cert_hashes.extend(cli.cert_hash.clone());
+            config
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let command = match cli.command {
+    let mut cli = Cli::parse();
+    // Placeholder swapped in so `cli` can still be borrowed for its connection settings.
+    let command = std::mem::replace(&mut cli.command, Command::Call(CallCommand::Listen));
+    let command = match command {
         Command::Bench(args) => return bench::run(*args, &cli.url, &cli.token, cli.cert_hash).await,
         other => other,
     };
     anyhow::ensure!(!cli.token.is_empty(), "--token (or SWITCHBOARD_TOKEN) is required");
-    let mut config = ClientConfig::new(&cli.url, &cli.token);
-    config.insecure = cli.insecure;
-    config.cert_hashes.extend(cli.cert_hash.clone());
-    let (client, mut events) = Client::connect(config).await.with_context(|| format!("connecting to {}", cli.url))?;
+    let mut configs = configs(&cli);
+    anyhow::ensure!(!configs.is_empty(), "--url is required");
+    let (session, mut events) = match command {
+        Command::Join { reconnect: true, .. } => {
+            let (c, e) = ReconnectingClient::connect(configs, ReconnectPolicy::default())
+                .await
+                .with_context(|| format!("connecting to {}", cli.url))?;
+            (Session::Resilient(c), e)
+        }
+        _ => {
+            let config = configs.swap_remove(0);
+            let url = config.url.clone();
+            let (c, e) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
+            (Session::Plain(c), e)
+        }
+    };
     match command {
-        Command::Join { rooms, count } => {
+        Command::Join { rooms, count, .. } => {
+            let client = session;
             let w = client.welcome();
             print(json!({"event": "welcome", "session": w.session_id, "node": w.node, "user": w.user,
                          "heartbeat_ms": w.heartbeat_ms, "token_expires_at": w.token_expires_at}));
@@ -103,13 +205,83 @@ async fn main() -> anyhow::Result<()> {
             client.close().await;
         }
         Command::Send { room, message, kind, unreliable } => {
+            let Session::Plain(client) = session else { unreachable!("send connects plainly") };
             client.join(&room).await.with_context(|| format!("joining {room}"))?;
-            client.publish(&room, message.into_bytes().into(), !unreliable, &kind).await.context("publishing")?;
+            let offset =
+                client.publish(&room, message.into_bytes().into(), !unreliable, &kind).await.context("publishing")?;
+            if offset != 0 {
+                print(json!({"event": "sent", "room": room, "offset": offset}));
+            }
             client.close().await;
+        }
+        Command::Call(action) => {
+            let Session::Plain(client) = session else { unreachable!("calls connect plainly") };
+            let result = call(&client, &mut events, &action).await;
+            client.close().await;
+            result?;
         }
         Command::Bench(_) => {} // ran above, before connecting
     }
     Ok(())
+}
+
+/// Run one `call` subcommand.
+async fn call(client: &Client, events: &mut Events, action: &CallCommand) -> anyhow::Result<()> {
+    match action {
+        CallCommand::Invite { to, video } => {
+            let callees: Vec<&str> = to.iter().map(String::as_str).collect();
+            let media = if *video { pb::CallMedia::Video } else { pb::CallMedia::Audio };
+            let id = client.call_invite(&callees, media).await.context("inviting")?;
+            print(json!({"event": "invited", "call": id}));
+            follow_calls(events, Some(&id)).await
+        }
+        CallCommand::Answer { call, reject } => {
+            client.call_answer(call, !reject).await.context("answering")?;
+            print(json!({"event": if *reject { "rejected" } else { "accepted" }, "call": call}));
+            if *reject {
+                return Ok(());
+            }
+            follow_calls(events, Some(call)).await
+        }
+        CallCommand::Cancel { call } => client.call_cancel(call).await.context("cancelling"),
+        CallCommand::End { call } => client.call_end(call).await.context("ending"),
+        CallCommand::Listen => follow_calls(events, None).await,
+    }
+}
+
+/// Print call events and call signaling (of `only` call, or all) until that call ends,
+/// Ctrl-C, or the connection closes.
+async fn follow_calls(events: &mut Events, only: Option<&str>) -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let Some(event) = event else { return Ok(()) };
+        let (call_id, ended) = match &event {
+            Event::Call(c) => {
+                let id = c.call.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
+                (Some(id.to_owned()), c.state() == pb::CallState::Ended)
+            }
+            Event::Signal(s) if !s.call.is_empty() => (Some(s.call.clone()), false),
+            Event::Error(_) | Event::GoAway(_) | Event::Closed { .. } => (None, false),
+            _ => continue,
+        };
+        if let (Some(want), Some(id)) = (only, &call_id) {
+            if want != id {
+                continue;
+            }
+        }
+        print(event_json(&event));
+        if matches!(event, Event::Closed { .. }) {
+            anyhow::bail!("connection closed");
+        }
+        if ended && only.is_some() {
+            return Ok(());
+        }
+    }
 }
 
 fn print(v: Value) {
@@ -150,6 +322,21 @@ fn event_json(event: &Event) -> Value {
                                   "seq": m.seq, "keyframe": m.keyframe, "codec": m.codec, "bytes": m.payload.len()}),
         Event::KeyframeRequest(k) => json!({"event": "keyframe_request", "room": k.room, "track": k.track}),
         Event::Left(l) => json!({"event": "left", "room": l.room, "reason": l.reason}),
+        Event::RoomStats(r) => json!({"event": "room_stats", "room": r.room, "participant_count": r.participant_count}),
+        Event::Disconnected { code, reason } => {
+            json!({"event": "disconnected", "code": code.map(|c| c.as_str_name()), "reason": reason})
+        }
+        Event::Reconnected { welcome } => {
+            json!({"event": "reconnected", "session": welcome.session_id, "node": welcome.node})
+        }
+        Event::Rejoined(j) => json!({"event": "rejoined", "room": j.room, "history_gap": j.history_gap,
+                                     "replayed": j.replayed, "last_offset": j.last_offset}),
+        Event::Call(c) => {
+            let call = c.call.clone().unwrap_or_default();
+            json!({"event": "call", "call": call.id, "state": c.state().as_str_name(), "by": sender(&c.by),
+                   "answered_elsewhere": c.answered_elsewhere, "room": call.room,
+                   "outcome": call.outcome().as_str_name(), "duration_ms": call.duration_ms})
+        }
         Event::GoAway(g) => json!({"event": "go_away", "reason": g.reason, "reconnect_after_ms": g.reconnect_after_ms}),
         Event::Error(e) => {
             json!({"event": "error", "code": e.code().as_str_name(), "message": e.message, "fatal": e.fatal})

@@ -1,0 +1,87 @@
+//! Optional TLS for the HTTP API and WebSocket (`wss://`), with rustls. The certificate and
+//! key files are watched: when they change (cert-manager renewal, rotated secret), new
+//! connections get the new certificate while established sessions carry on undisturbed.
+
+use anyhow::{bail, Context};
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// How often the files are checked for changes.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Hands out the current certificate; swapped in place on reload.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// Load a PEM certificate chain and private key.
+fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{}: no certificate", cert.display());
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let signing = any_supported_type(&key_der).context("unsupported private key type")?;
+    let certified = CertifiedKey::new(chain, signing);
+    // A rotation caught half-way (new certificate, old key) must not be served.
+    certified.keys_match().with_context(|| format!("{} does not match the key {}", cert.display(), key.display()))?;
+    Ok(certified)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A rustls server configuration serving `cert`/`key` (HTTP/1.1), reloaded on change by a
+/// task on the current runtime.
+pub fn server_config(cert: PathBuf, key: PathBuf) -> anyhow::Result<rustls::ServerConfig> {
+    // Stamp the files before reading them: a rotation landing between the read and the
+    // watcher's start is then still seen as a change.
+    let seen = (modified(&cert), modified(&key));
+    let resolver = Arc::new(ReloadingCert { current: RwLock::new(Arc::new(load(&cert, &key)?)) });
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio::spawn(watch(resolver, cert, key, seen));
+    Ok(config)
+}
+
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
+
+async fn watch(resolver: Arc<ReloadingCert>, cert: PathBuf, key: PathBuf, mut seen: Stamps) {
+    loop {
+        tokio::time::sleep(POLL).await;
+        let now = (modified(&cert), modified(&key));
+        if now == seen {
+            continue;
+        }
+        match load(&cert, &key) {
+            Ok(loaded) => {
+                *resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                seen = now;
+                tracing::info!(cert = %cert.display(), "HTTP/WebSocket TLS certificate reloaded");
+            }
+            // Files may be mid-rotation (cert written, key not yet): retry at the next poll.
+            Err(e) => tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one"),
+        }
+    }
+}

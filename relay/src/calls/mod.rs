@@ -1,0 +1,491 @@
+//! Calls: invitations that ring every device of every callee, answers, cancels, ends and
+//! ring timeouts, cluster-wide.
+//!
+//! A call's state is one record in the bus's `Calls` key-value bucket (JetStream KV
+//! `<prefix>_calls`). Every transition reads the record, applies the rule and writes it
+//! back with compare-and-set on the revision; a lost race re-reads and re-decides, so
+//! accept vs. cancel, two devices accepting or two nodes timing out resolve to one outcome.
+//! The node that wins a transition publishes a [`CallEvent`] to every party's inbox
+//! (`<prefix>.user.<user>`, see [`inbox`]) and, when the call ends, appends the record to
+//! each party's call history.
+//!
+//! ```text
+//! RINGING --accept--> ACCEPTED --end--> ENDED(completed)
+//!    |--every callee rejected--> ENDED(rejected)
+//!    |--caller cancels---------> ENDED(cancelled)
+//!    |--ring timeout-----------> ENDED(missed)
+//!    '--no callee online-------> ENDED(offline)
+//! ```
+
+pub mod inbox;
+pub mod json;
+pub mod service;
+
+use crate::bus::{Bucket, BusError, Log};
+use crate::node::Node;
+use bytes::Bytes;
+use prost::Message as _;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_protocol::pb::{
+    bus_envelope, Call, CallEvent, CallMedia, CallOutcome, CallParty, CallState, PartyStatus, Sender,
+};
+use switchboard_protocol::subject::validate_id;
+use switchboard_protocol::{encode, now_ms, ErrorCode};
+
+/// Callees one invitation may ring.
+pub const MAX_CALLEES: usize = 16;
+/// Rooms of calls are named `call-<id>`.
+pub const CALL_ROOM_PREFIX: &str = "call-";
+/// Compare-and-set attempts of one transition before giving up.
+const CAS_ATTEMPTS: usize = 32;
+/// How long ringing a callee's inbox waits for a node to confirm a device.
+const RING_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Who performs a call operation: a session, or a backend over NATS (no session).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The verified user id.
+    pub user: String,
+    /// The session, empty for NATS requests.
+    pub session: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// Why a call operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No such call (or it is over and forgotten).
+    #[error("call {0:?} not found")]
+    NotFound(String),
+    /// The operation does not fit the call's state or the actor's part in it.
+    #[error("{0}")]
+    State(String),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// The token does not grant calls.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl CallError {
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CallError::NotFound(_) => ErrorCode::CallNotFound,
+            CallError::State(_) => ErrorCode::CallState,
+            CallError::Invalid(_) => ErrorCode::InvalidArgument,
+            CallError::Forbidden(_) => ErrorCode::Forbidden,
+            CallError::Bus(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// The events one transition produces (in order).
+type Events = Vec<CallState>;
+
+fn sender(node: &Node, actor: &Actor) -> Sender {
+    Sender {
+        user: actor.user.clone(),
+        session: actor.session.clone(),
+        name: actor.name.clone(),
+        node: node.config.node_id.clone(),
+    }
+}
+
+fn party_mut<'a>(call: &'a mut Call, user: &str) -> Option<&'a mut CallParty> {
+    call.parties.iter_mut().find(|p| p.user == user)
+}
+
+fn is_party(call: &Call, user: &str) -> bool {
+    call.parties.iter().any(|p| p.user == user)
+}
+
+fn end(call: &mut Call, outcome: CallOutcome) {
+    let now = now_ms();
+    call.set_state(CallState::Ended);
+    call.set_outcome(outcome);
+    call.ended_at_ms = now;
+    call.duration_ms = if call.answered_at_ms > 0 { now.saturating_sub(call.answered_at_ms) } else { 0 };
+    // Callees still ringing when the call ends did not answer.
+    for p in &mut call.parties {
+        if p.status() == PartyStatus::Ringing {
+            p.set_status(PartyStatus::Missed);
+        }
+    }
+}
+
+/// Whether no callee is still ringing or has accepted.
+fn nobody_left(call: &Call) -> bool {
+    !call.parties.iter().any(|p| matches!(p.status(), PartyStatus::Ringing | PartyStatus::Accepted))
+}
+
+/// Start a call from `actor` to `callees`: rings every connected device of every callee.
+/// Returns the call as it stands after ringing (callees with no device are `OFFLINE`; if
+/// none had one, the call has already ended with outcome `OFFLINE`).
+pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: CallMedia) -> Result<Call, CallError> {
+    let mut unique: Vec<String> = Vec::new();
+    for c in callees {
+        validate_id(c).map_err(|e| CallError::Invalid(format!("callee {c:?}: {e}")))?;
+        if *c == actor.user {
+            return Err(CallError::Invalid("a caller cannot call themselves".into()));
+        }
+        if !unique.contains(c) {
+            unique.push(c.clone());
+        }
+    }
+    if unique.is_empty() || unique.len() > MAX_CALLEES {
+        return Err(CallError::Invalid(format!("a call needs 1 to {MAX_CALLEES} callees")));
+    }
+    let id = crate::ids::random_id(16);
+    let now = now_ms();
+    let mut parties = vec![CallParty {
+        user: actor.user.clone(),
+        status: PartyStatus::Caller as i32,
+        session: actor.session.clone(),
+    }];
+    parties.extend(unique.iter().map(|u| CallParty {
+        user: u.clone(),
+        status: PartyStatus::Ringing as i32,
+        session: String::new(),
+    }));
+    let call = Call {
+        id: id.clone(),
+        caller: actor.user.clone(),
+        media: media as i32,
+        room: format!("{CALL_ROOM_PREFIX}{id}"),
+        parties,
+        state: CallState::Ringing as i32,
+        outcome: CallOutcome::Unspecified as i32,
+        created_at_ms: now,
+        ring_deadline_ms: now + node.config.ring_timeout.as_millis() as u64,
+        ..Default::default()
+    };
+    node.bus.kv_create(Bucket::Calls, &id, Bytes::from(call.encode_to_vec())).await?;
+    node.metrics.call_transitions.get_or_create(&crate::metrics::KindLabel { kind: "invite" }).inc();
+    tracing::info!(call = %id, caller = %actor.user, callees = ?unique, "call invited");
+    let by = sender(node, actor);
+    // The caller's devices learn of the call; each callee's inbox is rung as a request, so
+    // a callee with no device anywhere answers "no responders" at once.
+    publish_event(node, &actor.user, &call, CallState::Ringing, &by).await;
+    let ring = CallEvent {
+        call: Some(call.clone()),
+        state: CallState::Ringing as i32,
+        by: Some(by.clone()),
+        ..Default::default()
+    };
+    let payload = envelope(node, ring);
+    let rings = unique.iter().map(|callee| {
+        let subject = node.subjects.user_inbox(callee);
+        let payload = payload.clone();
+        async move { (callee.clone(), node.bus.request(subject, payload, RING_REQUEST_TIMEOUT).await) }
+    });
+    let offline: Vec<String> = futures_util::future::join_all(rings)
+        .await
+        .into_iter()
+        .filter_map(|(callee, r)| match r {
+            Ok(_) => None,
+            Err(BusError::NoResponders) => Some(callee),
+            // Unknown: keep ringing; the ring timeout settles it.
+            Err(e) => {
+                tracing::warn!(call = %id, %callee, error = %e, "ringing a callee failed");
+                None
+            }
+        })
+        .collect();
+    schedule_timeout(node, &call);
+    if offline.is_empty() {
+        return Ok(call);
+    }
+    let system = Actor { user: String::new(), session: String::new(), name: String::new() };
+    let (call, _) = transition(node, &id, &system, |call| {
+        let mut events = Events::new();
+        for user in &offline {
+            if let Some(p) = party_mut(call, user) {
+                if p.status() == PartyStatus::Ringing {
+                    p.set_status(PartyStatus::Offline);
+                }
+            }
+        }
+        if call.state() == CallState::Ringing && nobody_left(call) {
+            end(call, CallOutcome::Offline);
+            events.push(CallState::Ended);
+        }
+        Ok(events)
+    })
+    .await?;
+    Ok(call)
+}
+
+/// A callee's answer from one of its devices.
+pub async fn answer(node: &Arc<Node>, actor: &Actor, call_id: &str, accept: bool) -> Result<Call, CallError> {
+    let session = actor.session.clone();
+    let (call, _) = transition(node, call_id, actor, |call| {
+        if call.state() == CallState::Ended {
+            return Err(CallError::State(format!("the call is over ({})", outcome_name(call))));
+        }
+        let Some(party) = party_mut(call, &actor.user) else {
+            return Err(CallError::State("only a callee can answer this call".into()));
+        };
+        match party.status() {
+            PartyStatus::Ringing | PartyStatus::Offline => {}
+            PartyStatus::Caller => return Err(CallError::State("the caller cannot answer their own call".into())),
+            PartyStatus::Accepted => {
+                return Err(CallError::State("the call was already answered on another device".into()))
+            }
+            _ => return Err(CallError::State("this callee already answered".into())),
+        }
+        let mut events = Events::new();
+        if accept {
+            party.set_status(PartyStatus::Accepted);
+            party.session = session.clone();
+            if call.answered_at_ms == 0 {
+                call.answered_at_ms = now_ms();
+            }
+            call.set_state(CallState::Accepted);
+            events.push(CallState::Accepted);
+        } else {
+            party.set_status(PartyStatus::Rejected);
+            events.push(CallState::Rejected);
+            if call.state() == CallState::Ringing && nobody_left(call) {
+                end(call, CallOutcome::Rejected);
+                events.push(CallState::Ended);
+            }
+        }
+        Ok(events)
+    })
+    .await?;
+    Ok(call)
+}
+
+/// The caller withdraws a ringing invitation.
+pub async fn cancel(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
+    let (call, _) = transition(node, call_id, actor, |call| {
+        if call.caller != actor.user {
+            return Err(CallError::State("only the caller can cancel a call".into()));
+        }
+        match call.state() {
+            CallState::Ringing => {
+                end(call, CallOutcome::Cancelled);
+                Ok(vec![CallState::Ended])
+            }
+            CallState::Ended => Err(CallError::State(format!("the call is over ({})", outcome_name(call)))),
+            _ => Err(CallError::State("the call was answered; end it instead".into())),
+        }
+    })
+    .await?;
+    Ok(call)
+}
+
+/// A party ends the call for everyone (the caller ending a ringing call cancels it).
+pub async fn hang_up(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
+    let (call, _) = transition(node, call_id, actor, |call| {
+        let status = call.parties.iter().find(|p| p.user == actor.user).map(|p| p.status());
+        match (call.state(), status) {
+            (CallState::Ended, _) => Err(CallError::State(format!("the call is over ({})", outcome_name(call)))),
+            (_, None) => Err(CallError::State("only a party can end this call".into())),
+            (CallState::Ringing, Some(PartyStatus::Caller)) => {
+                end(call, CallOutcome::Cancelled);
+                Ok(vec![CallState::Ended])
+            }
+            (_, Some(PartyStatus::Caller | PartyStatus::Accepted)) if call.answered_at_ms > 0 => {
+                end(call, CallOutcome::Completed);
+                Ok(vec![CallState::Ended])
+            }
+            _ => Err(CallError::State("answer or reject the call; only connected parties can end it".into())),
+        }
+    })
+    .await?;
+    Ok(call)
+}
+
+/// The ring timeout: an unanswered call ends as missed; callees of an answered call who
+/// never answered are marked missed. Idempotent: every node that rang runs it.
+pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<(), CallError> {
+    let system = Actor { user: String::new(), session: String::new(), name: String::new() };
+    let r = transition(node, call_id, &system, |call| {
+        if call.state() == CallState::Ended || now_ms() < call.ring_deadline_ms {
+            return Ok(Events::new());
+        }
+        if call.state() == CallState::Ringing {
+            end(call, CallOutcome::Missed);
+            return Ok(vec![CallState::Ended]);
+        }
+        let mut missed = false;
+        for p in &mut call.parties {
+            if p.status() == PartyStatus::Ringing {
+                p.set_status(PartyStatus::Missed);
+                missed = true;
+            }
+        }
+        Ok(if missed { vec![CallState::Missed] } else { Events::new() })
+    })
+    .await;
+    match r {
+        Ok(_) | Err(CallError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The call, if it exists.
+pub async fn get(node: &Node, call_id: &str) -> Result<Call, CallError> {
+    validate_id(call_id).map_err(|e| CallError::Invalid(format!("call id: {e}")))?;
+    let entry = node.bus.kv_get(Bucket::Calls, call_id).await?.ok_or_else(|| CallError::NotFound(call_id.into()))?;
+    Call::decode(entry.value).map_err(|e| CallError::Bus(BusError::Other(format!("bad call record: {e}"))))
+}
+
+/// Whether `user` may be in the call's room: the caller, or a callee who accepted, while
+/// the call is not over.
+pub async fn may_join_room(node: &Node, room: &str, user: &str) -> Result<bool, CallError> {
+    let Some(id) = room.strip_prefix(CALL_ROOM_PREFIX) else { return Ok(false) };
+    let call = match get(node, id).await {
+        Ok(c) => c,
+        Err(CallError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(call.state() != CallState::Ended
+        && call
+            .parties
+            .iter()
+            .any(|p| p.user == user && matches!(p.status(), PartyStatus::Caller | PartyStatus::Accepted)))
+}
+
+/// Check that `from` may signal `to_user` in `call` (both parties, call not over).
+pub fn check_signal(call: &Call, from: &str, to_user: &str) -> Result<(), CallError> {
+    if call.state() == CallState::Ended {
+        return Err(CallError::State("the call is over".into()));
+    }
+    if !is_party(call, from) || !is_party(call, to_user) || from == to_user {
+        return Err(CallError::State("signals go only between two parties of the call".into()));
+    }
+    Ok(())
+}
+
+fn outcome_name(call: &Call) -> &'static str {
+    json::outcome_name(call.outcome()).unwrap_or("ended")
+}
+
+/// Read, decide, compare-and-set; on a lost race read again. The winner publishes the
+/// events and, if the call ended, records it in every party's history.
+async fn transition(
+    node: &Arc<Node>,
+    call_id: &str,
+    actor: &Actor,
+    decide: impl Fn(&mut Call) -> Result<Events, CallError>,
+) -> Result<(Call, Events), CallError> {
+    validate_id(call_id).map_err(|e| CallError::Invalid(format!("call id: {e}")))?;
+    for _ in 0..CAS_ATTEMPTS {
+        let entry =
+            node.bus.kv_get(Bucket::Calls, call_id).await?.ok_or_else(|| CallError::NotFound(call_id.into()))?;
+        let mut call = Call::decode(entry.value)
+            .map_err(|e| CallError::Bus(BusError::Other(format!("bad call record {call_id}: {e}"))))?;
+        let events = decide(&mut call)?;
+        if events.is_empty() {
+            return Ok((call, events));
+        }
+        match node.bus.kv_update(Bucket::Calls, call_id, Bytes::from(call.encode_to_vec()), entry.revision).await {
+            Ok(_) => {
+                let by = if actor.user.is_empty() { Sender::default() } else { sender(node, actor) };
+                for state in &events {
+                    let kind = json::state_name(*state);
+                    node.metrics.call_transitions.get_or_create(&crate::metrics::KindLabel { kind }).inc();
+                    tracing::info!(call = %call_id, transition = kind, by = %actor.user, "call transition");
+                    for party in &call.parties {
+                        publish_event(node, &party.user, &call, *state, &by).await;
+                    }
+                }
+                if call.state() == CallState::Ended {
+                    record_history(node, &call).await;
+                }
+                return Ok((call, events));
+            }
+            Err(BusError::Conflict(_)) => {
+                node.metrics.call_conflicts.inc();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CallError::Bus(BusError::Unavailable(format!("call {call_id}: too many concurrent changes; retry"))))
+}
+
+fn envelope(node: &Node, event: CallEvent) -> Bytes {
+    encode(&switchboard_protocol::pb::BusEnvelope {
+        origin_node: node.config.node_id.clone(),
+        kind: Some(bus_envelope::Kind::Call(event)),
+    })
+}
+
+async fn publish_event(node: &Node, user: &str, call: &Call, state: CallState, by: &Sender) {
+    let event = CallEvent { call: Some(call.clone()), state: state as i32, by: Some(by.clone()), ..Default::default() };
+    if let Err(e) = node.bus.publish(node.subjects.user_inbox(user), envelope(node, event)).await {
+        node.metrics.bus_publish_errors.inc();
+        tracing::warn!(call = %call.id, %user, error = %e, "publishing a call event failed");
+    }
+}
+
+/// Append the ended call to every party's call history.
+async fn record_history(node: &Node, call: &Call) {
+    let record = Bytes::from(call.encode_to_vec());
+    for party in &call.parties {
+        let appended = match node
+            .bus
+            .log_append(Log::CallHistory, &party.user, record.clone(), Some(format!("{}:{}", call.id, party.user)))
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = appended {
+            tracing::warn!(call = %call.id, user = %party.user, error = %e, "recording call history failed");
+        }
+    }
+}
+
+/// Run the ring timeout for `call` on this node at its deadline (once per call per node).
+pub(crate) fn schedule_timeout(node: &Arc<Node>, call: &Call) {
+    if !node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone()) {
+        return;
+    }
+    let wait = Duration::from_millis(call.ring_deadline_ms.saturating_sub(now_ms()));
+    let id = call.id.clone();
+    let weak = Arc::downgrade(node);
+    node.runtime.spawn(async move {
+        tokio::time::sleep(wait).await;
+        let Some(node) = weak.upgrade() else { return };
+        // Several nodes may fire at once: compare-and-set lets one of them end the call.
+        if let Err(e) = ring_timeout(&node, &id).await {
+            tracing::warn!(call = %id, error = %e, "ring timeout failed");
+        }
+        node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    });
+}
+
+/// Call history of `user`, newest first: records with a sequence below `before` (all if
+/// `None`), at most `limit`, and the cursor for the next page.
+pub async fn history(
+    node: &Node,
+    user: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<(u64, Call)>, Option<u64>), BusError> {
+    let entries = node.bus.log_read(Log::CallHistory, user, 0, 100_000).await?;
+    let mut page: Vec<(u64, Call)> = entries
+        .into_iter()
+        .rev()
+        .filter(|e| before.is_none_or(|b| e.seq < b))
+        .filter_map(|e| Call::decode(e.payload).ok().map(|c| (e.seq, c)))
+        .take(limit + 1)
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    Ok((page, next))
+}

@@ -1,0 +1,18 @@
+/**
+ * Switchboard browser client.
+ *
+ * ```ts
+ * import { SwitchboardClient } from "@switchboard/client";
+ * const client = new SwitchboardClient({ nodes: ["http://127.0.0.1:8080"], token });
+ * client.on("message", (m) => console.log(m.from?.name, new TextDecoder().decode(m.payload)));
+ * await client.connect();
+ * await client.join("demo");
+ * await client.publish("demo", "hello", { kind: "chat" });
+ * ```
+ */
+export * from "./client";
+export { backoffDelay, type BackoffOptions } from "./backoff";
+export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
+export { encodeRecord, RecordDecoder } from "./framing";
+export { webTransportSupported, type TransportKind } from "./transport";
+export * from "./gen/switchboard_pb";
