@@ -209,9 +209,38 @@ impl Node {
         r
     }
 
-    /// Note that `node` is alive now.
+    /// Note that `node` is alive now. When it is this node's own heartbeat coming back after
+    /// a silence, this node was the one cut off: every other node's clock restarts.
     pub(crate) fn saw_node(&self, node: &str) {
-        self.node_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned(), Instant::now());
+        let now = Instant::now();
+        let mut seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if node == self.config.node_id && seen.get(node).is_some_and(|t| self.self_silent(*t, now)) {
+            tracing::info!("own heartbeats are back: restarting the other nodes' liveness clocks");
+            seen.values_mut().for_each(|t| *t = now);
+        }
+        seen.insert(node.to_owned(), now);
+    }
+
+    fn self_silent(&self, last: Instant, now: Instant) -> bool {
+        now.duration_since(last) > self.config.node_heartbeat * 2
+    }
+
+    /// Restart every other node's liveness clock (after this node was cut off from the bus,
+    /// their silence says nothing about them).
+    pub(crate) fn forgive_silence(&self) {
+        let now = Instant::now();
+        self.node_seen.lock().unwrap_or_else(|e| e.into_inner()).values_mut().for_each(|t| *t = now);
+    }
+
+    /// Whether this node cannot currently judge the others: its bus is down, or its own
+    /// heartbeats (which go through the bus like everyone's) stopped coming back, as in a
+    /// silent network partition the NATS client has not noticed yet.
+    pub(crate) fn cut_off(&self, now: Instant) -> bool {
+        if !self.bus.is_connected() {
+            return true;
+        }
+        let seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&self.config.node_id).is_some_and(|t| self.self_silent(*t, now))
     }
 
     /// Whether `node` has missed its heartbeats for longer than the node timeout. A node
@@ -266,6 +295,7 @@ async fn restore_after_reconnect(weak: std::sync::Weak<Node>, mut epochs: watch:
     while epochs.changed().await.is_ok() {
         let Some(node) = weak.upgrade() else { return };
         tracing::info!("bus reconnected: restoring presence");
+        node.forgive_silence();
         let mut backoff = Duration::from_millis(100);
         loop {
             match node.bus.ensure_stores().await {

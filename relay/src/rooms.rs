@@ -763,9 +763,14 @@ pub(crate) fn flush_room_stats(node: &Node) {
 
 /// Remove from every room's view the participants of nodes that stopped heartbeating,
 /// telling local sessions they left (reason `node_lost`) and clearing their presence
-/// records.
+/// records. Not while this node is cut off from the bus itself (a partition or an outage):
+/// then nobody's heartbeats arrive, and the silence says nothing about the other nodes (the
+/// clocks restart on reconnect, and a resync reconciles what changed meanwhile).
 pub(crate) async fn reap_dead_nodes(node: &Arc<Node>) {
     let now = Instant::now();
+    if node.cut_off(now) {
+        return;
+    }
     let mut stale: Vec<(String, String)> = Vec::new();
     for room in node.rooms.all() {
         let mut st = room.lock();
@@ -868,7 +873,8 @@ pub(crate) async fn resync_presence(node: &Arc<Node>) {
     }
 }
 
-/// Record again the presence of every local participant (after the bus lost it), and
+/// Record and announce again every local participant (after the bus lost it, or other
+/// nodes reaped them while this node was cut off), and
 /// retry the removals that failed while it was away.
 pub(crate) async fn republish_presence(node: &Arc<Node>) {
     let pending = std::mem::take(&mut *node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()));
@@ -887,6 +893,13 @@ pub(crate) async fn republish_presence(node: &Arc<Node>) {
     for (room, p) in records {
         if let Err(e) = node.bus.presence_put(&room, &p).await {
             tracing::warn!(room, error = %e, "restoring presence failed");
+        }
+        // Announce them again too: nodes that reaped them while this node was cut off
+        // (a partition) add them back; for everyone else a known join is a no-op.
+        let update = PresenceUpdate { room: room.clone(), participant: Some(p), joined: true, reason: String::new() };
+        let subject = node.subjects.room(&room, RoomChannel::Presence);
+        if let Err(e) = node.publish(subject, bus_envelope::Kind::Presence(update)).await {
+            tracing::warn!(room, error = %e, "re-announcing a participant failed");
         }
     }
     tracing::info!(records = count, "presence restored");

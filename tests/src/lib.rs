@@ -7,6 +7,7 @@
 pub mod http;
 pub mod nats;
 pub mod node;
+pub mod proxy;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use node::{NodeOptions, TestNode};

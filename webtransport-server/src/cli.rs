@@ -27,6 +27,10 @@ pub struct NodeArgs {
     /// How long to keep retrying the first connection to NATS, in seconds.
     #[arg(long, env = "SWITCHBOARD_NATS_CONNECT_TIMEOUT", default_value_t = 60)]
     pub nats_connect_timeout: u64,
+    /// Seconds between pings to NATS; a link silent for three pings is dropped and
+    /// reconnected (how fast a network partition from NATS is noticed).
+    #[arg(long, env = "SWITCHBOARD_NATS_PING_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub nats_ping_interval: u64,
     /// This node's id, unique in the cluster (`[A-Za-z0-9_=-]`). Default: the host name
     /// plus a random suffix.
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
@@ -158,6 +162,7 @@ async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn B
         replicas: args.nats_replicas,
         credentials_file: args.nats_creds.clone(),
         limits: store_limits(args),
+        ping_interval: Duration::from_secs(args.nats_ping_interval),
     };
     // NATS may start after us (or its JetStream may still be electing a leader): retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.nats_connect_timeout);

@@ -25,6 +25,9 @@ pub struct NatsOptions {
     pub credentials_file: Option<std::path::PathBuf>,
     /// Retention of history and call state.
     pub limits: StoreLimits,
+    /// How often the client pings the server; three unanswered pings in a row count as a
+    /// lost connection (a silent network partition is noticed within about 3× this).
+    pub ping_interval: Duration,
 }
 
 /// NATS implementation of [`Bus`].
@@ -104,6 +107,7 @@ impl NatsBus {
         let mut connect = async_nats::ConnectOptions::new()
             .name(&opts.name)
             .connection_timeout(Duration::from_secs(5))
+            .ping_interval(opts.ping_interval)
             // Keep reconnecting forever: a node without NATS is unready, not dead.
             .max_reconnects(None)
             .subscription_capacity(8192)
