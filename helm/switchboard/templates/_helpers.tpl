@@ -222,6 +222,8 @@ spec:
           value: {{ $v.nats.presenceReplicas | quote }}
         - name: SWITCHBOARD_NATS_CONNECT_TIMEOUT
           value: {{ $v.nats.connectTimeout | quote }}
+        - name: SWITCHBOARD_NATS_PING_INTERVAL
+          value: {{ $v.nats.pingInterval | quote }}
         - name: SWITCHBOARD_SUBJECT_PREFIX
           value: {{ $v.nats.subjectPrefix | quote }}
         {{- if include "switchboard.usePublicKey" $ctx }}
