@@ -416,6 +416,9 @@ async fn forward(shared: &Shared, events: &mut Events, out: &mpsc::Sender<Event>
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
+            // Nobody listens any more: close now, not at the next event (a quiet room
+            // would otherwise keep the session open for good).
+            _ = out.closed() => return Lost::AppGone,
             _ = tokio::time::sleep_until(move_at.unwrap_or_else(Instant::now)), if move_at.is_some() => {
                 if moving {
                     // The old connection did not confirm its close: go on without it.

@@ -26,6 +26,8 @@ pub struct TestNode {
     pub wt_port: u16,
     /// The node id reported by `/readyz`.
     pub node_id: String,
+    /// How it was started (for [`TestNode::restart`]).
+    launch: (&'static str, Vec<&'static str>, NodeOptions),
 }
 
 impl TestNode {
@@ -39,11 +41,30 @@ impl TestNode {
         Self::start_binary("webtransport-server", &[], opts).await
     }
 
-    async fn start_binary(name: &str, pre_args: &[&str], opts: NodeOptions) -> Self {
-        let http_port = free_tcp_port();
-        let wt_port = free_udp_port();
+    async fn start_binary(name: &'static str, pre_args: &[&'static str], opts: NodeOptions) -> Self {
+        let mut node = Self {
+            child: None,
+            http_port: free_tcp_port(),
+            wt_port: free_udp_port(),
+            node_id: String::new(),
+            launch: (name, pre_args.to_vec(), opts),
+        };
+        node.spawn().await;
+        node
+    }
+
+    /// Start the process again on the same ports with the same options (after it exited or
+    /// was killed; a running one is killed first).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let (name, pre_args, opts) = &self.launch;
+        let (http_port, wt_port) = (self.http_port, self.wt_port);
         let mut cmd = Command::new(binary(name));
-        cmd.args(pre_args)
+        cmd.args(pre_args.iter())
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--wt-addr", &format!("127.0.0.1:{wt_port}")])
             .env("SWITCHBOARD_JWT_SECRET", TEST_SECRET)
@@ -62,15 +83,13 @@ impl TestNode {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("starting switchboard");
-        let mut node = Self { child: Some(child), http_port, wt_port, node_id: String::new() };
-        node.node_id = wait_for(Duration::from_secs(30), "switchboard /readyz", || async move {
+        self.child = Some(cmd.spawn().expect("starting switchboard"));
+        self.node_id = wait_for(Duration::from_secs(30), "switchboard /readyz", || async move {
             let (status, body) = crate::http::get(http_port, "/readyz").await.ok()?;
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             (status == 200).then(|| v["node"].as_str().unwrap_or_default().to_owned())
         })
         .await;
-        node
     }
 
     /// `ws://127.0.0.1:<port>/ws`.
@@ -123,6 +142,11 @@ impl TestNode {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Open file descriptors of the process (Linux `/proc`).
+    pub fn open_fds(&self) -> Option<usize> {
+        Some(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?.count())
     }
 
     /// Send SIGTERM (graceful drain).

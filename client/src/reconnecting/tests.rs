@@ -431,3 +431,19 @@ async fn a_room_whose_history_started_over_is_not_mistaken_for_duplicates() {
     assert!(matches!(next_event(&mut events).await, Event::Message(m) if m.offset == 2));
     assert_eq!(resumed.await.unwrap(), Some(41));
 }
+
+/// Dropping the events stream closes the session at once, even in a quiet room.
+#[tokio::test]
+async fn dropping_the_events_closes_the_session() {
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let url = serve(|mut ws| async move {
+        handshake(&mut ws, "s0").await;
+        drain(&mut ws).await; // returns when the client closes
+        let _ = closed_tx.send(());
+    })
+    .await;
+    let (client, events) = ReconnectingClient::connect(vec![config(url)], fast()).await.unwrap();
+    drop(events);
+    tokio::time::timeout(Duration::from_secs(5), closed_rx).await.expect("closed in time").unwrap();
+    assert!(matches!(client.publish("demo", "x".into(), true, "").await, Err(ClientError::Closed { .. })));
+}
