@@ -31,7 +31,8 @@ impl Transport for WsTransport {
                 // Not protobuf: handed on so the session answers BAD_FRAME and carries on.
                 Message::Text(t) => return Some(Ok(t.into_bytes())),
                 Message::Ping(p) => {
-                    if self.session.pong(&p).await.is_err() {
+                    // Boxed: rare, and inline it would enlarge every idle session's task.
+                    if Box::pin(self.session.pong(&p)).await.is_err() {
                         return None;
                     }
                 }

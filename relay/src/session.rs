@@ -101,12 +101,12 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo
         return;
     };
     node.metrics.connections.get_or_create(&label).inc();
-    let (code, reason) = match handshake(&node, &mut transport).await {
+    let (code, reason) = match Box::pin(handshake(&node, &mut transport)).await {
         Ok(mut session) => {
             let Some(_user_slot) = crate::admission::enter_user(&node, &session.claims.sub) else {
                 node.metrics.error(ErrorCode::TooManyConnections);
                 let msg = "too many sessions of this user on this node";
-                let (code, reason) = session.fatal(&mut transport, ErrorCode::TooManyConnections, msg).await;
+                let (code, reason) = Box::pin(session.fatal(&mut transport, ErrorCode::TooManyConnections, msg)).await;
                 transport.close(code, &reason).await;
                 node.metrics.connections.get_or_create(&label).dec();
                 return;
@@ -115,20 +115,20 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo
             node.register_session(&session.id, &session.claims.sub, session.outbound.clone());
             tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), peer = ?info.peer, "session started");
             // The user's inbox reaches this node before the client hears Welcome.
-            let end = match crate::calls::inbox::attach(&node, &session.claims.sub).await {
+            let end = match Box::pin(crate::calls::inbox::attach(&node, &session.claims.sub)).await {
                 Ok(()) => {
                     let end = session.serve(&mut transport).await;
-                    crate::calls::inbox::detach(&node, &session.claims.sub).await;
+                    Box::pin(crate::calls::inbox::detach(&node, &session.claims.sub)).await;
                     end
                 }
                 Err(e) => {
                     node.metrics.error(ErrorCode::Unavailable);
                     let msg = format!("cannot subscribe to the user's inbox: {e}");
-                    session.fatal(&mut transport, ErrorCode::Unavailable, &msg).await
+                    Box::pin(session.fatal(&mut transport, ErrorCode::Unavailable, &msg)).await
                 }
             };
             for room in std::mem::take(&mut session.rooms) {
-                rooms::leave(&node, &room, &session.id, "disconnected").await;
+                Box::pin(rooms::leave(&node, &room, &session.id, "disconnected")).await;
             }
             node.unregister_session(&session.id);
             tracing::info!(session = %session.id, code = end.0.as_str_name(), reason = %end.1, "session ended");
@@ -275,7 +275,8 @@ impl Session {
         let mut idle_deadline = Instant::now() + idle_limit;
         let mut drain = self.node.drain_signal();
         let mut told_to_move = false;
-        let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+        // Grows on the first burst only: an idle connection holds no batch buffer.
+        let mut batch: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -296,15 +297,15 @@ impl Session {
                             Ok(Err(e)) => return (ErrorCode::Unspecified, format!("write failed: {e}")),
                             Err(_) => {
                                 self.node.metrics.slow_consumer_disconnects.inc();
-                                return self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading").await;
+                                return Box::pin(self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading")).await;
                             }
                         }
                         batch.clear();
                     }
-                    Popped::Closed(reason) => return self.fatal(transport, reason.code, &reason.message).await,
+                    Popped::Closed(reason) => return Box::pin(self.fatal(transport, reason.code, &reason.message)).await,
                     Popped::Command(SessionCommand::LeaveRoom { room, reason }) => {
                         if self.rooms.remove(&room) {
-                            rooms::leave(&self.node, &room, &self.id, &reason).await;
+                            Box::pin(rooms::leave(&self.node, &room, &self.id, &reason)).await;
                             self.reply(server(server_frame::Kind::Left(Left { room, reason })));
                         }
                     }
@@ -316,23 +317,26 @@ impl Session {
                         Some(Err(e)) => {
                             let code = transport_error_code(&e);
                             self.node.metrics.error(code);
-                            return self.fatal(transport, code, &e.to_string()).await;
+                            return Box::pin(self.fatal(transport, code, &e.to_string())).await;
                         }
                         Some(Ok(bytes)) => bytes,
                     };
                     idle_deadline = Instant::now() + idle_limit;
                     self.node.metrics.bytes_in.inc_by(bytes.len() as u64);
-                    if let Err(Fatal(code, msg)) = self.handle(bytes).await {
-                        return self.fatal(transport, code, &msg).await;
+                    // Boxed: handling a frame (joins, calls, history) is a large future that
+                    // would otherwise sit inline in every idle session's task.
+                    if let Err(Fatal(code, msg)) = Box::pin(self.handle(bytes)).await {
+                        return Box::pin(self.fatal(transport, code, &msg)).await;
                     }
                 }
-                _ = sleep_until(idle_deadline) => {
-                    self.node.metrics.error(ErrorCode::HeartbeatTimeout);
-                    return self.fatal(transport, ErrorCode::HeartbeatTimeout, "no frame within three heartbeat intervals").await;
-                }
-                _ = sleep_until(self.expires_at) => {
+                // One timer for both deadlines (a timer is ~100 bytes in every idle session).
+                _ = sleep_until(idle_deadline.min(self.expires_at)) => {
+                    if Instant::now() >= idle_deadline {
+                        self.node.metrics.error(ErrorCode::HeartbeatTimeout);
+                        return Box::pin(self.fatal(transport, ErrorCode::HeartbeatTimeout, "no frame within three heartbeat intervals")).await;
+                    }
                     self.node.metrics.error(ErrorCode::TokenExpired);
-                    return self.fatal(transport, ErrorCode::TokenExpired, "token expired; refresh it before exp").await;
+                    return Box::pin(self.fatal(transport, ErrorCode::TokenExpired, "token expired; refresh it before exp")).await;
                 }
                 changed = drain.changed(), if !told_to_move => {
                     told_to_move = true;
