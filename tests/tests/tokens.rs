@@ -1,5 +1,6 @@
 //! Token lifetime over a real connection: expiry ends a session that did not refresh, with
-//! TOKEN_EXPIRED; an in-band refresh extends it.
+//! TOKEN_EXPIRED; an in-band refresh extends it; a silent client is closed with
+//! HEARTBEAT_TIMEOUT.
 
 use switchboard_protocol::pb::{client_frame, server_frame, RefreshToken};
 use switchboard_protocol::{close_code, ErrorCode};
@@ -37,4 +38,39 @@ async fn expiry_disconnects_and_refresh_extends() {
     // The refreshed session outlives the expiry that just ended the other one.
     refreshed.send(4, client_frame::Kind::Ping(Default::default())).await;
     assert!(matches!(refreshed.frame().await, server_frame::Kind::Pong(_)));
+}
+
+/// A client that goes silent for three heartbeat intervals is closed with
+/// HEARTBEAT_TIMEOUT; one that keeps sending frames (pings) is not, and neither is a long
+/// token's holder mistaken for an expired one (one timer serves both deadlines).
+#[tokio::test]
+async fn silence_ends_the_session_with_heartbeat_timeout() {
+    let node =
+        TestNode::start(NodeOptions { args: vec!["--heartbeat".into(), "1".into()], ..Default::default() }).await;
+    let exp = now_secs() + 3600;
+    let started = std::time::Instant::now();
+    let (mut silent, w) = RawWs::authenticated(&node.ws_url(), &token_until("sid", exp)).await;
+    assert_eq!(w.heartbeat_ms, 1000);
+    let (mut chatty, _) = RawWs::authenticated(&node.ws_url(), &token_until("cat", exp)).await;
+    let pinger = tokio::spawn(async move {
+        for i in 0..8 {
+            chatty.send(10 + i, client_frame::Kind::Ping(Default::default())).await;
+            assert!(matches!(chatty.frame().await, server_frame::Kind::Pong(_)), "the active client is served");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        chatty
+    });
+    match silent.next().await {
+        Received::Frame(server_frame::Kind::Error(e)) => {
+            assert_eq!((e.code(), e.fatal), (ErrorCode::HeartbeatTimeout, true), "{}", e.message)
+        }
+        other => panic!("expected HEARTBEAT_TIMEOUT, got {other:?}"),
+    }
+    assert_eq!(silent.closed().await, Some(close_code(ErrorCode::HeartbeatTimeout)));
+    let after = started.elapsed();
+    assert!(after >= std::time::Duration::from_millis(2900), "closed too early: {after:?}");
+    // The active one outlived three intervals of the silent one's silence.
+    let mut chatty = pinger.await.expect("the active client kept working");
+    chatty.send(99, client_frame::Kind::Ping(Default::default())).await;
+    assert!(matches!(chatty.frame().await, server_frame::Kind::Pong(_)));
 }
