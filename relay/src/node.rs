@@ -19,6 +19,9 @@ use switchboard_protocol::{encode, ErrorCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long a draining node waits for the bus to take what it still buffers.
+const FLUSH_ON_DRAIN: Duration = Duration::from_secs(3);
+
 /// A running relay node. Cheap to share (`Arc<Node>`).
 pub struct Node {
     pub(crate) config: RelayConfig,
@@ -174,8 +177,12 @@ impl Node {
         while self.session_count() > 0 && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(e) = self.bus.flush().await {
-            tracing::warn!(error = %e, "flushing the bus on drain failed");
+        // Bounded: with NATS unreachable a flush would wait for its return, and the node
+        // must still stop (the messages it could not hand over are lost either way).
+        match tokio::time::timeout(FLUSH_ON_DRAIN, self.bus.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the bus on drain failed"),
+            Err(_) => tracing::warn!(limit = ?FLUSH_ON_DRAIN, "flushing the bus on drain timed out (bus unreachable)"),
         }
         tracing::info!("drained");
     }

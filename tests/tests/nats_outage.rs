@@ -102,3 +102,30 @@ async fn no_ghost_participants_after_an_outage() {
         other => panic!("expected Joined, got {other:?}"),
     }
 }
+
+/// A node told to stop while NATS is unreachable still stops, within its drain timeout plus
+/// a bounded flush (it used to wait for NATS forever).
+#[tokio::test]
+async fn a_node_stops_while_nats_is_away() {
+    let mut nats = NatsServer::start().await;
+    let mut node = TestNode::start(NodeOptions {
+        nats_url: Some(nats.url()),
+        args: vec!["--drain-timeout".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (mut alice, _) = RawWs::authenticated(&node.ws_url(), &token("alice", &["r"])).await;
+    alice.send(2, join("r")).await;
+    assert!(matches!(alice.frame().await, server_frame::Kind::Joined(_)));
+    nats.kill();
+    wait_for(Duration::from_secs(20), "the node to notice", || async {
+        (node.get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    node.terminate();
+    // Drain (1 s) + closing sessions (≤ 2 s) + the bounded flush (3 s) + HTTP stop.
+    let code = node.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "exit code");
+    eprintln!("stopped {:?} after SIGTERM with NATS away", asked.elapsed());
+}
