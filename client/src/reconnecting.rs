@@ -108,6 +108,10 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Wakes a reconnect backoff when the application closes the client.
     closing: Notify,
+    /// Every [`ReconnectingClient`] handle was dropped (see [`HandlesAlive`]).
+    handles_gone: std::sync::atomic::AtomicBool,
+    /// Notified when the last handle drops.
+    handles_dropped: Notify,
     /// How long a request waits for a new connection.
     request_timeout: Duration,
 }
@@ -157,9 +161,27 @@ impl Shared {
 /// wait. After a final error ([`is_final`]: bad token, `FORBIDDEN`, `KICKED`, `BANNED`, an
 /// unsupported version), after giving up ([`ReconnectPolicy::max_attempts`]) or after
 /// [`Self::close`], requests fail at once and [`Event::Closed`] is the last event.
+///
+/// The session lives while the application holds a handle (this type, cloned as needed)
+/// or the [`Events`]: dropping only the events keeps a publisher working (its events are
+/// discarded), dropping only the handles keeps a listener listening; dropping both closes
+/// the session at once.
 #[derive(Clone)]
 pub struct ReconnectingClient {
     shared: Arc<Shared>,
+    _handles: Arc<HandlesAlive>,
+}
+
+/// Shared by every clone of a [`ReconnectingClient`]; its drop means the last one is gone.
+struct HandlesAlive(std::sync::Weak<Shared>);
+
+impl Drop for HandlesAlive {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.handles_gone.store(true, std::sync::atomic::Ordering::SeqCst);
+            shared.handles_dropped.notify_one();
+        }
+    }
 }
 
 impl ReconnectingClient {
@@ -186,11 +208,14 @@ impl ReconnectingClient {
                         state: Mutex::new(state),
                         changed: watch::Sender::new(0),
                         closing: Notify::new(),
+                        handles_gone: std::sync::atomic::AtomicBool::new(false),
+                        handles_dropped: Notify::new(),
                         request_timeout,
                     });
                     let (tx, rx) = mpsc::channel(buffer);
                     tokio::spawn(supervise(shared.clone(), events, tx, policy));
-                    return Ok((ReconnectingClient { shared }, Events::from_receiver(rx)));
+                    let handles = Arc::new(HandlesAlive(Arc::downgrade(&shared)));
+                    return Ok((ReconnectingClient { shared, _handles: handles }, Events::from_receiver(rx)));
                 }
                 Err(e) if is_final(e.code()) => return Err(e),
                 Err(e) => last_err = Some(e),
@@ -375,7 +400,7 @@ impl ReconnectingClient {
 enum Lost {
     /// The connection ended; reconnect after `first_delay` (`None`: the backoff's).
     Ended { code: Option<ErrorCode>, reason: String, first_delay: Option<Duration> },
-    /// The application dropped its [`Events`].
+    /// The application dropped its [`Events`] and every handle.
     AppGone,
 }
 
@@ -411,14 +436,22 @@ async fn supervise(shared: Arc<Shared>, mut events: Events, out: mpsc::Sender<Ev
 /// Forward one connection's events until it ends. On `GoAway`, close it after the hinted
 /// delay so the client moves before the node has to cut it.
 async fn forward(shared: &Shared, events: &mut Events, out: &mpsc::Sender<Event>) -> Lost {
+    let mut events_gone = out.is_closed();
     let mut move_at: Option<Instant> = None;
     let mut moving = false;
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
-            // Nobody listens any more: close now, not at the next event (a quiet room
-            // would otherwise keep the session open for good).
-            _ = out.closed() => return Lost::AppGone,
+            // Nobody listens any more: without handles either, close now (not at the next
+            // event: a quiet room would keep the session open for good).
+            _ = out.closed(), if !events_gone => {
+                events_gone = true;
+                if shared.handles_gone.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Lost::AppGone;
+                }
+                continue;
+            }
+            _ = shared.handles_dropped.notified(), if events_gone => return Lost::AppGone,
             _ = tokio::time::sleep_until(move_at.unwrap_or_else(Instant::now)), if move_at.is_some() => {
                 if moving {
                     // The old connection did not confirm its close: go on without it.
@@ -490,8 +523,12 @@ async fn forward(shared: &Shared, events: &mut Events, out: &mpsc::Sender<Event>
             }
             other => other,
         };
-        if out.send(event).await.is_err() {
-            return Lost::AppGone;
+        // Without a listener the event is dropped; the session stays for the handles.
+        if !events_gone && out.send(event).await.is_err() {
+            events_gone = true;
+            if shared.handles_gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Lost::AppGone;
+            }
         }
     }
 }

@@ -236,16 +236,14 @@ impl NatsBus {
         log: Log,
         key: &str,
         after: u64,
-    ) -> Result<jetstream::consumer::Consumer<push::OrderedConfig>, BusError> {
-        self.stream(log)
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subject: self.log_subject(log, key),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-                ..Default::default()
-            })
-            .await
-            .map_err(other)
+    ) -> Result<(jetstream::consumer::Consumer<push::OrderedConfig>, DeleteOnDrop), BusError> {
+        let config = push::OrderedConfig {
+            deliver_subject: self.client.new_inbox(),
+            filter_subject: self.log_subject(log, key),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        };
+        create_consumer(self.stream(log), config).await
     }
 
     /// The underlying client.
@@ -260,6 +258,52 @@ impl NatsBus {
 
 /// The messages an ordered consumer has pending at its creation (at most `limit`): a
 /// consistent snapshot of what it covers. Each message must arrive within 5 s.
+/// Deletes a consumer on the server when dropped. Ephemeral ordered consumers otherwise
+/// linger for their 30 s inactivity threshold after the reader is gone, each still pushing
+/// heartbeats at this node; a join (presence snapshot, history follower) creates them, so
+/// under churn they pile up by the thousand.
+struct DeleteOnDrop {
+    stream: jetstream::stream::Stream,
+    name: String,
+}
+
+impl DeleteOnDrop {
+    fn new(stream: &jetstream::stream::Stream, consumer: &jetstream::consumer::Consumer<push::OrderedConfig>) -> Self {
+        Self { stream: stream.clone(), name: consumer.cached_info().name.clone() }
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = stream.delete_consumer(&name).await {
+                    tracing::debug!(consumer = %name, error = %e, "deleting a finished consumer failed (it expires on its own)");
+                }
+            });
+        }
+    }
+}
+
+/// Create an ordered consumer together with the guard that deletes it. In a task of its
+/// own: if the caller gives up mid-way (a join cancelled by a disconnect, a follower
+/// aborted because its room closed), creation still completes and the guard, dropped with
+/// the unclaimed result, deletes the consumer instead of leaving it to expire.
+async fn create_consumer(
+    stream: &jetstream::stream::Stream,
+    config: push::OrderedConfig,
+) -> Result<(jetstream::consumer::Consumer<push::OrderedConfig>, DeleteOnDrop), BusError> {
+    let stream = stream.clone();
+    tokio::spawn(async move {
+        let consumer = stream.create_consumer(config).await.map_err(other)?;
+        let guard = DeleteOnDrop::new(&stream, &consumer);
+        Ok((consumer, guard))
+    })
+    .await
+    .map_err(other)?
+}
+
 async fn snapshot(
     consumer: jetstream::consumer::Consumer<push::OrderedConfig>,
     limit: usize,
@@ -445,7 +489,7 @@ impl Bus for NatsBus {
     ) -> BoxFuture<'_, Result<Vec<LogEntry>, BusError>> {
         let key = key.to_owned();
         async move {
-            let consumer = self.log_consumer(log, &key, after).await?;
+            let (consumer, _delete) = self.log_consumer(log, &key, after).await?;
             snapshot(consumer, limit, "history read")
                 .await?
                 .into_iter()
@@ -460,10 +504,11 @@ impl Bus for NatsBus {
     fn log_follow(&self, log: Log, key: &str, after: u64) -> BoxFuture<'_, Result<LogStream, BusError>> {
         let key = key.to_owned();
         async move {
-            let consumer = self.log_consumer(log, &key, after).await?;
+            let (consumer, delete) = self.log_consumer(log, &key, after).await?;
             let messages = consumer.messages().await.map_err(other)?;
             Ok(messages
-                .map(|m| {
+                .map(move |m| {
+                    let _owned_until_the_follower_stops = &delete;
                     let msg = m.map_err(other)?;
                     let seq = msg.info().map_err(other)?.stream_sequence;
                     Ok(LogEntry { seq, payload: msg.payload.clone() })
@@ -480,8 +525,11 @@ impl Bus for NatsBus {
     }
 
     fn presence_remove(&self, room: &str, session: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        let key = Self::key(room, session);
-        async move { self.presence.delete(key).await.map_err(other) }.boxed()
+        // Purge the key's subject instead of a KV delete: a delete leaves a tombstone per
+        // key, and session ids are unique, so a busy room would pile up one tombstone per
+        // past visit, all streamed to every later join's snapshot.
+        let subject = format!("{}{}", self.presence.prefix, Self::key(room, session));
+        async move { self.presence.stream.purge().filter(subject).await.map(|_| ()).map_err(other) }.boxed()
     }
 
     fn presence_list(&self, room: &str) -> BoxFuture<'_, Result<Vec<Participant>, BusError>> {
@@ -489,17 +537,13 @@ impl Bus for NatsBus {
         async move {
             // An ordered consumer over the room's keys, last value per key: `num_pending`
             // at creation says how many records make up the snapshot.
-            let consumer = self
-                .presence
-                .stream
-                .create_consumer(push::OrderedConfig {
-                    deliver_subject: self.client.new_inbox(),
-                    filter_subject: filter,
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    ..Default::default()
-                })
-                .await
-                .map_err(other)?;
+            let config = push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: filter,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            };
+            let (consumer, _delete) = create_consumer(&self.presence.stream, config).await?;
             let mut out = Vec::new();
             for msg in snapshot(consumer, usize::MAX, "presence snapshot").await? {
                 let deleted =
