@@ -28,6 +28,8 @@ impl Partition {
         let task = tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
             while let Ok((inbound, _)) = listener.accept().await {
+                // Reap finished links so the set holds only live ones.
+                while links.try_join_next().is_some() {}
                 links.spawn(link(inbound, target.clone(), state.subscribe()));
             }
         });
