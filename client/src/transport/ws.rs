@@ -31,12 +31,38 @@ pub async fn websocket_connect(url: &str, bind_ip: Option<std::net::IpAddr>) -> 
         tokio::net::lookup_host(authority).await.map_err(|e| err(&e))?.next().ok_or_else(|| err(&"no address"))?;
     let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
         .map_err(|e| err(&e))?;
+    defer_port_choice(&socket);
     socket.bind(std::net::SocketAddr::new(ip, 0)).map_err(|e| err(&e))?;
     let stream = socket.connect(remote).await.map_err(|e| err(&e))?;
     let _ = stream.set_nodelay(true);
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     Ok(tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.map_err(|e| err(&e))?.0)
 }
+
+/// Let the kernel pick the local port at `connect` (knowing the destination) rather than at
+/// `bind`: otherwise every bound socket needs a port unused by any other, TIME_WAIT included,
+/// and a load generator cycling connections runs out of ports after ~28k of them.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &tokio::net::TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, an int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_BIND_ADDRESS_NO_PORT not set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &tokio::net::TcpSocket) {}
 
 /// Open a `wss://` WebSocket trusting only the CA certificate(s) in `pem`.
 pub async fn websocket_connect_with_ca(url: &str, pem: &[u8]) -> Result<Ws, ClientError> {

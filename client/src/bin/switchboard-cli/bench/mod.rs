@@ -5,14 +5,19 @@
 //! * `fanout`: one publisher, `--clients` subscribers in one room, `--size`-byte messages at
 //!   `--rate` per second (0 = as fast as possible) for `--duration` seconds;
 //! * `pairs`: `--clients`/2 rooms of two, both sides sending at `--rate` each;
-//! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, one of them never reading),
-//!   30 fps frames of 1–8 KiB with a keyframe every 30 frames;
-//! * `idle`: `--clients` connections that join a room and stay idle for `--duration`
-//!   seconds (RSS per connection with `--server-pid`);
-//! * `churn`: connect/join/leave/disconnect cycles, `--clients` at a time, for `--duration`.
+//! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, `--slow-receivers` of them
+//!   never reading), 30 fps frames of 1–8 KiB with a keyframe every 30 frames;
+//! * `idle`: `--clients` connections that stay idle for `--duration` seconds (RSS per
+//!   connection and the server's CPU while idle, i.e. heartbeats, with `--server-pid`);
+//! * `churn`: connect/join/leave/disconnect cycles, `--clients` at a time, for `--duration`
+//!   or `--cycles` in all, after `--warmup-cycles` (RSS before, after the warm-up and after).
+//!
+//! With `--server-pid` (repeatable: one per node) the report has the servers' summed RSS
+//! before and after and their CPU use during the run.
 //!
 //! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
 
+mod metrics;
 mod scenarios;
 mod stats;
 mod targets;
@@ -52,33 +57,59 @@ pub struct BenchArgs {
     /// ephemeral ports of one source address).
     #[arg(long, default_value_t = 1)]
     pub source_addrs: u8,
-    /// PID of the server, to report its RSS before and after.
+    /// PID of a server process, to report its RSS and CPU use; repeat for several nodes
+    /// (figures are summed).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// media: receivers per room that join and never read (0 for the reference run).
+    #[arg(long, default_value_t = 1)]
+    pub slow_receivers: usize,
+    /// churn: stop after this many cycles in all (0: run for --duration only).
+    #[arg(long, default_value_t = 0)]
+    pub cycles: u64,
+    /// churn: cycles run before the measured ones (allocator and caches warm up), so the
+    /// RSS comparison shows growth, not first use.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_cycles: u64,
+    /// A node's metrics endpoint (`http://127.0.0.1:PORT/metrics`), to wait for it to close
+    /// every connection before reading RSS; default: derived from a `ws://` --node.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub metrics_url: Option<String>,
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
 }
 
 impl BenchArgs {
-    fn target(&self, url: &str, token: &str, cert_hash: Option<String>) -> targets::Target {
+    fn target(&self, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<targets::Target> {
         let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
-        for u in &urls {
+        for u in urls.iter().chain(&self.metrics_url) {
             let host = u.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or_default();
-            assert!(
-                matches!(host, "127.0.0.1" | "localhost" | "[::1]") || host.starts_with("127."),
+            anyhow::ensure!(
+                matches!(host, "127.0.0.1" | "localhost") || host.starts_with("127.") || u.contains("://[::1]"),
                 "bench targets loopback only, not {u}"
             );
         }
         let source_ips = (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect();
-        targets::Target {
+        Ok(targets::Target {
             kind: self.target,
             urls,
             token: token.to_owned(),
             cert_hash,
             source_ips,
             publish_subject: String::new(),
+        })
+    }
+
+    /// Where to read the first node's open connections: --metrics-url, or the HTTP port of a
+    /// WebSocket node.
+    fn metrics_url(&self, target: &targets::Target) -> Option<String> {
+        if self.metrics_url.is_some() || target.kind != TargetKind::Switchboard {
+            return self.metrics_url.clone();
         }
+        let rest = target.urls.first()?.strip_prefix("ws://")?;
+        let authority = rest.split('/').next()?;
+        Some(format!("http://{authority}/metrics"))
     }
 
     fn duration(&self) -> Duration {
@@ -90,7 +121,7 @@ impl BenchArgs {
 pub async fn run(args: BenchArgs, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<()> {
     anyhow::ensure!(args.size >= 8, "--size must be at least 8 bytes (the timestamp)");
     anyhow::ensure!(args.clients >= 1 && args.clients <= 100_000, "--clients must be 1..=100000");
-    let target = args.target(url, token, cert_hash);
+    let target = args.target(url, token, cert_hash)?;
     let report = scenarios::run(&args, &target).await?;
     report.print();
     Ok(())

@@ -1,6 +1,6 @@
 //! The benchmark scenarios.
 
-use super::stats::{histogram, rss_kib, Report};
+use super::stats::{histogram, total_rss_kib, CpuMeter, Report};
 use super::targets::{Rx, Target, TargetKind, Tx};
 use super::BenchArgs;
 use bytes::{Bytes, BytesMut};
@@ -158,13 +158,14 @@ fn report(args: &BenchArgs, target: &Target, connections: usize, rss_before: Opt
         latency: histogram(),
         rss_before_kib: rss_before,
         rss_after_kib: None,
+        server_cpu_percent: None,
         extra: Default::default(),
     }
 }
 
 pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
     base();
-    let rss = || args.server_pid.and_then(rss_kib);
+    let rss = || total_rss_kib(&args.server_pids);
     let mut r = match args.scenario {
         Scenario::Fanout => fanout(args, target, rss()).await?,
         Scenario::Pairs => pairs(args, target, rss()).await?,
@@ -196,9 +197,11 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
         })
         .collect();
     let start = now_us();
+    let cpu = CpuMeter::start(&args.server_pids);
     let (sent, errors) = send_for(&mut tx, args.rate, args.size, args.duration()).await;
     finish.done(sent);
     let mut r = report(args, target, args.clients + 1, rss_before);
+    r.server_cpu_percent = cpu.percent();
     r.sent = sent;
     r.errors = errors;
     r.expected = sent * args.clients as u64;
@@ -225,6 +228,7 @@ async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         }));
     }
     let start = now_us();
+    let cpu = CpuMeter::start(&args.server_pids);
     let mut r = report(args, target, n, rss_before);
     let mut keep = Vec::new();
     let mut max_sent = 0;
@@ -235,6 +239,7 @@ async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         max_sent = max_sent.max(sent);
         keep.push(tx);
     }
+    r.server_cpu_percent = cpu.percent();
     // Each side expects what its partner sent; pairs send alike, so wait for the largest.
     r.expected = r.sent;
     finish.done(max_sent);
@@ -261,7 +266,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         let conns = connect_many(target, index, per_room, args.connect_concurrency, |_| Some(room.clone())).await?;
         index += per_room;
         for (k, (tx, rx)) in conns.into_iter().enumerate() {
-            if k == 0 {
+            if k < args.slow_receivers {
                 slow.push((tx, rx)); // joined, never reads
             } else {
                 receivers.push(tokio::spawn(receive(rx, finish.clone())));
@@ -270,6 +275,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         }
     }
     let start = now_us();
+    let cpu = CpuMeter::start(&args.server_pids);
     let duration = args.duration();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -307,6 +313,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         per_sender = per_sender.max(sent);
         keep.push(tx);
     }
+    r.server_cpu_percent = cpu.percent();
     // Each receiver gets both senders' frames of its room.
     finish.done(per_sender * 2);
     let n_receivers = receivers.len() as u64;
@@ -323,8 +330,11 @@ async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> any
     let conns = connect_many(target, 0, args.clients, args.connect_concurrency, |_| None).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     let mut r = report(args, target, conns.len(), rss_before);
+    // Held idle: the servers' CPU now is the cost of heartbeats and keep-alives.
+    let cpu = CpuMeter::start(&args.server_pids);
     tokio::time::sleep(args.duration()).await;
-    r.rss_after_kib = args.server_pid.and_then(rss_kib);
+    r.server_cpu_percent = cpu.percent();
+    r.rss_after_kib = total_rss_kib(&args.server_pids);
     if let (Some(b), Some(a)) = (r.rss_before_kib, r.rss_after_kib) {
         let per = (a.saturating_sub(b) as f64 * 1024.0 / conns.len().max(1) as f64).round();
         r.extra.insert("rss_bytes_per_connection".into(), per.into());
@@ -335,44 +345,109 @@ async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> any
     Ok(r)
 }
 
-async fn churn(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
-    let duration = args.duration();
-    let workers: Vec<_> = (0..args.clients)
+/// Counters of churn workers.
+#[derive(Default)]
+struct ChurnOut {
+    cycles: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Run `workers` connect/join/leave/close loops until `limit` cycles have started in all or
+/// `duration` has passed.
+async fn churn_phase(target: &Target, workers: usize, limit: u64, duration: Duration) -> (ChurnOut, Histogram<u64>) {
+    let started = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..workers)
         .map(|w| {
-            let target = target.clone();
+            let (target, started) = (target.clone(), started.clone());
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let (mut cycles, mut errors) = (0u64, 0u64);
+                let mut out = ChurnOut::default();
                 let mut hist = histogram();
-                while t0.elapsed() < duration {
+                let room = format!("bench-churn-{}", w % 16);
+                while t0.elapsed() < duration && started.fetch_add(1, Ordering::Relaxed) < limit {
                     let c0 = now_us();
-                    match target.connect(w, Some(&format!("bench-churn-{}", w % 16))).await {
+                    match target.connect(w, Some(&room)).await {
                         Ok((tx, _rx)) => {
                             if let Some(client) = tx.client() {
-                                let _ = client.leave(&format!("bench-churn-{}", w % 16)).await;
+                                let _ = client.leave(&room).await;
                                 client.close().await;
                             }
-                            cycles += 1;
+                            out.cycles += 1;
                             let _ = hist.record(now_us() - c0);
                         }
-                        Err(_) => errors += 1,
+                        Err(e) => {
+                            out.errors += 1;
+                            out.first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
                     }
                 }
-                (cycles, errors, hist)
+                (out, hist)
             })
         })
         .collect();
-    let mut r = report(args, target, args.clients, rss_before);
-    for w in workers {
-        let (cycles, errors, hist) = w.await?;
-        r.sent += cycles;
-        r.delivered += cycles;
-        r.errors += errors;
-        let _ = r.latency.add(&hist);
+    let mut total = ChurnOut::default();
+    let mut hist = histogram();
+    for t in tasks {
+        if let Ok((out, h)) = t.await {
+            total.cycles += out.cycles;
+            total.errors += out.errors;
+            total.first_error = total.first_error.or(out.first_error);
+            let _ = hist.add(&h);
+        }
     }
+    (total, hist)
+}
+
+/// Wait (at most 10 s) until the node's `/metrics` shows no open connections, so RSS is
+/// read after the server has torn the closed sessions down, not while it still is.
+async fn wait_connections_closed(metrics_url: Option<&str>) -> bool {
+    let Some(url) = metrics_url else { return false };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if super::metrics::open_connections(url).await == Some(0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn churn(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
+    let duration = args.duration();
+    let metrics_url = args.metrics_url(target);
+    let limit = if args.cycles == 0 { u64::MAX } else { args.cycles };
+    let mut r = report(args, target, args.clients, rss_before);
+    if args.warmup_cycles > 0 {
+        let (warm, _) = churn_phase(target, args.clients, args.warmup_cycles, duration).await;
+        wait_connections_closed(metrics_url.as_deref()).await;
+        r.extra.insert("warmup_cycles".into(), warm.cycles.into());
+        r.extra.insert("rss_after_warmup_kib".into(), total_rss_kib(&args.server_pids).into());
+    }
+    let rss_start = total_rss_kib(&args.server_pids);
+    let cpu = CpuMeter::start(&args.server_pids);
+    let t0 = Instant::now();
+    let (out, hist) = churn_phase(target, args.clients, limit, duration).await;
+    let elapsed = t0.elapsed();
+    r.server_cpu_percent = cpu.percent();
+    let settled = wait_connections_closed(metrics_url.as_deref()).await;
+    r.rss_after_kib = total_rss_kib(&args.server_pids);
+    r.sent = out.cycles;
+    r.delivered = out.cycles;
+    r.errors = out.errors;
+    r.latency = hist;
     r.expected = r.sent;
-    r.window = duration;
-    r.extra.insert("cycles_per_sec".into(), (r.sent as f64 / duration.as_secs_f64()).round().into());
+    r.window = elapsed;
+    r.extra.insert("cycles_per_sec".into(), (r.sent as f64 / elapsed.as_secs_f64()).round().into());
     r.extra.insert("latency_is".into(), "connect+hello+join+leave cycle".into());
+    r.extra.insert("server_settled".into(), settled.into());
+    if let Some(e) = out.first_error {
+        r.extra.insert("first_error".into(), e.into());
+    }
+    if let (Some(a), Some(b)) = (r.rss_after_kib, rss_start) {
+        let growth = ((a as f64 / b.max(1) as f64 - 1.0) * 1000.0).round() / 10.0;
+        r.extra.insert("rss_measured_from_kib".into(), b.into());
+        r.extra.insert("rss_growth_percent".into(), growth.into());
+    }
     Ok(r)
 }

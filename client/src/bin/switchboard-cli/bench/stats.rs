@@ -23,6 +23,8 @@ pub struct Report {
     pub latency: Histogram<u64>,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The servers' CPU use during the run, in percent of one core.
+    pub server_cpu_percent: Option<f64>,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -44,6 +46,7 @@ impl Report {
             "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
                            "max": if self.latency.is_empty() { 0.0 } else { self.latency.max() as f64 / 1000.0 }},
             "server_rss_kib": {"before": self.rss_before_kib, "after": self.rss_after_kib},
+            "server_cpu_percent": self.server_cpu_percent,
         });
         if let Some(obj) = v.as_object_mut() {
             obj.extend(self.extra.clone());
@@ -82,4 +85,44 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Summed RSS of several processes in KiB; `None` without PIDs or if one is gone.
+pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
+/// CPU time (user + system) of a process in clock ticks (Linux: `/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Measures the summed CPU use of server processes over an interval.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    start: Option<(u64, std::time::Instant)>,
+}
+
+impl CpuMeter {
+    /// Start measuring (a no-op without PIDs).
+    pub fn start(pids: &[u32]) -> Self {
+        let ticks: Option<u64> = if pids.is_empty() { None } else { pids.iter().map(|&p| cpu_ticks(p)).sum() };
+        Self { pids: pids.to_vec(), start: ticks.map(|t| (t, std::time::Instant::now())) }
+    }
+
+    /// CPU use since `start` in percent of one core (100 = one core busy).
+    pub fn percent(&self) -> Option<f64> {
+        let (t0, at) = self.start?;
+        let t1: u64 = self.pids.iter().map(|&p| cpu_ticks(p)).sum::<Option<u64>>()?;
+        // USER_HZ is 100 on every Linux configuration that matters here.
+        let secs = t1.saturating_sub(t0) as f64 / 100.0;
+        Some((secs / at.elapsed().as_secs_f64().max(1e-3) * 1000.0).round() / 10.0)
+    }
 }
