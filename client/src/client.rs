@@ -457,15 +457,31 @@ async fn read_loop(
     silence_limit: Duration,
 ) {
     let mut fatal: Option<ErrorCode> = None;
+    // One timer for the whole connection, re-armed only when it fires (from the last frame's
+    // time), not a timer per frame: at high message rates arming and cancelling one per frame
+    // cost more than decoding it.
+    let mut last_frame = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(silence_limit);
+    tokio::pin!(silence);
     let ended = loop {
-        let bytes = match tokio::time::timeout(silence_limit, reader.next()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(ended)) => break ended,
-            Err(_) => {
+        let next = tokio::select! {
+            // Cancel-safe: both transports' `next` keep partial data in their own buffers.
+            next = reader.next() => next,
+            () = &mut silence => {
+                let deadline = last_frame + silence_limit;
+                if deadline > tokio::time::Instant::now() {
+                    silence.as_mut().reset(deadline);
+                    continue;
+                }
                 let reason = format!("no frame from the server for {} ms", silence_limit.as_millis());
                 break Ended { code: Some(ErrorCode::HeartbeatTimeout), reason };
             }
         };
+        let bytes = match next {
+            Ok(b) => b,
+            Err(ended) => break ended,
+        };
+        last_frame = tokio::time::Instant::now();
         let kind = match decode_server_frame(&bytes) {
             Ok(f) => f.kind,
             Err(e) => {

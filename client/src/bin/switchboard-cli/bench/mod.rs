@@ -3,7 +3,8 @@
 //!
 //! Scenarios:
 //! * `fanout`: one publisher, `--clients` subscribers in one room, `--size`-byte messages at
-//!   `--rate` per second (0 = as fast as possible) for `--duration` seconds;
+//!   `--rate` per second for `--duration` seconds; `--rate 0` is the maximum rate: a closed
+//!   loop keeping at most `--window` messages ahead of the slowest sampled receiver;
 //! * `pairs`: `--clients`/2 rooms of two, both sides sending at `--rate` each;
 //! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, `--slow-receivers` of them
 //!   never reading), 30 fps frames of 1–8 KiB with a keyframe every 30 frames;
@@ -44,9 +45,14 @@ pub struct BenchArgs {
     /// Rooms (media).
     #[arg(long, default_value_t = 10)]
     pub rooms: usize,
-    /// Messages per second per sender; 0 = as fast as possible.
+    /// Messages per second per sender; 0 = as fast as possible (fanout: as fast as the
+    /// receivers keep up, see --window).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// fanout at --rate 0: most messages the publisher keeps ahead of the slowest of 16
+    /// sampled receivers (a closed loop that finds the rate the server sustains).
+    #[arg(long, default_value_t = 200)]
+    pub window: u64,
     /// Payload bytes (at least 8: the timestamp).
     #[arg(long, default_value_t = 100)]
     pub size: usize,

@@ -61,6 +61,22 @@ async fn connect_many(
     results.into_iter().collect()
 }
 
+/// Open `n` receive-only connections joined to `room(i)` (see [`Target::connect_receiver`]).
+async fn connect_receivers(
+    target: &Target,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+    room: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<(Tx, Rx)>> {
+    let futs = (first..first + n).map(|i| {
+        let room = room(i);
+        async move { target.connect_receiver(i, &room).await }
+    });
+    let results: Vec<_> = futures_util::stream::iter(futs).buffer_unordered(concurrency.max(1)).collect().await;
+    results.into_iter().collect()
+}
+
 /// Keep reading (and discarding) so the connection's queues never back up.
 fn drain(mut rx: Rx) {
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -84,21 +100,92 @@ impl Finish {
     }
 }
 
+/// How far a sample of receivers has got, for a closed-loop publisher (`--rate 0`): it keeps
+/// at most `--window` messages ahead of the slowest sampled receiver, so the run measures
+/// the most the server sustains instead of how it sheds an unbounded overload.
+struct Progress {
+    received: Vec<AtomicU64>,
+    /// Every `stride`-th receiver is sampled.
+    stride: usize,
+    notify: tokio::sync::Notify,
+}
+
+/// Receivers sampled for [`Progress`] (spread over the room).
+const PROGRESS_SAMPLE: usize = 16;
+
+impl Progress {
+    fn new(receivers: usize) -> Arc<Self> {
+        let receivers = receivers.max(1);
+        let stride = receivers.div_ceil(PROGRESS_SAMPLE);
+        let n = receivers.div_ceil(stride);
+        Arc::new(Self { received: (0..n).map(|_| AtomicU64::new(0)).collect(), stride, notify: Default::default() })
+    }
+
+    /// The sample slot of receiver `i`, if it is sampled.
+    fn slot(&self, i: usize) -> Option<usize> {
+        i.is_multiple_of(self.stride).then_some(i / self.stride).filter(|s| *s < self.received.len())
+    }
+
+    fn slowest(&self) -> u64 {
+        self.received.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0)
+    }
+
+    /// Wait until fewer than `window` of `sent` messages are outstanding (or `until` passes).
+    async fn wait_room(&self, sent: u64, window: u64, until: Instant) {
+        while sent.saturating_sub(self.slowest()) >= window && Instant::now() < until {
+            let notified = self.notify.notified();
+            if sent.saturating_sub(self.slowest()) < window {
+                break;
+            }
+            // A receiver that disconnected never advances: the timeout keeps this bounded.
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
 /// Receive until the expected count or the deadline; (count, latencies, last delivery µs).
-async fn receive(mut rx: Rx, finish: Arc<Finish>) -> (u64, Histogram<u64>, u64) {
+async fn receive(rx: Rx, finish: Arc<Finish>) -> (u64, Histogram<u64>, u64) {
+    receive_tracked(rx, finish, None).await
+}
+
+/// [`receive`], reporting each delivery to `progress` slot `slot`.
+async fn receive_tracked(
+    mut rx: Rx,
+    finish: Arc<Finish>,
+    progress: Option<(Arc<Progress>, usize)>,
+) -> (u64, Histogram<u64>, u64) {
     let mut hist = histogram();
     let (mut count, mut last) = (0u64, 0u64);
+    // One check timer per receiver, re-armed when it fires: a timeout per message would cost
+    // the load generator more than receiving the message.
+    let check = tokio::time::sleep(Duration::from_millis(200));
+    tokio::pin!(check);
     loop {
-        if count >= finish.expected.load(Ordering::SeqCst) || now_us() >= finish.deadline_us.load(Ordering::SeqCst) {
+        if count >= finish.expected.load(Ordering::Relaxed) {
             break;
         }
-        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        let next = tokio::select! {
+            biased;
+            next = rx.recv() => Ok(next),
+            () = &mut check => {
+                check.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(200));
+                Err(())
+            }
+        };
+        if now_us() >= finish.deadline_us.load(Ordering::Relaxed) {
+            break;
+        }
+        match next {
             Ok(Some(p)) => {
                 if let Some(l) = latency_us(&p) {
                     let _ = hist.record(l);
                 }
                 count += 1;
                 last = now_us();
+                if let Some((p, slot)) = &progress {
+                    p.received[*slot].store(count, Ordering::Relaxed);
+                    p.notify.notify_one();
+                }
             }
             Ok(None) => break,
             Err(_) => {}
@@ -107,14 +194,27 @@ async fn receive(mut rx: Rx, finish: Arc<Finish>) -> (u64, Histogram<u64>, u64) 
     (count, hist, last)
 }
 
-/// Send `size`-byte messages at `rate` per second (0: as fast as possible) for `duration`.
+/// Send `size`-byte messages at `rate` per second (0: as fast as possible, or as fast as
+/// `closed_loop` lets) for `duration`.
 async fn send_for(tx: &mut Tx, rate: f64, size: usize, duration: Duration) -> (u64, u64) {
+    send_paced(tx, rate, size, duration, None).await
+}
+
+async fn send_paced(
+    tx: &mut Tx,
+    rate: f64,
+    size: usize,
+    duration: Duration,
+    closed_loop: Option<(Arc<Progress>, u64)>,
+) -> (u64, u64) {
     let start = Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
     while start.elapsed() < duration {
         if rate > 0.0 {
             let due = start + Duration::from_secs_f64(sent as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
+        } else if let Some((progress, window)) = &closed_loop {
+            progress.wait_room(sent, *window, start + duration).await;
         }
         match tx.send(payload(size)).await {
             Ok(()) => sent += 1,
@@ -181,16 +281,19 @@ pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
 
 async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     let room = "bench-fanout";
-    let subs = connect_many(target, 1, args.clients, args.connect_concurrency, |_| Some(room.into())).await?;
+    let subs = connect_receivers(target, 1, args.clients, args.connect_concurrency, |_| room.into()).await?;
     let (mut tx, rx) = target.connect_publisher(0, room).await?;
     drain(rx);
     let finish = Finish::new();
+    let progress = Progress::new(subs.len());
     let receivers: Vec<_> = subs
         .into_iter()
-        .map(|(tx, rx)| {
+        .enumerate()
+        .map(|(i, (tx, rx))| {
             let f = finish.clone();
+            let tracked = progress.slot(i).map(|slot| (progress.clone(), slot));
             tokio::spawn(async move {
-                let out = receive(rx, f).await;
+                let out = receive_tracked(rx, f, tracked).await;
                 drop(tx);
                 out
             })
@@ -198,7 +301,8 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
         .collect();
     let start = now_us();
     let cpu = CpuMeter::start(&args.server_pids);
-    let (sent, errors) = send_for(&mut tx, args.rate, args.size, args.duration()).await;
+    let closed_loop = (args.rate <= 0.0).then(|| (progress.clone(), args.window.max(1)));
+    let (sent, errors) = send_paced(&mut tx, args.rate, args.size, args.duration(), closed_loop).await;
     finish.done(sent);
     let mut r = report(args, target, args.clients + 1, rss_before);
     r.server_cpu_percent = cpu.percent();
@@ -208,6 +312,10 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
     collect(receivers, &mut r, start).await?;
     r.extra.insert("payload_bytes".into(), args.size.into());
     r.extra.insert("rate_per_sec".into(), args.rate.into());
+    if args.rate <= 0.0 {
+        r.extra.insert("closed_loop_window".into(), args.window.max(1).into());
+        r.extra.insert("achieved_rate_per_sec".into(), (sent as f64 / args.duration().as_secs_f64()).round().into());
+    }
     Ok(r)
 }
 
@@ -263,7 +371,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
             drain(rx);
             senders.push((tx, room.clone()));
         }
-        let conns = connect_many(target, index, per_room, args.connect_concurrency, |_| Some(room.clone())).await?;
+        let conns = connect_receivers(target, index, per_room, args.connect_concurrency, |_| room.clone()).await?;
         index += per_room;
         for (k, (tx, rx)) in conns.into_iter().enumerate() {
             if k < args.slow_receivers {

@@ -6,7 +6,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
+use switchboard_client::pb::server_frame::Kind;
 use switchboard_client::{pb, websocket_connect, Client, ClientConfig, Event, Events, Ws};
+use switchboard_protocol::{decode_server_frame, encode, PROTOCOL_VERSION};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The kind of server under test.
@@ -56,6 +58,44 @@ impl Target {
         self.connect(i, Some(room)).await
     }
 
+    /// A receive-only connection joined to `room`. Over WebSocket to Switchboard it is a raw
+    /// session (Hello, Join, then frames decoded straight off the socket, a Ping every
+    /// heartbeat) rather than the client library, whose event channel and task hop would
+    /// make the load generator, not the server, the limit: the bare baseline's receivers
+    /// are raw too.
+    pub async fn connect_receiver(&self, i: usize, room: &str) -> anyhow::Result<(Tx, Rx)> {
+        let url = &self.urls[i % self.urls.len()];
+        if self.kind != TargetKind::Switchboard || !url.starts_with("ws") {
+            return self.connect(i, Some(room)).await;
+        }
+        let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
+        let (mut sink, mut stream) = websocket_connect(url, ip).await?.split();
+        let hello = pb::Hello { protocol_version: PROTOCOL_VERSION, token: self.token.clone(), client: "bench".into() };
+        send_frame(&mut sink, 0, pb::client_frame::Kind::Hello(hello)).await?;
+        let welcome = match next_control(&mut stream).await? {
+            Kind::Welcome(w) => w,
+            other => bail!("expected Welcome, got {other:?}"),
+        };
+        send_frame(&mut sink, 1, pb::client_frame::Kind::Join(pb::Join { room: room.into(), resume_from: None }))
+            .await?;
+        match next_control(&mut stream).await? {
+            Kind::Joined(_) => {}
+            other => bail!("joining {room}: {other:?}"),
+        }
+        let heartbeat = std::time::Duration::from_millis(u64::from(welcome.heartbeat_ms.max(250)));
+        let pinger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            loop {
+                tick.tick().await;
+                let ping = pb::client_frame::Kind::Ping(pb::Ping { nonce: 0 });
+                if send_frame(&mut sink, 0, ping).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((Tx::Raw { _pinger: AbortOnDrop(pinger.abort_handle()) }, Rx::Raw(stream)))
+    }
+
     /// Connection `i` (spread over the URLs and source addresses), joined to `room` (no
     /// room: connected and authenticated only; for nats-ws, not subscribed).
     pub async fn connect(&self, i: usize, room: Option<&str>) -> anyhow::Result<(Tx, Rx)> {
@@ -93,11 +133,52 @@ impl Target {
     }
 }
 
+async fn send_frame(sink: &mut SplitSink<Ws, Message>, id: u64, kind: pb::client_frame::Kind) -> anyhow::Result<()> {
+    Ok(sink.send(Message::Binary(encode(&pb::ClientFrame { id, kind: Some(kind) }))).await?)
+}
+
+/// The next frame that answers a request (skipping presence and the like); fails on an
+/// `Error` frame, a close or a 10 s silence.
+async fn next_control(stream: &mut SplitStream<Ws>) -> anyhow::Result<Kind> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("no answer from the server within 10 s")?
+            .context("connection closed")??;
+        let Message::Binary(b) = msg else { continue };
+        match decode_server_frame(&b)?.kind {
+            Some(Kind::Error(e)) => bail!("server error {:?}: {}", e.code(), e.message),
+            Some(k @ (Kind::Welcome(_) | Kind::Joined(_) | Kind::Ack(_))) => return Ok(k),
+            _ => {}
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sending half.
 pub enum Tx {
-    Switchboard { client: Client, room: String },
+    Switchboard {
+        client: Client,
+        room: String,
+    },
+    /// A raw receive-only session: its pinger holds the socket's sending half.
+    Raw {
+        _pinger: AbortOnDrop,
+    },
     Ws(SplitSink<Ws, Message>),
-    Nats { sink: SplitSink<Ws, Message>, subject: String },
+    Nats {
+        sink: SplitSink<Ws, Message>,
+        subject: String,
+    },
 }
 
 impl Tx {
@@ -106,6 +187,7 @@ impl Tx {
         match self {
             Tx::Switchboard { client, room } => Ok(client.publish_nowait(room, payload, true, "bench").await?),
             Tx::Ws(sink) => Ok(sink.send(Message::Binary(payload)).await?),
+            Tx::Raw { .. } => bail!("a receive-only connection does not send"),
             Tx::Nats { sink, subject } => {
                 let mut frame = BytesMut::with_capacity(payload.len() + 64);
                 frame.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
@@ -136,8 +218,13 @@ impl Tx {
 /// Receiving half.
 pub enum Rx {
     Switchboard(Events),
+    /// A raw Switchboard WebSocket session.
+    Raw(SplitStream<Ws>),
     Ws(SplitStream<Ws>),
-    Nats { stream: SplitStream<Ws>, buf: BytesMut },
+    Nats {
+        stream: SplitStream<Ws>,
+        buf: BytesMut,
+    },
 }
 
 impl Rx {
@@ -150,6 +237,23 @@ impl Rx {
                     Event::Media(m) => return Some(m.payload),
                     Event::Closed { .. } => return None,
                     _ => {}
+                }
+            },
+            Rx::Raw(stream) => loop {
+                let b = match stream.next().await? {
+                    Ok(Message::Binary(b)) => b,
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                };
+                // Only the payload is read (the receivers measure the server, not prost).
+                match field(&b, 0, b.len(), 10).map(|m| (m, 4)).or_else(|| field(&b, 0, b.len(), 12).map(|m| (m, 8))) {
+                    Some(((start, end), payload_field)) => {
+                        if let Some((s, e)) = field(&b, start, end, payload_field) {
+                            return Some(b.slice(s..e));
+                        }
+                    }
+                    None if field(&b, 0, b.len(), 5).is_some() => return None, // GoAway
+                    None => {}
                 }
             },
             Rx::Ws(stream) => loop {
@@ -218,6 +322,49 @@ impl Rx {
             Self::fill(stream, buf).await?;
         }
     }
+}
+
+/// A protobuf varint at `*pos` (advancing it).
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The byte range of the first length-delimited field `number` of the message in
+/// `buf[start..end]` (skipping other fields without decoding them).
+fn field(buf: &[u8], start: usize, end: usize, number: u64) -> Option<(usize, usize)> {
+    let mut pos = start;
+    while pos < end {
+        let key = varint(buf, &mut pos)?;
+        match key & 7 {
+            0 => {
+                varint(buf, &mut pos)?;
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let len = usize::try_from(varint(buf, &mut pos)?).ok()?;
+                let (s, e) = (pos, pos.checked_add(len)?);
+                if e > end {
+                    return None;
+                }
+                if key >> 3 == number {
+                    return Some((s, e));
+                }
+                pos = e;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
