@@ -17,6 +17,7 @@ use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
 use crate::transport::{Transport, TransportError};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,20 @@ fn server(kind: server_frame::Kind) -> Bytes {
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, ref_id: u64, fatal: bool) -> Bytes {
     server(server_frame::Kind::Error(Error { code: code as i32, message: message.into(), ref_id, fatal }))
+}
+
+/// Answer a reliable publish once the room's log has (or has not) stored it: an `Ack` with
+/// the offset when the client asked for one (`id` != 0), an `Error` in any case on failure.
+fn append_answered(node: &Node, outbound: &Outbound, id: u64, stored: Result<u64, crate::bus::BusError>) {
+    let frame = match stored {
+        Ok(_) if id == 0 => return,
+        Ok(offset) => server(server_frame::Kind::Ack(Ack { ref_id: id, offset, ..Default::default() })),
+        Err(e) => {
+            node.metrics.error(ErrorCode::Unavailable);
+            error_frame(ErrorCode::Unavailable, e.to_string(), id, false)
+        }
+    };
+    outbound.push(Class::Control, frame, false);
 }
 
 fn kind_name(kind: &client_frame::Kind) -> &'static str {
@@ -561,23 +576,15 @@ impl Session {
         };
         if p.reliable && self.node.config.history {
             match rooms::append_history(&self.node, &p.room, msg, id).await {
-                Ok(ack) => {
+                Ok(mut ack) => {
+                    // An in-memory log has stored it already: answer now, no task.
+                    if let Some(stored) = (&mut ack).now_or_never() {
+                        return append_answered(&self.node, &self.outbound, id, stored);
+                    }
                     // The ack comes when the log stored the message; meanwhile the session
                     // goes on (many messages in flight, each acked with its offset).
                     let (node, outbound) = (self.node.clone(), self.outbound.clone());
-                    self.node.runtime.spawn(async move {
-                        let frame = match ack.await {
-                            Ok(_) if id == 0 => return,
-                            Ok(offset) => {
-                                server(server_frame::Kind::Ack(Ack { ref_id: id, offset, ..Default::default() }))
-                            }
-                            Err(e) => {
-                                node.metrics.error(ErrorCode::Unavailable);
-                                error_frame(ErrorCode::Unavailable, e.to_string(), id, false)
-                            }
-                        };
-                        outbound.push(Class::Control, frame, false);
-                    });
+                    self.node.runtime.spawn(async move { append_answered(&node, &outbound, id, ack.await) });
                 }
                 Err(e) => self.error(ErrorCode::Unavailable, e.to_string(), id),
             }

@@ -7,7 +7,7 @@ use switchboard_protocol::ErrorCode;
 /// Which transport a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportKind {
-    /// WebSocket (actix-ws).
+    /// WebSocket (actix-web).
     WebSocket,
     /// WebTransport over QUIC (wtransport).
     WebTransport,

@@ -1,8 +1,19 @@
-//! The WebSocket edge: actix-ws connections adapted to the relay's [`Transport`].
+//! The WebSocket edge: upgraded actix-web connections adapted to the relay's [`Transport`].
+//!
+//! actix-http does the handshake and the frame codec; [`outgoing`] and [`incoming`] are the
+//! two halves of a connection (no actix-ws: its per-connection channel cost memory on every
+//! idle connection and a channel hop on every frame).
 
+mod incoming;
+mod outgoing;
+
+use actix_http::ws::{CloseCode, CloseReason, Frame, OpCode, ProtocolError};
+use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, ProtocolError, Session};
 use bytes::Bytes;
+use incoming::Incoming;
+use outgoing::Outgoing;
+use std::sync::Arc;
 use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
 use switchboard_relay::{ConnInfo, Transport, TransportError, TransportKind};
 
@@ -10,8 +21,8 @@ use crate::http::AppState;
 
 /// One WebSocket connection: each binary message is one frame.
 pub struct WsTransport {
-    session: Session,
-    stream: MessageStream,
+    out: Arc<Outgoing>,
+    incoming: Incoming,
 }
 
 impl Transport for WsTransport {
@@ -21,24 +32,20 @@ impl Transport for WsTransport {
 
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
         loop {
-            let msg = match self.stream.recv().await? {
-                Ok(m) => m,
+            let frame = match self.incoming.next().await? {
+                Ok(f) => f,
                 Err(ProtocolError::Overflow) => return Some(Err(TransportError::TooLarge(MAX_FRAME_BYTES + 1))),
                 Err(e) => return Some(Err(TransportError::Protocol(e.to_string()))),
             };
-            match msg {
-                Message::Binary(b) => return Some(Ok(b)),
+            match frame {
+                Frame::Binary(b) => return Some(Ok(b)),
                 // Not protobuf: handed on so the session answers BAD_FRAME and carries on.
-                Message::Text(t) => return Some(Ok(t.into_bytes())),
-                Message::Ping(p) => {
-                    // Boxed: rare, and inline it would enlarge every idle session's task.
-                    if Box::pin(self.session.pong(&p)).await.is_err() {
-                        return None;
-                    }
-                }
-                Message::Pong(_) | Message::Nop => {}
-                Message::Close(_) => return None,
-                Message::Continuation(_) => {
+                Frame::Text(t) => return Some(Ok(t)),
+                Frame::Ping(p) => self.out.control(OpCode::Pong, &p),
+                Frame::Pong(_) => {}
+                // The session answers with its own close frame.
+                Frame::Close(_) => return None,
+                Frame::Continuation(_) => {
                     return Some(Err(TransportError::Protocol("fragmented messages are not supported".into())))
                 }
             }
@@ -46,7 +53,7 @@ impl Transport for WsTransport {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        self.session.binary(frame).await.map_err(|e| TransportError::Io(e.to_string()))
+        self.out.send(OpCode::Binary, &frame).await.map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn close(self, code: ErrorCode, reason: &str) {
@@ -54,16 +61,7 @@ impl Transport for WsTransport {
             1000 => CloseCode::Normal,
             other => CloseCode::Other(other),
         };
-        let mut description = reason.to_owned();
-        // Close reasons must fit a control frame (123 bytes).
-        if description.len() > 120 {
-            let mut end = 120;
-            while !description.is_char_boundary(end) {
-                end -= 1;
-            }
-            description.truncate(end);
-        }
-        let _ = self.session.close(Some(CloseReason { code, description: Some(description) })).await;
+        self.out.close(CloseReason { code, description: Some(reason.to_owned()) });
     }
 }
 
@@ -89,8 +87,17 @@ pub async fn upgrade(
             }
         }
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let transport = WsTransport { session, stream: stream.max_frame_size(MAX_FRAME_BYTES) };
+    let mut response = match actix_http::ws::handshake(req.head()) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(HttpResponse::BadRequest().json(serde_json::json!(
+                {"error": {"code": "bad_websocket_handshake", "message": e.to_string()}}
+            )))
+        }
+    };
+    let (out, body_stream) = Outgoing::new();
+    let response: HttpResponse = response.message_body(BodyStream::new(body_stream).boxed())?.into();
+    let transport = WsTransport { out, incoming: Incoming::new(body.into_inner(), MAX_FRAME_BYTES) };
     let info = ConnInfo { peer: req.peer_addr() };
     actix_web::rt::spawn(switchboard_relay::run_session(state.node.clone(), transport, info));
     Ok(response)
