@@ -266,32 +266,67 @@ async fn handshake(node: &Node, incoming: IncomingSession) -> Result<Connection,
     request.accept().await.map_err(Refused::Failed)
 }
 
-async fn accept_session(node: Arc<Node>, incoming: IncomingSession, handshake_timeout: Duration) {
+/// One incoming connection's task: the WebTransport handshake and control stream, then the
+/// session. The handshake's futures are large and only needed at the start, so they are
+/// boxed and freed once it is done instead of sizing every session's task for its whole
+/// life (about 3 KB of every idle WebTransport connection).
+fn accept_session(
+    node: Arc<Node>,
+    incoming: IncomingSession,
+    handshake_timeout: Duration,
+) -> impl std::future::Future<Output = ()> + Send {
+    let establishing = Box::pin(establish(node.clone(), incoming, handshake_timeout));
+    async move {
+        let Some((transport, peer)) = establishing.await else { return };
+        switchboard_relay::run_session(node, transport, ConnInfo { peer: Some(peer) }).await;
+    }
+}
+
+/// Complete the handshake and accept the control stream; `None` (logged) if either fails.
+async fn establish(
+    node: Arc<Node>,
+    incoming: IncomingSession,
+    handshake_timeout: Duration,
+) -> Option<(WtTransport, SocketAddr)> {
     let addr = incoming.remote_address();
     // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
     let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
     let connection = match tokio::time::timeout(handshake_timeout, handshake(&node, incoming)).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(Refused::NotFound)) => return tracing::debug!(%peer, "WebTransport: wrong path, 404"),
-        Ok(Err(Refused::Draining)) => return tracing::debug!(%peer, "WebTransport: draining, refused"),
-        Ok(Err(Refused::Failed(e))) => return tracing::debug!(%peer, error = %e, "WebTransport handshake failed"),
+        Ok(Err(Refused::NotFound)) => {
+            tracing::debug!(%peer, "WebTransport: wrong path, 404");
+            return None;
+        }
+        Ok(Err(Refused::Draining)) => {
+            tracing::debug!(%peer, "WebTransport: draining, refused");
+            return None;
+        }
+        Ok(Err(Refused::Failed(e))) => {
+            tracing::debug!(%peer, error = %e, "WebTransport handshake failed");
+            return None;
+        }
         // Dropping the handshake closes the connection.
-        Err(_) => return tracing::debug!(%peer, "WebTransport handshake timed out"),
+        Err(_) => {
+            tracing::debug!(%peer, "WebTransport handshake timed out");
+            return None;
+        }
     };
     // The client opens the control stream first; bounded by the hello timeout.
     let (send, recv) = match tokio::time::timeout(node.config().hello_timeout, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "WebTransport session ended before its control stream"),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "WebTransport session ended before its control stream");
+            return None;
+        }
         Err(_) => {
             tracing::debug!(%peer, "WebTransport: no control stream in time");
             let code = VarInt::from_u32(close_code(ErrorCode::HelloTimeout).into());
             connection.close(code, b"no control stream");
-            return;
+            return None;
         }
     };
     tracing::debug!(%peer, "WebTransport session established");
-    let transport = WtTransport::new(connection, send, recv);
-    switchboard_relay::run_session(node, transport, ConnInfo { peer: Some(peer) }).await;
+    Some((WtTransport::new(connection, send, recv), peer))
 }
 
 fn generate_identity() -> Result<Identity, WtError> {
