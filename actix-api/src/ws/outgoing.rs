@@ -15,8 +15,10 @@ use std::task::{Context, Poll};
 use tokio::sync::Notify;
 
 /// Encoded bytes waiting for the socket beyond which `send` waits for the body to take
-/// them (the session's write timeout then catches a client that stopped reading).
-const HIGH_WATER: usize = 256 * 1024;
+/// them (the session's write timeout then catches a client that stopped reading). Small:
+/// frames are copied in here per connection, while behind it the session's queue holds
+/// them shared between all recipients.
+const HIGH_WATER: usize = 32 * 1024;
 
 /// Initial capacity of the buffer for a burst: most bursts fit without a reallocation.
 const BURST_CAPACITY: usize = 4096;

@@ -305,7 +305,7 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
     let (sent, errors) = send_paced(&mut tx, args.rate, args.size, args.duration(), closed_loop).await;
     finish.done(sent);
     let mut r = report(args, target, args.clients + 1, rss_before);
-    r.server_cpu_percent = cpu.percent();
+    cpu.fill(&mut r);
     r.sent = sent;
     r.errors = errors;
     r.expected = sent * args.clients as u64;
@@ -347,7 +347,7 @@ async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         max_sent = max_sent.max(sent);
         keep.push(tx);
     }
-    r.server_cpu_percent = cpu.percent();
+    cpu.fill(&mut r);
     // Each side expects what its partner sent; pairs send alike, so wait for the largest.
     r.expected = r.sent;
     finish.done(max_sent);
@@ -421,7 +421,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
         per_sender = per_sender.max(sent);
         keep.push(tx);
     }
-    r.server_cpu_percent = cpu.percent();
+    cpu.fill(&mut r);
     // Each receiver gets both senders' frames of its room.
     finish.done(per_sender * 2);
     let n_receivers = receivers.len() as u64;
@@ -441,7 +441,7 @@ async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> any
     // Held idle: the servers' CPU now is the cost of heartbeats and keep-alives.
     let cpu = CpuMeter::start(&args.server_pids);
     tokio::time::sleep(args.duration()).await;
-    r.server_cpu_percent = cpu.percent();
+    cpu.fill(&mut r);
     r.rss_after_kib = total_rss_kib(&args.server_pids);
     if let (Some(b), Some(a)) = (r.rss_before_kib, r.rss_after_kib) {
         let per = (a.saturating_sub(b) as f64 * 1024.0 / conns.len().max(1) as f64).round();
@@ -537,7 +537,7 @@ async fn churn(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
     let t0 = Instant::now();
     let (out, hist) = churn_phase(target, args.clients, limit, duration).await;
     let elapsed = t0.elapsed();
-    r.server_cpu_percent = cpu.percent();
+    cpu.fill(&mut r);
     let settled = wait_connections_closed(metrics_url.as_deref()).await;
     r.rss_after_kib = total_rss_kib(&args.server_pids);
     r.sent = out.cycles;

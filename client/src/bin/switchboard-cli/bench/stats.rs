@@ -104,25 +104,39 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Measures the summed CPU use of server processes over an interval.
+/// Measures the summed CPU use of server processes, and the load generator's own, over an
+/// interval: which of the two was the limit.
 pub struct CpuMeter {
     pids: Vec<u32>,
-    start: Option<(u64, std::time::Instant)>,
+    at: std::time::Instant,
+    servers: Option<u64>,
+    own: Option<u64>,
+}
+
+/// CPU ticks (USER_HZ, 100 on every Linux configuration that matters here) in an interval,
+/// as percent of one core (100 = one core busy).
+fn percent(ticks: u64, elapsed: std::time::Duration) -> f64 {
+    (ticks as f64 / 100.0 / elapsed.as_secs_f64().max(1e-3) * 1000.0).round() / 10.0
 }
 
 impl CpuMeter {
-    /// Start measuring (a no-op without PIDs).
+    /// Start measuring (servers: a no-op without PIDs).
     pub fn start(pids: &[u32]) -> Self {
-        let ticks: Option<u64> = if pids.is_empty() { None } else { pids.iter().map(|&p| cpu_ticks(p)).sum() };
-        Self { pids: pids.to_vec(), start: ticks.map(|t| (t, std::time::Instant::now())) }
+        let servers = if pids.is_empty() { None } else { pids.iter().map(|&p| cpu_ticks(p)).sum() };
+        Self { pids: pids.to_vec(), at: std::time::Instant::now(), servers, own: cpu_ticks(std::process::id()) }
     }
 
-    /// CPU use since `start` in percent of one core (100 = one core busy).
+    /// The servers' CPU use since `start`.
     pub fn percent(&self) -> Option<f64> {
-        let (t0, at) = self.start?;
         let t1: u64 = self.pids.iter().map(|&p| cpu_ticks(p)).sum::<Option<u64>>()?;
-        // USER_HZ is 100 on every Linux configuration that matters here.
-        let secs = t1.saturating_sub(t0) as f64 / 100.0;
-        Some((secs / at.elapsed().as_secs_f64().max(1e-3) * 1000.0).round() / 10.0)
+        Some(percent(t1.saturating_sub(self.servers?), self.at.elapsed()))
+    }
+
+    /// Record the servers' and the load generator's CPU use since `start` in `r`.
+    pub fn fill(&self, r: &mut Report) {
+        r.server_cpu_percent = self.percent();
+        if let (Some(t0), Some(t1)) = (self.own, cpu_ticks(std::process::id())) {
+            r.extra.insert("generator_cpu_percent".into(), percent(t1.saturating_sub(t0), self.at.elapsed()).into());
+        }
     }
 }
