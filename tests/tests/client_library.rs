@@ -212,3 +212,48 @@ async fn bench_fanout_smoke_run_reports_all_deliveries() {
     assert_eq!(report["drops"].as_u64(), Some(0));
     assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
 }
+
+/// `--rate 0` is a closed loop: the publisher runs as fast as the receivers keep up, and
+/// nothing is lost or disconnected on the way.
+#[tokio::test]
+async fn bench_max_rate_run_is_a_closed_loop_without_losses() {
+    // The default 200 requests/s per session would pace the publisher instead of the loop.
+    let args = vec!["--request-rate".into(), "1000000".into()];
+    let node = TestNode::start(NodeOptions { args, ..Default::default() }).await;
+    let out = tokio::process::Command::new(binary("switchboard-cli"))
+        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
+        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "0", "--window", "50", "--duration", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let sent = report["sent"].as_u64().unwrap();
+    // No pace was given: the loop set the rate, far above what a 1-second paced run sends.
+    assert!(sent > 200, "{report}");
+    assert_eq!(report["deliveries"].as_u64(), Some(sent * 5), "{report}");
+    assert_eq!(report["closed_loop_window"].as_u64(), Some(50), "{report}");
+}
+
+/// `churn` runs exactly `--cycles` cycles after its warm-up, and reads the node's RSS only
+/// once the node has closed every connection.
+#[tokio::test]
+async fn bench_churn_runs_the_cycles_asked_and_waits_for_the_node() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let pid = node.pid().expect("node pid").to_string();
+    let out = tokio::process::Command::new(binary("switchboard-cli"))
+        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
+        .args(["bench", "--scenario", "churn", "--clients", "4", "--cycles", "60", "--warmup-cycles", "8"])
+        .args(["--duration", "60", "--server-pid", &pid])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(report["sent"].as_u64(), Some(60), "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["warmup_cycles"].as_u64(), Some(8), "{report}");
+    assert_eq!(report["server_settled"].as_bool(), Some(true), "{report}");
+    assert!(report["rss_growth_percent"].as_f64().is_some(), "{report}");
+    assert!(report["server_cpu_percent"].as_f64().is_some(), "{report}");
+}
