@@ -92,6 +92,16 @@ impl RawWs {
         }
     }
 
+    /// Send any WebSocket message (text, ping, close, ...).
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("sending");
+    }
+
+    /// The next WebSocket message as it is (pings, pongs and closes included).
+    pub async fn next_message(&mut self) -> Option<Message> {
+        crate::within(WAIT, "a WebSocket message", self.ws.next()).await.and_then(Result::ok)
+    }
+
     /// Send a normal close.
     pub async fn close(mut self) {
         let _ = self

@@ -138,3 +138,31 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     assert!(matches!(bystander.frame().await, server_frame::Kind::Pong(_)));
     assert!(node.metric("switchboard_errors_total{code=\"ERROR_CODE_BAD_FRAME\"}").await >= 2.0);
 }
+
+/// The WebSocket layer itself: a ping is answered with its payload, a text message is not
+/// protobuf (BAD_FRAME, the session carries on), and a client's close is answered with a
+/// close frame.
+#[tokio::test]
+async fn websocket_pings_text_and_closes_are_handled() {
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (mut ws, _) = RawWs::authenticated(&node.ws_url(), &token("wendy", &["demo"])).await;
+    ws.send_message(Message::Ping(Bytes::from_static(b"are you there"))).await;
+    match ws.next_message().await {
+        Some(Message::Pong(p)) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    ws.send_message(Message::Text("not protobuf".into())).await;
+    let e = expect_error(ws.frame().await, ErrorCode::BadFrame);
+    assert!(!e.fatal);
+    ws.send(7, client_frame::Kind::Ping(Default::default())).await;
+    assert!(matches!(ws.frame().await, server_frame::Kind::Pong(_)), "the session carried on");
+    ws.send_message(Message::Close(None)).await;
+    loop {
+        match ws.next_message().await {
+            Some(Message::Close(_)) => break,
+            Some(_) => continue,
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
