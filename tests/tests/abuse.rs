@@ -166,3 +166,31 @@ async fn websocket_pings_text_and_closes_are_handled() {
         }
     }
 }
+
+/// A client that floods WebSocket pings and never reads the pongs is pushed back (the node
+/// stops reading it once its pongs fill the socket and a small buffer) instead of buffering
+/// every pong: the node's memory stays bounded.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_pushed_back_not_buffered() {
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (mut ws, _) = RawWs::authenticated(&node.ws_url(), &token("pinger", &["demo"])).await;
+    let rss_before = node.rss_kib().expect("node RSS");
+    let ping = Bytes::from(vec![7u8; 125]);
+    // 200,000 pings would make 25 MB of pongs, more than loopback's socket buffers hold.
+    // Bounded in count and time: once the node stops reading, a send stalls and we stop.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut sent = 0u64;
+    while sent < 200_000 && tokio::time::Instant::now() < deadline {
+        let send = ws.send_message(Message::Ping(ping.clone()));
+        if tokio::time::timeout(std::time::Duration::from_secs(1), send).await.is_err() {
+            break; // pushed back
+        }
+        sent += 1;
+    }
+    let rss_after = node.rss_kib().expect("node RSS");
+    let growth = rss_after.saturating_sub(rss_before);
+    eprintln!("sent {sent} pings; node RSS {rss_before} -> {rss_after} KiB");
+    assert!(sent < 200_000, "the node kept reading a client that never reads ({sent} pings)");
+    assert!(growth < 8 * 1024, "node RSS grew by {growth} KiB");
+}

@@ -41,7 +41,14 @@ impl Transport for WsTransport {
                 Frame::Binary(b) => return Some(Ok(b)),
                 // Not protobuf: handed on so the session answers BAD_FRAME and carries on.
                 Frame::Text(t) => return Some(Ok(t)),
-                Frame::Ping(p) => self.out.control(OpCode::Pong, &p),
+                // Through the bounded path: a client that pings without reading the pongs
+                // stops being read (TCP pushes back) instead of growing the buffer. If this
+                // wait is cancelled, that one pong is skipped.
+                Frame::Ping(p) => {
+                    if self.out.send(OpCode::Pong, &p).await.is_err() {
+                        return None;
+                    }
+                }
                 Frame::Pong(_) => {}
                 // The session answers with its own close frame.
                 Frame::Close(_) => return None,

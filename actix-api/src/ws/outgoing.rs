@@ -96,20 +96,6 @@ impl Outgoing {
         }
     }
 
-    /// Queue a control frame (a pong) without waiting: the reader must never block on the
-    /// writer, and control frames are tiny.
-    pub fn control(&self, op: OpCode, payload: &[u8]) {
-        let mut st = self.lock();
-        if st.gone || st.closing {
-            return;
-        }
-        let wake = Self::append(&mut st, op, payload);
-        drop(st);
-        if wake {
-            self.body.wake();
-        }
-    }
-
     /// Queue a close frame; the connection ends once it is written.
     pub fn close(&self, mut reason: CloseReason) {
         if let Some(d) = reason.description.as_mut() {
