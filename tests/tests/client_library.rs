@@ -213,6 +213,25 @@ async fn bench_fanout_smoke_run_reports_all_deliveries() {
     assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
 }
 
+/// The same over WebTransport, whose receivers are raw sessions on QUIC.
+#[tokio::test]
+async fn bench_fanout_over_webtransport_reports_all_deliveries() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let hash = node.cert_hash().await;
+    let out = tokio::process::Command::new(binary("switchboard-cli"))
+        .args(["--url", &node.wt_url(), "--cert-hash", &hash, "--token", &token("bench", &["bench-*"])])
+        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent >= 40, "{report}");
+    assert_eq!(report["target"].as_str(), Some("switchboard-wt"), "{report}");
+    assert_eq!(report["deliveries"].as_u64(), Some(sent * 5), "{report}");
+}
+
 /// `--rate 0` is a closed loop: the publisher runs as fast as the receivers keep up, and
 /// nothing is lost or disconnected on the way.
 #[tokio::test]

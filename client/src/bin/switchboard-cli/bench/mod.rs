@@ -19,6 +19,7 @@
 //! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
 
 mod metrics;
+mod raw_wt;
 mod scenarios;
 mod stats;
 mod targets;

@@ -58,17 +58,21 @@ impl Target {
         self.connect(i, Some(room)).await
     }
 
-    /// A receive-only connection joined to `room`. Over WebSocket to Switchboard it is a raw
-    /// session (Hello, Join, then frames decoded straight off the socket, a Ping every
-    /// heartbeat) rather than the client library, whose event channel and task hop would
+    /// A receive-only connection joined to `room`. To Switchboard it is a raw session over
+    /// WebSocket or WebTransport (Hello, Join, then frames read straight off the connection,
+    /// a Ping every heartbeat) rather than the client library, whose event channel and task hop would
     /// make the load generator, not the server, the limit: the bare baseline's receivers
     /// are raw too.
     pub async fn connect_receiver(&self, i: usize, room: &str) -> anyhow::Result<(Tx, Rx)> {
         let url = &self.urls[i % self.urls.len()];
+        let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
+        if self.kind == TargetKind::Switchboard && url.starts_with("https") {
+            let (pinger, rx) = super::raw_wt::connect(url, ip, self.cert_hash.as_deref(), &self.token, room).await?;
+            return Ok((Tx::Raw { _pinger: pinger }, Rx::RawWt(Box::new(rx))));
+        }
         if self.kind != TargetKind::Switchboard || !url.starts_with("ws") {
             return self.connect(i, Some(room)).await;
         }
-        let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
         let (mut sink, mut stream) = websocket_connect(url, ip).await?.split();
         let hello = pb::Hello { protocol_version: PROTOCOL_VERSION, token: self.token.clone(), client: "bench".into() };
         send_frame(&mut sink, 0, pb::client_frame::Kind::Hello(hello)).await?;
@@ -158,6 +162,13 @@ async fn next_control(stream: &mut SplitStream<Ws>) -> anyhow::Result<Kind> {
 /// Aborts a task when dropped.
 pub struct AbortOnDrop(tokio::task::AbortHandle);
 
+impl AbortOnDrop {
+    /// Guard `task`.
+    pub fn new(task: tokio::task::AbortHandle) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -220,6 +231,8 @@ pub enum Rx {
     Switchboard(Events),
     /// A raw Switchboard WebSocket session.
     Raw(SplitStream<Ws>),
+    /// A raw Switchboard WebTransport session.
+    RawWt(Box<super::raw_wt::RawWtRx>),
     Ws(SplitStream<Ws>),
     Nats {
         stream: SplitStream<Ws>,
@@ -256,6 +269,7 @@ impl Rx {
                     None => {}
                 }
             },
+            Rx::RawWt(rx) => rx.payload().await,
             Rx::Ws(stream) => loop {
                 match stream.next().await? {
                     Ok(Message::Binary(b)) => return Some(b),
@@ -340,7 +354,7 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
 
 /// The byte range of the first length-delimited field `number` of the message in
 /// `buf[start..end]` (skipping other fields without decoding them).
-fn field(buf: &[u8], start: usize, end: usize, number: u64) -> Option<(usize, usize)> {
+pub(super) fn field(buf: &[u8], start: usize, end: usize, number: u64) -> Option<(usize, usize)> {
     let mut pos = start;
     while pos < end {
         let key = varint(buf, &mut pos)?;
