@@ -192,20 +192,21 @@ async fn standalone_webtransport_server_joins_the_cluster() {
     assert_eq!(quic_only.metric("switchboard_connections{transport=\"webtransport\"}").await, 1.0);
 }
 
+/// Run `switchboard-cli ARGS` (a bench run), expect success and its one JSON line.
+async fn bench(args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(binary("switchboard-cli")).args(args).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON line")
+}
+
 /// The load generator itself: a short, bounded fan-out run against a node reports every
 /// delivery, as one JSON line.
 #[tokio::test]
 async fn bench_fanout_smoke_run_reports_all_deliveries() {
     let node = TestNode::start(NodeOptions::default()).await;
-    let out = tokio::process::Command::new(binary("switchboard-cli"))
-        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
-        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let (url, token) = (node.ws_url(), token("bench", &["bench-*"]));
+    let fanout = ["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"];
+    let report = bench(&[&["--url", &url, "--token", &token][..], &fanout].concat()).await;
     let sent = report["sent"].as_u64().unwrap();
     assert!(sent >= 40, "{report}");
     assert_eq!(report["deliveries"].as_u64(), Some(sent * 5), "{report}");
@@ -217,15 +218,9 @@ async fn bench_fanout_smoke_run_reports_all_deliveries() {
 #[tokio::test]
 async fn bench_fanout_over_webtransport_reports_all_deliveries() {
     let node = TestNode::start(NodeOptions::default()).await;
-    let hash = node.cert_hash().await;
-    let out = tokio::process::Command::new(binary("switchboard-cli"))
-        .args(["--url", &node.wt_url(), "--cert-hash", &hash, "--token", &token("bench", &["bench-*"])])
-        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let (url, hash, token) = (node.wt_url(), node.cert_hash().await, token("bench", &["bench-*"]));
+    let fanout = ["bench", "--scenario", "fanout", "--clients", "5", "--rate", "50", "--duration", "1"];
+    let report = bench(&[&["--url", &url, "--cert-hash", &hash, "--token", &token][..], &fanout].concat()).await;
     let sent = report["sent"].as_u64().unwrap();
     assert!(sent >= 40, "{report}");
     assert_eq!(report["target"].as_str(), Some("switchboard-wt"), "{report}");
@@ -239,14 +234,25 @@ async fn bench_max_rate_run_is_a_closed_loop_without_losses() {
     // The default 200 requests/s per session would pace the publisher instead of the loop.
     let args = vec!["--request-rate".into(), "1000000".into()];
     let node = TestNode::start(NodeOptions { args, ..Default::default() }).await;
-    let out = tokio::process::Command::new(binary("switchboard-cli"))
-        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
-        .args(["bench", "--scenario", "fanout", "--clients", "5", "--rate", "0", "--window", "50", "--duration", "1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let (url, token) = (node.ws_url(), token("bench", &["bench-*"]));
+    let report = bench(&[
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "bench",
+        "--scenario",
+        "fanout",
+        "--clients",
+        "5",
+        "--rate",
+        "0",
+        "--window",
+        "50",
+        "--duration",
+        "1",
+    ])
+    .await;
     let sent = report["sent"].as_u64().unwrap();
     // No pace was given: the loop set the rate, far above what a 1-second paced run sends.
     assert!(sent > 200, "{report}");
@@ -259,16 +265,27 @@ async fn bench_max_rate_run_is_a_closed_loop_without_losses() {
 #[tokio::test]
 async fn bench_churn_runs_the_cycles_asked_and_waits_for_the_node() {
     let node = TestNode::start(NodeOptions::default()).await;
-    let pid = node.pid().expect("node pid").to_string();
-    let out = tokio::process::Command::new(binary("switchboard-cli"))
-        .args(["--url", &node.ws_url(), "--token", &token("bench", &["bench-*"])])
-        .args(["bench", "--scenario", "churn", "--clients", "4", "--cycles", "60", "--warmup-cycles", "8"])
-        .args(["--duration", "60", "--server-pid", &pid])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let (url, token, pid) = (node.ws_url(), token("bench", &["bench-*"]), node.pid().expect("node pid").to_string());
+    let report = bench(&[
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "bench",
+        "--scenario",
+        "churn",
+        "--clients",
+        "4",
+        "--cycles",
+        "60",
+        "--warmup-cycles",
+        "8",
+        "--duration",
+        "60",
+        "--server-pid",
+        &pid,
+    ])
+    .await;
     assert_eq!(report["sent"].as_u64(), Some(60), "{report}");
     assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
     assert_eq!(report["warmup_cycles"].as_u64(), Some(8), "{report}");
