@@ -71,26 +71,37 @@ impl Outgoing {
         was_empty
     }
 
+    /// Append the frame if there is room: `Some(Ok)` when queued, `Some(Err)` when the
+    /// connection is closed, `None` when the buffer is above [`HIGH_WATER`].
+    fn try_append(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), Closed>> {
+        let mut st = self.lock();
+        if st.gone || st.closing {
+            return Some(Err(Closed));
+        }
+        if st.buf.len() >= HIGH_WATER {
+            return None;
+        }
+        let wake = Self::append(&mut st, op, payload);
+        drop(st);
+        if wake {
+            self.body.wake();
+        }
+        Some(Ok(()))
+    }
+
     /// Queue one data frame, waiting while more than [`HIGH_WATER`] bytes are unsent.
     pub async fn send(&self, op: OpCode, payload: &[u8]) -> Result<(), Closed> {
+        // The common case takes one lock and no waiter registration.
+        if let Some(done) = self.try_append(op, payload) {
+            return done;
+        }
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             // Registered before the check, so a drain between the check and the wait wakes us.
             drained.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if st.gone || st.closing {
-                    return Err(Closed);
-                }
-                if st.buf.len() < HIGH_WATER {
-                    let wake = Self::append(&mut st, op, payload);
-                    drop(st);
-                    if wake {
-                        self.body.wake();
-                    }
-                    return Ok(());
-                }
+            if let Some(done) = self.try_append(op, payload) {
+                return done;
             }
             drained.await;
         }
@@ -177,10 +188,15 @@ mod tests {
             let out = out.clone();
             async move { out.send(OpCode::Binary, b"later").await }
         });
-        tokio::task::yield_now().await;
+        // Let the writer run until it parks.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert!(!waiting.is_finished(), "the second frame waits for room");
-        assert!(body.next().await.unwrap().unwrap().len() > HIGH_WATER);
+        let first = body.next().await.unwrap().unwrap();
+        assert!(!first.ends_with(b"later"), "the waiting frame was not appended above the mark");
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b"\x82\x05later");
     }
 
     #[tokio::test]

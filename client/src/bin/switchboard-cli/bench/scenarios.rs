@@ -45,34 +45,14 @@ fn latency_us(payload: &[u8]) -> Option<u64> {
     Some(now_us().saturating_sub(ts).max(1))
 }
 
-/// Open `n` connections (indices `first..first+n`) with bounded concurrency.
-async fn connect_many(
-    target: &Target,
-    first: usize,
-    n: usize,
-    concurrency: usize,
-    room: impl Fn(usize) -> Option<String>,
-) -> anyhow::Result<Vec<(Tx, Rx)>> {
-    let futs = (first..first + n).map(|i| {
-        let room = room(i);
-        async move { target.connect(i, room.as_deref()).await }
-    });
-    let results: Vec<_> = futures_util::stream::iter(futs).buffer_unordered(concurrency.max(1)).collect().await;
-    results.into_iter().collect()
-}
-
-/// Open `n` receive-only connections joined to `room(i)` (see [`Target::connect_receiver`]).
-async fn connect_receivers(
-    target: &Target,
-    first: usize,
-    n: usize,
-    concurrency: usize,
-    room: impl Fn(usize) -> String,
-) -> anyhow::Result<Vec<(Tx, Rx)>> {
-    let futs = (first..first + n).map(|i| {
-        let room = room(i);
-        async move { target.connect_receiver(i, &room).await }
-    });
+/// Open `n` connections (indices `first..first+n`) with bounded concurrency, each with
+/// `open(i)`, i.e. [`Target::connect`] or [`Target::connect_receiver`].
+async fn connect_many<'a, F, Fut>(first: usize, n: usize, concurrency: usize, open: F) -> anyhow::Result<Vec<(Tx, Rx)>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Tx, Rx)>> + 'a,
+{
+    let futs = (first..first + n).map(open);
     let results: Vec<_> = futures_util::stream::iter(futs).buffer_unordered(concurrency.max(1)).collect().await;
     results.into_iter().collect()
 }
@@ -281,7 +261,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
 
 async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     let room = "bench-fanout";
-    let subs = connect_receivers(target, 1, args.clients, args.connect_concurrency, |_| room.into()).await?;
+    let subs = connect_many(1, args.clients, args.connect_concurrency, |i| target.connect_receiver(i, room)).await?;
     let (mut tx, rx) = target.connect_publisher(0, room).await?;
     drain(rx);
     let finish = Finish::new();
@@ -322,7 +302,10 @@ async fn fanout(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> a
 async fn pairs(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     anyhow::ensure!(target.kind != TargetKind::Bare, "pairs needs rooms: use switchboard or nats-ws");
     let n = (args.clients / 2).max(1) * 2;
-    let conns = connect_many(target, 0, n, args.connect_concurrency, |i| Some(format!("bench-pair-{}", i / 2))).await?;
+    let conns = connect_many(0, n, args.connect_concurrency, |i| async move {
+        target.connect(i, Some(&format!("bench-pair-{}", i / 2))).await
+    })
+    .await?;
     let finish = Finish::new();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -371,7 +354,8 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
             drain(rx);
             senders.push((tx, room.clone()));
         }
-        let conns = connect_receivers(target, index, per_room, args.connect_concurrency, |_| room.clone()).await?;
+        let conns =
+            connect_many(index, per_room, args.connect_concurrency, |i| target.connect_receiver(i, &room)).await?;
         index += per_room;
         for (k, (tx, rx)) in conns.into_iter().enumerate() {
             if k < args.slow_receivers {
@@ -435,7 +419,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
 
 async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let conns = connect_many(target, 0, args.clients, args.connect_concurrency, |_| None).await?;
+    let conns = connect_many(0, args.clients, args.connect_concurrency, |i| target.connect(i, None)).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     let mut r = report(args, target, conns.len(), rss_before);
     // Held idle: the servers' CPU now is the cost of heartbeats and keep-alives.
