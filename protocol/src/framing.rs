@@ -46,6 +46,11 @@ impl RecordDecoder {
         Self { buf: BytesMut::new(), max_len }
     }
 
+    /// Change the limit; it applies from the next record's prefix.
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
     /// Append received bytes.
     pub fn extend(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);

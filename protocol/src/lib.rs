@@ -2,6 +2,7 @@
 //!
 //! * [`pb`]: the protobuf messages (generated from `proto/switchboard.proto` by prost).
 //! * [`framing`]: length-prefixed records for byte streams (the WebTransport control stream).
+//! * [`websocket`]: WebSocket frame boundaries, for refusing an oversized frame at its header.
 //! * [`subject`]: id validation and NATS subject naming.
 //! * [`limits`]: size limits shared by server and clients.
 //! * [`codes`]: error codes and the WebSocket close codes derived from them.
@@ -12,6 +13,7 @@ pub mod codes;
 pub mod framing;
 pub mod limits;
 pub mod subject;
+pub mod websocket;
 
 /// Generated protobuf types (package `switchboard.v1`).
 #[allow(clippy::all, missing_docs)]

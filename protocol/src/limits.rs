@@ -2,6 +2,9 @@
 
 /// Largest encoded frame (client or server) in bytes: 256 KiB, enough for a video keyframe.
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Largest frame accepted before a valid `Hello` (a token of up to [`MAX_TOKEN_LEN`] and a
+/// client string): all a connection that has not authenticated can make a node buffer.
+pub const MAX_HELLO_FRAME_BYTES: usize = 16 * 1024;
 /// Largest room or user id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 /// Largest `Publish.kind`, in bytes.

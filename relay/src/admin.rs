@@ -36,7 +36,7 @@ pub async fn participants(node: &Node, room: &str) -> Result<Vec<Participant>, B
 /// (and a user) is also stored, so nodes started during the ban refuse the user too.
 pub async fn kick(node: &Node, kick: AdminKick) -> Result<(), BusError> {
     if kick.ban_until_ms > 0 && !kick.user.is_empty() {
-        crate::admission::store_ban(node, &kick.user, kick.ban_until_ms).await?;
+        crate::bans::store_ban(node, &kick.user, kick.ban_until_ms).await?;
     }
     broadcast(node, admin_command::Kind::Kick(kick)).await
 }
@@ -96,7 +96,7 @@ fn apply(node: &Arc<Node>, cmd: AdminCommand) {
         Some(admin_command::Kind::Kick(k)) => {
             let reason = if k.reason.is_empty() { "kicked".to_owned() } else { k.reason.clone() };
             if k.ban_until_ms > 0 && !k.user.is_empty() {
-                crate::admission::ban(node, &k.user, k.ban_until_ms);
+                crate::bans::ban(node, &k.user, k.ban_until_ms);
             }
             for (session, queue) in node.local_sessions(&k.user, &k.session) {
                 tracing::info!(%session, room = %k.room, %reason, "kicked by an operator");

@@ -52,6 +52,13 @@ pub struct RelayConfig {
     pub max_connections_per_ip: usize,
     /// Sessions of one user on this node; 0 is unlimited.
     pub max_sessions_per_user: usize,
+    /// Connections of this node that have not authenticated yet (no valid `Hello`); more are
+    /// refused with `TOO_MANY_CONNECTIONS`. 0 is unlimited.
+    pub max_pending_connections: usize,
+    /// Connections from one IP address that have not authenticated yet; 0 is unlimited.
+    pub max_pending_per_ip: usize,
+    /// Rate of `Ping` frames per session (heartbeats need one per interval).
+    pub ping_rate: Rate,
     /// Participants per room, cluster-wide; 0 is unlimited. A token's `max_participants`
     /// claim overrides it.
     pub max_participants: usize,
@@ -78,6 +85,9 @@ impl Default for RelayConfig {
             presence_events_max: 500,
             max_connections_per_ip: 0,
             max_sessions_per_user: 0,
+            max_pending_connections: 4096,
+            max_pending_per_ip: 256,
+            ping_rate: Rate { per_sec: 5.0, burst: 20.0 },
         }
     }
 }

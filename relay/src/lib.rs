@@ -5,12 +5,15 @@
 //!   -> bus (NATS | in-process) -> other nodes' rooms -> their sessions' outbound queues
 //! ```
 //!
-//! An edge accepts a connection, wraps it in a [`Transport`] and calls [`session::run`]
-//! with the shared [`Node`].
+//! An edge admits a connection as it arrives ([`admit`]: caps per address and the budget of
+//! connections that have not authenticated, counted atomically), wraps it in a
+//! [`Transport`] and calls [`session::run`] with the shared [`Node`] and the admission's
+//! [`Ticket`].
 
 pub mod admin;
-mod admission;
+pub mod admission;
 pub mod auth;
+mod bans;
 pub mod bus;
 pub mod calls;
 pub mod config;
@@ -23,9 +26,10 @@ mod rooms;
 pub mod session;
 pub mod transport;
 
+pub use admission::{admit, Refused, Ticket};
 pub use auth::{Claims, Minter, Verifier, VerifyKey};
 pub use bus::{Bus, BusError, LocalBus, NatsBus, NatsOptions};
 pub use config::RelayConfig;
 pub use node::Node;
-pub use session::{run as run_session, ConnInfo};
+pub use session::{refuse as refuse_connection, run as run_session};
 pub use transport::{Transport, TransportError, TransportKind};

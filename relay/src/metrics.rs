@@ -34,11 +34,30 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// Label: why something was refused or ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason, e.g. `address_pending`.
+    pub reason: &'static str,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
     /// Open connections by transport.
     pub connections: Family<TransportLabel, Gauge>,
+    /// Open connections that have not authenticated (no valid `Hello` yet), by transport.
+    pub pending_connections: Family<TransportLabel, Gauge>,
+    /// Connections refused at admission, by reason (`address`, `address_pending`,
+    /// `node_pending`, `node_sessions`).
+    pub admission_refusals: Family<ReasonLabel, Counter>,
+    /// Connections that ended without a close (TCP ended without a close frame, QUIC
+    /// connection lost or reset), by transport. Not errors: counted apart from them.
+    pub abrupt_closes: Family<TransportLabel, Counter>,
+    /// Session tasks that panicked (their cleanup still ran).
+    pub session_panics: Counter,
+    /// Frames refused over a rate limit, by frame kind.
+    pub rate_limited: Family<KindLabel, Counter>,
     /// Sessions that completed `Hello`, by transport.
     pub sessions_total: Family<TransportLabel, Counter>,
     /// Rooms with at least one local participant.
@@ -98,6 +117,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("switchboard");
         let m = Self {
             connections: Family::default(),
+            pending_connections: Family::default(),
+            admission_refusals: Family::default(),
+            abrupt_closes: Family::default(),
+            session_panics: Counter::default(),
+            rate_limited: Family::default(),
             sessions_total: Family::default(),
             rooms: Gauge::default(),
             frames_in: Family::default(),
@@ -122,6 +146,15 @@ impl Metrics {
         };
         registry.register("connections", "Open client connections", m.connections.clone());
         registry.register("sessions", "Authenticated sessions", m.sessions_total.clone());
+        registry.register(
+            "pending_connections",
+            "Open connections that have not authenticated yet",
+            m.pending_connections.clone(),
+        );
+        registry.register("admission_refusals", "Connections refused at admission", m.admission_refusals.clone());
+        registry.register("abrupt_closes", "Connections that ended without a close", m.abrupt_closes.clone());
+        registry.register("session_panics", "Session tasks that panicked", m.session_panics.clone());
+        registry.register("rate_limited", "Frames refused over a rate limit", m.rate_limited.clone());
         registry.register("rooms", "Rooms with local participants", m.rooms.clone());
         registry.register("frames_in", "Frames received from clients", m.frames_in.clone());
         registry.register("frames_out", "Frames queued to clients", m.frames_out.clone());
@@ -165,6 +198,8 @@ impl Metrics {
         for transport in ["websocket", "webtransport"] {
             let _ = m.connections.get_or_create(&TransportLabel { transport });
             let _ = m.sessions_total.get_or_create(&TransportLabel { transport });
+            let _ = m.pending_connections.get_or_create(&TransportLabel { transport });
+            let _ = m.abrupt_closes.get_or_create(&TransportLabel { transport });
         }
         Self { registry, ..m }
     }

@@ -41,8 +41,10 @@ pub struct Node {
     pub(crate) inboxes: crate::calls::inbox::Inboxes,
     /// Presence records whose removal failed (bus away), retried after a reconnect.
     pub(crate) pending_removals: Mutex<Vec<(String, String)>>,
-    /// Connection caps and bans.
+    /// Connection caps and budgets.
     pub(crate) admission: crate::admission::Admission,
+    /// Operator bans.
+    pub(crate) bans: crate::bans::Bans,
     /// Calls whose ring timeout this node has scheduled.
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
 }
@@ -81,6 +83,7 @@ impl Node {
             drain_tx,
             inboxes: Default::default(),
             admission: Default::default(),
+            bans: Default::default(),
             pending_removals: Mutex::default(),
             ring_timers: Mutex::default(),
         });
@@ -94,7 +97,7 @@ impl Node {
             .await?;
         node.runtime.spawn(crate::calls::service::serve(Arc::downgrade(&node), calls));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
-        match crate::admission::load_bans(&node).await {
+        match crate::bans::load_bans(&node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(bans = n, "bans in force loaded"),
             Err(e) => tracing::warn!(error = %e, "cannot load bans"),

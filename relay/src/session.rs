@@ -9,6 +9,7 @@
 //! and writes the session's outbound queue in priority order. Identity (user, session,
 //! node) is always stamped from the verified token and this session, never from a frame.
 
+use crate::admission::{Refused, Ticket};
 use crate::auth::Claims;
 use crate::calls::{self, Actor};
 use crate::node::Node;
@@ -29,13 +30,6 @@ use switchboard_protocol::subject::{validate_id, RoomChannel};
 use switchboard_protocol::{decode_client_frame, encode, limits, now_ms, ErrorCode, PROTOCOL_VERSION};
 use tokio::time::{sleep_until, Instant};
 
-/// Per-connection facts the edge knows.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The peer's address, for logs.
-    pub peer: Option<std::net::SocketAddr>,
-}
-
 /// An authenticated session.
 struct Session {
     node: Arc<Node>,
@@ -45,7 +39,44 @@ struct Session {
     rooms: BTreeSet<String>,
     requests: TokenBucket,
     media_bytes: TokenBucket,
+    pings: TokenBucket,
+    /// Frames refused over a rate limit: a client that keeps sending past its refusals is
+    /// disconnected instead of costing the node an error frame per frame.
+    refusals: TokenBucket,
     expires_at: Instant,
+    /// The session is registered with the node (and its user's inbox attached).
+    live: bool,
+}
+
+/// Whatever the session holds in the node is given back on every exit path: the normal one
+/// awaits [`Session::release`]; a panic (or a cancelled task) drops the session here, which
+/// hands the same work to a task of its own. The admission ticket and the user's slot are
+/// guards of their own.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.live && self.rooms.is_empty() {
+            return;
+        }
+        if std::thread::panicking() {
+            self.node.metrics.session_panics.inc();
+            tracing::error!(session = %self.id, user = %self.claims.sub, "session task panicked; cleaning up after it");
+        }
+        let rooms = std::mem::take(&mut self.rooms);
+        let live = std::mem::take(&mut self.live);
+        let (node, id, user) = (self.node.clone(), self.id.clone(), self.claims.sub.clone());
+        self.node.runtime.spawn(async move { release(&node, &id, &user, rooms, live).await });
+    }
+}
+
+/// Leave the session's rooms, detach its user's inbox and unregister it.
+async fn release(node: &Arc<Node>, id: &str, user: &str, rooms: BTreeSet<String>, live: bool) {
+    for room in rooms {
+        Box::pin(rooms::leave(node, &room, id, "disconnected")).await;
+    }
+    if live {
+        Box::pin(crate::calls::inbox::detach(node, user)).await;
+        node.unregister_session(id);
+    }
 }
 
 /// Frames written per wake-up of the session's writer, at most.
@@ -94,73 +125,88 @@ fn kind_name(kind: &client_frame::Kind) -> &'static str {
     }
 }
 
+/// The furthest a token's expiry is scheduled: a validly signed token may say `exp` near
+/// `u64::MAX`, which no clock can add.
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Deadline for a token expiring at `exp` (Unix seconds).
 fn expiry_deadline(exp: u64) -> Instant {
     let now_s = crate::auth::now_secs();
-    Instant::now() + Duration::from_secs(exp.saturating_sub(now_s))
+    let wait = Duration::from_secs(exp.saturating_sub(now_s)).min(MAX_EXPIRY_WAIT);
+    let now = Instant::now();
+    now.checked_add(wait).unwrap_or(now + MAX_EXPIRY_WAIT)
 }
 
-/// Drive one connection until it ends.
-pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, info: ConnInfo) {
+/// How many frames over its rate limits a session may send (each answered `RATE_LIMITED`)
+/// before it is disconnected: generous for a client that backs off late, finite for one that
+/// ignores the answers.
+fn refusal_tolerance(requests: crate::config::Rate) -> crate::config::Rate {
+    crate::config::Rate { per_sec: requests.per_sec, burst: (4.0 * requests.burst).max(1000.0) }
+}
+
+/// The fatal frame telling a client why its connection was not admitted.
+pub fn refusal_frame(why: Refused) -> Bytes {
+    error_frame(why.code(), why.to_string(), 0, true)
+}
+
+/// Tell a connection that was not admitted why (bounded in time), and close it.
+pub async fn refuse<T: Transport>(mut transport: T, why: Refused) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(refusal_frame(why))).await;
+    transport.close(why.code(), &why.to_string()).await;
+}
+
+/// Drive one admitted connection until it ends. Whatever it holds in the node (rooms,
+/// presence, its registration, admission slots, gauges) is given back however it ends,
+/// panics included.
+pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, mut ticket: Ticket) {
     let kind = transport.kind();
     let label = crate::metrics::TransportLabel { transport: kind.as_str() };
-    let Some(_ip_slot) = crate::admission::enter_ip(&node, info.peer.map(|p| p.ip())) else {
-        node.metrics.error(ErrorCode::TooManyConnections);
-        let msg = "too many connections from this address";
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            transport.send(error_frame(ErrorCode::TooManyConnections, msg, 0, true)),
-        )
-        .await;
-        transport.close(ErrorCode::TooManyConnections, msg).await;
-        return;
-    };
-    node.metrics.connections.get_or_create(&label).inc();
-    let (code, reason) = match Box::pin(handshake(&node, &mut transport)).await {
+    let peer = ticket.peer();
+    let (code, reason) = match Box::pin(handshake(&node, &mut transport, &ticket)).await {
         Ok(mut session) => {
+            ticket.authenticated();
+            transport.set_max_frame(limits::MAX_FRAME_BYTES);
             let Some(_user_slot) = crate::admission::enter_user(&node, &session.claims.sub) else {
                 node.metrics.error(ErrorCode::TooManyConnections);
+                node.metrics
+                    .admission_refusals
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: "user_sessions" })
+                    .inc();
                 let msg = "too many sessions of this user on this node";
                 let (code, reason) = Box::pin(session.fatal(&mut transport, ErrorCode::TooManyConnections, msg)).await;
                 transport.close(code, &reason).await;
-                node.metrics.connections.get_or_create(&label).dec();
                 return;
             };
             node.metrics.sessions_total.get_or_create(&label).inc();
             node.register_session(&session.id, &session.claims.sub, session.outbound.clone());
-            tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), peer = ?info.peer, "session started");
+            session.live = true;
+            tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), ?peer, "session started");
             // The user's inbox reaches this node before the client hears Welcome.
             let end = match Box::pin(crate::calls::inbox::attach(&node, &session.claims.sub)).await {
-                Ok(()) => {
-                    let end = session.serve(&mut transport).await;
-                    Box::pin(crate::calls::inbox::detach(&node, &session.claims.sub)).await;
-                    end
-                }
+                Ok(()) => session.serve(&mut transport).await,
                 Err(e) => {
                     node.metrics.error(ErrorCode::Unavailable);
                     let msg = format!("cannot subscribe to the user's inbox: {e}");
                     Box::pin(session.fatal(&mut transport, ErrorCode::Unavailable, &msg)).await
                 }
             };
-            for room in std::mem::take(&mut session.rooms) {
-                Box::pin(rooms::leave(&node, &room, &session.id, "disconnected")).await;
-            }
-            node.unregister_session(&session.id);
+            let rooms = std::mem::take(&mut session.rooms);
+            let live = std::mem::take(&mut session.live);
+            release(&node, &session.id, &session.claims.sub, rooms, live).await;
             tracing::info!(session = %session.id, code = end.0.as_str_name(), reason = %end.1, "session ended");
             end
         }
         Err(Fatal(code, reason)) => {
-            tracing::debug!(code = code.as_str_name(), %reason, peer = ?info.peer, "handshake failed");
+            tracing::debug!(code = code.as_str_name(), %reason, ?peer, "handshake failed");
             (code, reason)
         }
     };
     transport.close(code, &reason).await;
-    node.metrics.connections.get_or_create(&label).dec();
 }
 
 /// Wait for a valid `Hello`; answer `Welcome`, or send a fatal error.
-async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Result<Session, Fatal> {
-    match accept_hello(node, transport).await {
+async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T, ticket: &Ticket) -> Result<Session, Fatal> {
+    match accept_hello(node, transport, ticket.hello_deadline()).await {
         Ok(session) => Ok(session),
         Err(Refusal::Silent(fatal)) => Err(fatal),
         Err(Refusal::Error(code, message, ref_id)) => {
@@ -181,15 +227,26 @@ enum Refusal {
     Error(ErrorCode, String, u64),
 }
 
-async fn accept_hello<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Result<Session, Refusal> {
+async fn accept_hello<T: Transport>(
+    node: &Arc<Node>,
+    transport: &mut T,
+    deadline: Instant,
+) -> Result<Session, Refusal> {
     let received = tokio::select! {
         r = transport.recv() => r,
-        _ = sleep_until(Instant::now() + node.config.hello_timeout) => {
+        _ = sleep_until(deadline) => {
             return Err(Refusal::Error(ErrorCode::HelloTimeout, "no Hello within the time limit".into(), 0));
         }
     };
     let bytes = match received {
         None => return Err(Refusal::Silent(Fatal(ErrorCode::Unspecified, "closed before Hello".into()))),
+        Some(Err(TransportError::Io(e))) => {
+            node.metrics
+                .abrupt_closes
+                .get_or_create(&crate::metrics::TransportLabel { transport: transport.kind().as_str() })
+                .inc();
+            return Err(Refusal::Silent(Fatal(ErrorCode::Unspecified, format!("connection lost before Hello: {e}"))));
+        }
         Some(Err(e)) => return Err(Refusal::Error(transport_error_code(&e), e.to_string(), 0)),
         Some(Ok(b)) => b,
     };
@@ -217,7 +274,7 @@ async fn accept_hello<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Resu
         node.metrics.auth_failures.get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() }).inc();
         Refusal::Error(e.code(), e.to_string(), frame.id)
     })?;
-    if let Some(until) = crate::admission::banned_until(node, &claims.sub) {
+    if let Some(until) = crate::bans::banned_until(node, &claims.sub) {
         let secs = until.saturating_sub(now_ms()).div_ceil(1000);
         return Err(Refusal::Error(
             ErrorCode::Banned,
@@ -233,6 +290,9 @@ async fn accept_hello<T: Transport>(node: &Arc<Node>, transport: &mut T) -> Resu
         rooms: BTreeSet::new(),
         requests: TokenBucket::new(node.config.request_rate),
         media_bytes: TokenBucket::new(node.config.media_bytes_rate),
+        pings: TokenBucket::new(node.config.ping_rate),
+        refusals: TokenBucket::new(refusal_tolerance(node.config.request_rate)),
+        live: false,
         claims,
     };
     let welcome = Welcome {
@@ -253,6 +313,7 @@ fn transport_error_code(e: &TransportError) -> ErrorCode {
     match e {
         TransportError::TooLarge(_) => ErrorCode::FrameTooLarge,
         TransportError::Protocol(_) => ErrorCode::BadFrame,
+        TransportError::Flood(_) => ErrorCode::RateLimited,
         TransportError::Io(_) => ErrorCode::Unspecified,
     }
 }
@@ -328,7 +389,10 @@ impl Session {
                 received = transport.recv() => {
                     let bytes = match received {
                         None => return (ErrorCode::Unspecified, "client closed".into()),
-                        Some(Err(TransportError::Io(e))) => return (ErrorCode::Unspecified, format!("connection error: {e}")),
+                        Some(Err(TransportError::Io(e))) => {
+                            self.node.metrics.abrupt_closes.get_or_create(&crate::metrics::TransportLabel { transport: transport.kind().as_str() }).inc();
+                            return (ErrorCode::Unspecified, format!("connection lost: {e}"));
+                        }
                         Some(Err(e)) => {
                             let code = transport_error_code(&e);
                             self.node.metrics.error(code);
@@ -386,10 +450,15 @@ impl Session {
         self.node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: name }).inc();
         let limited = match &kind {
             client_frame::Kind::Media(m) => !self.media_bytes.take(m.payload.len() as f64),
-            client_frame::Kind::Ping(_) | client_frame::Kind::RefreshToken(_) => false,
+            client_frame::Kind::Ping(_) => !self.pings.take(1.0),
+            client_frame::Kind::RefreshToken(_) => false,
             _ => !self.requests.take(1.0),
         };
         if limited {
+            self.node.metrics.rate_limited.get_or_create(&crate::metrics::KindLabel { kind: name }).inc();
+            if !self.refusals.take(1.0) {
+                return Err(Fatal(ErrorCode::RateLimited, "kept sending far over the rate limit".into()));
+            }
             self.error(ErrorCode::RateLimited, format!("{name} rate limit exceeded"), id);
             return Ok(());
         }
@@ -413,6 +482,10 @@ impl Session {
             client_frame::Kind::Media(m) => self.media(id, m).await,
             client_frame::Kind::KeyframeRequest(k) => {
                 if !self.check_room(&k.room, id) {
+                    return Ok(());
+                }
+                if !self.claims.may_send_media() {
+                    self.error(ErrorCode::Forbidden, "token does not grant media", id);
                     return Ok(());
                 }
                 let event = KeyframeRequestEvent { room: k.room.clone(), from: Some(self.sender()), track: k.track };
@@ -595,6 +668,9 @@ impl Session {
     }
 
     async fn signal(&mut self, id: u64, s: switchboard_protocol::pb::Signal) {
+        if switchboard_protocol::pb::SignalKind::try_from(s.kind).is_err() {
+            return self.error(ErrorCode::InvalidArgument, format!("unknown signal kind {}", s.kind), id);
+        }
         if s.room.is_empty() && !s.call.is_empty() {
             return self.call_signal(id, s).await;
         }

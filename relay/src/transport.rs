@@ -33,8 +33,13 @@ pub enum TransportError {
     /// truncated record).
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The connection failed.
-    #[error("connection error: {0}")]
+    /// The peer floods the transport's own control messages (e.g. WebSocket pings) far over
+    /// their rate limit (`RATE_LIMITED`).
+    #[error("flood: {0}")]
+    Flood(String),
+    /// The connection was lost: it ended without a close (a TCP connection without a close
+    /// frame, a QUIC connection lost or reset), or failed. Not an error of the client's.
+    #[error("connection lost: {0}")]
     Io(String),
 }
 
@@ -44,8 +49,13 @@ pub enum TransportError {
 pub trait Transport {
     /// The transport's kind.
     fn kind(&self) -> TransportKind;
-    /// The next frame from the client; `None` once the client has closed.
+    /// The next frame from the client; `None` once the client has closed cleanly (a close
+    /// frame, a QUIC application close or the end of the control stream).
     fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, TransportError>>>;
+    /// Refuse frames over `bytes` from the next frame on: edges start at
+    /// [`switchboard_protocol::limits::MAX_HELLO_FRAME_BYTES`] (a connection that has not
+    /// authenticated can make the node buffer no more), the session raises it after `Hello`.
+    fn set_max_frame(&mut self, bytes: usize);
     /// Send one frame to the client.
     fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), TransportError>>;
     /// Close the connection with the close code derived from `code` and a reason.

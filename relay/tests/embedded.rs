@@ -7,12 +7,13 @@ use std::time::Duration;
 use switchboard_protocol::pb::{client_frame, server_frame, ClientFrame, Hello, Join, Publish, ServerFrame};
 use switchboard_protocol::{decode_server_frame, encode, ErrorCode, PROTOCOL_VERSION};
 use switchboard_relay::auth::{Claims, Minter};
-use switchboard_relay::{
-    ConnInfo, LocalBus, Node, RelayConfig, Transport, TransportError, TransportKind, Verifier, VerifyKey,
-};
+use switchboard_relay::{LocalBus, Node, RelayConfig, Transport, TransportError, TransportKind, Verifier, VerifyKey};
 use tokio::sync::mpsc;
 
 const SECRET: &[u8] = b"an-embedded-test-secret-of-32-bytes!";
+
+/// A frame that makes the in-memory transport panic inside the session's task.
+const PANIC: &[u8] = b"panic in the session task";
 
 struct MemTransport {
     rx: mpsc::Receiver<Bytes>,
@@ -25,8 +26,12 @@ impl Transport for MemTransport {
         TransportKind::WebSocket
     }
     async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.recv().await.map(Ok)
+        let frame = self.rx.recv().await?;
+        // Fault injection: a bug anywhere in the session's task.
+        assert!(frame != PANIC, "injected panic");
+        Some(Ok(frame))
     }
+    fn set_max_frame(&mut self, _bytes: usize) {}
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
         self.tx.send(frame).await.map_err(|e| TransportError::Io(e.to_string()))
     }
@@ -50,7 +55,7 @@ impl Peer {
         let task = tokio::spawn(switchboard_relay::run_session(
             node.clone(),
             MemTransport { rx, tx, closed: closed_tx },
-            ConnInfo { peer: None },
+            switchboard_relay::admit(node, TransportKind::WebSocket, None).expect("admitted"),
         ));
         Self { to_server, from_server, closed, task }
     }
@@ -169,19 +174,22 @@ async fn dead_node_participants_are_reported_left() {
         ..RelayConfig::default()
     };
     let a = node_on(fast("a"), bus.clone()).await;
-    let b = node_on(fast("b"), bus.clone()).await;
+    // Node b runs on a runtime of its own, so that it can die at once, as a process does.
+    let rt_b = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let b = rt_b.spawn(node_on(fast("b"), bus.clone())).await.unwrap();
     let mut alice = Peer::hello(&a, "alice", &["demo"]).await;
     alice.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
     assert!(matches!(alice.next().await, server_frame::Kind::Joined(_)));
-    let mut bob = Peer::hello(&b, "bob", &["demo"]).await;
+    let b2 = b.clone();
+    let mut bob = rt_b.spawn(async move { Peer::hello(&b2, "bob", &["demo"]).await }).await.unwrap();
     bob.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
     let server_frame::Kind::Joined(j) = bob.next().await else { panic!("expected Joined") };
     assert_eq!(j.participants.len(), 2, "bob sees alice, who joined on the other node");
     let server_frame::Kind::ParticipantJoined(pj) = alice.next().await else { panic!("expected ParticipantJoined") };
     assert_eq!(pj.participant.unwrap().node, "b");
 
-    // Node b "crashes": its session task is cancelled (no leave is sent) and it stops.
-    bob.task.abort();
+    // Node b "crashes": no task of it runs a line more (no leave is sent).
+    rt_b.shutdown_background();
     drop(b);
     let started = tokio::time::Instant::now();
     let server_frame::Kind::ParticipantLeft(pl) = alice.next().await else { panic!("expected ParticipantLeft") };
@@ -370,4 +378,42 @@ async fn large_rooms_get_counts_instead_of_a_join_storm() {
         })
         .await;
     assert_eq!(joined_events, 2, "individual events only while the room had at most 3");
+}
+
+/// A panic in a session's task (a bug anywhere on its path) still gives back everything the
+/// session held: its rooms (the others see it leave), its registration, its gauges.
+#[tokio::test]
+async fn a_panicking_session_is_cleaned_up() {
+    let node = node().await;
+    let mut alice = Peer::hello(&node, "alice", &["demo"]).await;
+    let mut bob = Peer::hello(&node, "bob", &["demo"]).await;
+    alice.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    assert!(matches!(alice.next().await, server_frame::Kind::Joined(_)));
+    bob.send(2, client_frame::Kind::Join(Join { room: "demo".into(), resume_from: None })).await;
+    assert!(matches!(bob.next().await, server_frame::Kind::Joined(_)));
+    assert!(matches!(alice.next().await, server_frame::Kind::ParticipantJoined(_)));
+    assert_eq!(node.session_count(), 2);
+
+    bob.to_server.send(Bytes::from_static(PANIC)).await.unwrap();
+    let joined = tokio::time::timeout(Duration::from_secs(5), &mut bob.task).await.expect("the task ended");
+    assert!(joined.unwrap_err().is_panic(), "the injected panic ended bob's task");
+    let server_frame::Kind::ParticipantLeft(left) = alice.next().await else { panic!("expected ParticipantLeft") };
+    assert_eq!(left.participant.unwrap().user, "bob");
+    // Unregistered right after the rooms are left, on the cleanup's own task.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while node.session_count() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("bob is no longer registered");
+    let metrics = node.metrics().encode();
+    for line in [
+        "switchboard_session_panics_total 1",
+        "switchboard_connections{transport=\"websocket\"} 1",
+        "switchboard_pending_connections{transport=\"websocket\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} missing from:\n{metrics}");
+    }
+    assert_eq!(node.bus().presence_list("demo").await.unwrap().len(), 1, "bob's presence record is gone");
 }

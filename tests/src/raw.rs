@@ -97,6 +97,12 @@ impl RawWs {
         self.ws.send(message).await.expect("sending");
     }
 
+    /// Send any WebSocket message, returning a failure (the connection closed) instead of
+    /// panicking.
+    pub async fn try_send_message(&mut self, message: Message) -> Result<(), String> {
+        self.ws.send(message).await.map_err(|e| e.to_string())
+    }
+
     /// The next WebSocket message as it is (pings, pongs and closes included).
     pub async fn next_message(&mut self) -> Option<Message> {
         crate::within(WAIT, "a WebSocket message", self.ws.next()).await.and_then(Result::ok)

@@ -51,9 +51,27 @@ impl RawWt {
         Ok(Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES) })
     }
 
+    /// Open a WebTransport session (QUIC and CONNECT handshakes) without a control stream:
+    /// what a client that never authenticates holds. The endpoint must outlive the session.
+    pub async fn session_only(
+        url: &str,
+        cert_hash: &str,
+    ) -> Result<(Endpoint<wtransport::endpoint::endpoint_side::Client>, Connection), String> {
+        let config =
+            ClientConfig::builder().with_bind_default().with_server_certificate_hashes([digest(cert_hash)]).build();
+        let endpoint = Endpoint::client(config).map_err(|e| e.to_string())?;
+        let connection = endpoint.connect(url).await.map_err(|e| e.to_string())?;
+        Ok((endpoint, connection))
+    }
+
     /// Send raw bytes as the stream's next bytes (not framed).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.send.write_all(bytes).await.expect("writing");
+    }
+
+    /// Send raw bytes, returning a failure (the session closed) instead of panicking.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.send.write_all(bytes).await.map_err(|e| e.to_string())
     }
 
     /// Send one frame as a record.

@@ -167,30 +167,41 @@ async fn websocket_pings_text_and_closes_are_handled() {
     }
 }
 
-/// A client that floods WebSocket pings and never reads the pongs is pushed back (the node
-/// stops reading it once its pongs fill the socket and a small buffer) instead of buffering
-/// every pong: the node's memory stays bounded.
+/// A client that floods WebSocket pings is answered a few pongs (a keep-alive needs one
+/// every few seconds), then closed with `RATE_LIMITED`: it neither makes the node buffer
+/// pongs for it (it never reads them) nor spend a core answering them.
 #[tokio::test]
-async fn a_ping_flood_that_never_reads_is_pushed_back_not_buffered() {
+async fn a_websocket_ping_flood_is_cut_off_not_buffered() {
     use tokio_tungstenite::tungstenite::Message;
     let node = TestNode::start(NodeOptions::default()).await;
     let (mut ws, _) = RawWs::authenticated(&node.ws_url(), &token("pinger", &["demo"])).await;
     let rss_before = node.rss_kib().expect("node RSS");
     let ping = Bytes::from(vec![7u8; 125]);
-    // 200,000 pings would make 25 MB of pongs, more than loopback's socket buffers hold.
-    // Bounded in count and time: once the node stops reading, a send stalls and we stop.
+    // 200,000 pings would make 25 MB of pongs. Bounded in count and time: the flood ends when
+    // the node closes the connection (or stops reading it).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut sent = 0u64;
     while sent < 200_000 && tokio::time::Instant::now() < deadline {
-        let send = ws.send_message(Message::Ping(ping.clone()));
-        if tokio::time::timeout(std::time::Duration::from_secs(1), send).await.is_err() {
-            break; // pushed back
+        let send = ws.try_send_message(Message::Ping(ping.clone()));
+        match tokio::time::timeout(std::time::Duration::from_secs(1), send).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) | Err(_) => break, // closed, or pushed back
         }
-        sent += 1;
     }
     let rss_after = node.rss_kib().expect("node RSS");
     let growth = rss_after.saturating_sub(rss_before);
-    eprintln!("sent {sent} pings; node RSS {rss_before} -> {rss_after} KiB");
-    assert!(sent < 200_000, "the node kept reading a client that never reads ({sent} pings)");
+    let mut pongs = 0u64;
+    let close = loop {
+        match ws.next_message().await {
+            Some(Message::Pong(_)) => pongs += 1,
+            Some(Message::Close(c)) => break c.map(|c| u16::from(c.code)),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    eprintln!("sent {sent} pings, {pongs} pongs back, closed with {close:?}; node RSS {rss_before} -> {rss_after} KiB");
+    assert_eq!(close, Some(close_code(ErrorCode::RateLimited)));
+    assert!(sent < 200_000, "the node kept reading a ping flood ({sent} pings)");
+    assert!(pongs <= 100, "{pongs} pongs answered to a flood");
     assert!(growth < 8 * 1024, "node RSS grew by {growth} KiB");
 }

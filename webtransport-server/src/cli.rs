@@ -95,6 +95,18 @@ pub struct NodeArgs {
     /// Sessions of one user on this node (0: unlimited).
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER", default_value_t = 0)]
     pub max_sessions_per_user: usize,
+    /// Connections to this node that have not authenticated yet (no valid `Hello`), in
+    /// total; more are refused with `TOO_MANY_CONNECTIONS` (0: unlimited).
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_CONNECTIONS", default_value_t = 4096)]
+    pub max_pending_connections: usize,
+    /// Connections from one IP address that have not authenticated yet (0: unlimited).
+    /// Behind a proxy that hides client addresses, every client shares the proxy's.
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP", default_value_t = 256)]
+    pub max_pending_per_ip: usize,
+    /// Seconds a connection has to authenticate (`Hello`), counted from its arrival (the
+    /// WebTransport handshake and control stream included).
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub hello_timeout: u64,
     /// Participants per room, cluster-wide (0: unlimited). A token's `max_participants`
     /// claim overrides it for the rooms that token joins.
     #[arg(long, env = "SWITCHBOARD_MAX_PARTICIPANTS", default_value_t = 0)]
@@ -201,6 +213,9 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
         max_connections_per_ip: args.max_connections_per_ip,
         presence_events_max: args.presence_events_max,
         max_sessions_per_user: args.max_sessions_per_user,
+        max_pending_connections: args.max_pending_connections,
+        max_pending_per_ip: args.max_pending_per_ip,
+        hello_timeout: Duration::from_secs(args.hello_timeout),
         ..defaults
     };
     let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;

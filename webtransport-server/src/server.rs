@@ -3,10 +3,11 @@
 use crate::transport::WtTransport;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
-use switchboard_relay::{ConnInfo, Node};
+use switchboard_relay::{Node, Ticket, TransportKind};
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::quinn::{TransportConfig, VarInt as QuicVarInt};
@@ -55,9 +56,12 @@ pub struct WtConfig {
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval (keeps NAT bindings and the idle timer alive).
     pub keep_alive: Duration,
-    /// Time allowed for the QUIC handshake and the WebTransport CONNECT request.
+    /// Time allowed for the QUIC handshake and the WebTransport CONNECT request (within
+    /// the node's hello timeout, which bounds the handshake, the control stream and `Hello`
+    /// together).
     pub handshake_timeout: Duration,
-    /// Most QUIC connections at once (established or in handshake); more are refused.
+    /// Most WebTransport connections at once (established or in handshake, counted as they
+    /// arrive); more are refused.
     pub max_sessions: usize,
 }
 
@@ -95,6 +99,30 @@ pub enum WtError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// The WebTransport connections of a listener, counted as they arrive (before their
+/// handshake) against `max_sessions`: taking a slot is one atomic step, so concurrent
+/// handshakes cannot overshoot the cap.
+struct Slots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One connection's slot; given back on drop.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        taken.is_ok().then(|| Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A bound WebTransport listener.
@@ -186,20 +214,39 @@ impl WtServer {
         let draining = drain.wait_for(|d| *d);
         tokio::pin!(draining);
         let mut last_full_warning: Option<Instant> = None;
+        let slots = Arc::new(Slots { open: AtomicUsize::new(0), max: self.config.max_sessions });
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
                 _ = &mut draining => break,
             };
-            if self.endpoint.open_connections() >= self.config.max_sessions {
+            // Admitted before any handshake work: the listener's cap, then the node's caps by
+            // address and on connections that have not authenticated, each in one step.
+            let Some(slot) = slots.take() else {
+                node.metrics()
+                    .admission_refusals
+                    .get_or_create(&switchboard_relay::metrics::ReasonLabel { reason: "webtransport_sessions" })
+                    .inc();
                 if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(max = self.config.max_sessions, "WebTransport: connection limit reached, refusing");
                     last_full_warning = Some(Instant::now());
                 }
                 incoming.refuse();
                 continue;
-            }
-            tokio::spawn(accept_session(node.clone(), incoming, self.config.handshake_timeout));
+            };
+            let ticket = match switchboard_relay::admit(
+                &node,
+                TransportKind::WebTransport,
+                Some(incoming.remote_address()),
+            ) {
+                Ok(ticket) => ticket,
+                Err(why) => {
+                    tracing::debug!(peer = %incoming.remote_address(), reason = why.label(), "WebTransport connection refused at admission");
+                    incoming.refuse();
+                    continue;
+                }
+            };
+            tokio::spawn(accept_session(node.clone(), incoming, ticket, slot, self.config.handshake_timeout));
         }
         tracing::info!("WebTransport: draining, refusing new connections");
         loop {
@@ -273,25 +320,31 @@ async fn handshake(node: &Node, incoming: IncomingSession) -> Result<Connection,
 fn accept_session(
     node: Arc<Node>,
     incoming: IncomingSession,
+    ticket: Ticket,
+    slot: Slot,
     handshake_timeout: Duration,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let establishing = Box::pin(establish(node.clone(), incoming, handshake_timeout));
+    let establishing = Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout));
     async move {
-        let Some((transport, peer)) = establishing.await else { return };
-        switchboard_relay::run_session(node, transport, ConnInfo { peer: Some(peer) }).await;
+        let _slot = slot;
+        let Some(transport) = establishing.await else { return };
+        switchboard_relay::run_session(node, transport, ticket).await;
     }
 }
 
-/// Complete the handshake and accept the control stream; `None` (logged) if either fails.
+/// Complete the handshake and accept the control stream, both by `hello_deadline` (the
+/// handshake also within `handshake_timeout`); `None` (logged) if either fails.
 async fn establish(
     node: Arc<Node>,
     incoming: IncomingSession,
+    hello_deadline: tokio::time::Instant,
     handshake_timeout: Duration,
-) -> Option<(WtTransport, SocketAddr)> {
+) -> Option<WtTransport> {
     let addr = incoming.remote_address();
     // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
     let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-    let connection = match tokio::time::timeout(handshake_timeout, handshake(&node, incoming)).await {
+    let handshake_deadline = hello_deadline.min(tokio::time::Instant::now() + handshake_timeout);
+    let connection = match tokio::time::timeout_at(handshake_deadline, handshake(&node, incoming)).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(Refused::NotFound)) => {
             tracing::debug!(%peer, "WebTransport: wrong path, 404");
@@ -311,8 +364,8 @@ async fn establish(
             return None;
         }
     };
-    // The client opens the control stream first; bounded by the hello timeout.
-    let (send, recv) = match tokio::time::timeout(node.config().hello_timeout, connection.accept_bi()).await {
+    // The client opens the control stream first; by the hello deadline.
+    let (send, recv) = match tokio::time::timeout_at(hello_deadline, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebTransport session ended before its control stream");
@@ -326,7 +379,7 @@ async fn establish(
         }
     };
     tracing::debug!(%peer, "WebTransport session established");
-    Some((WtTransport::new(connection, send, recv), peer))
+    Some(WtTransport::new(connection, send, recv))
 }
 
 fn generate_identity() -> Result<Identity, WtError> {

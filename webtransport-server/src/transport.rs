@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use std::time::Duration;
 use switchboard_protocol::framing::{FramingError, RecordDecoder};
-use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
+use switchboard_protocol::{close_code, limits::MAX_HELLO_FRAME_BYTES, ErrorCode};
 use switchboard_relay::{Transport, TransportError, TransportKind};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
@@ -40,7 +40,7 @@ impl WtTransport {
     /// are refused for as long as this value lives.
     pub fn new(connection: Connection, send: SendStream, recv: RecvStream) -> Self {
         let refuser = tokio::spawn(refuse_extra_streams(connection.clone())).abort_handle();
-        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES), eof: false, refuser }
+        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_HELLO_FRAME_BYTES), eof: false, refuser }
     }
 }
 
@@ -98,9 +98,17 @@ impl Transport for WtTransport {
             match self.recv.quic_stream_mut().read_chunk(READ_CHUNK, true).await {
                 Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
                 Ok(None) => self.eof = true,
+                // The client closed the session (a close with its code): a clean end.
+                Err(wtransport::quinn::ReadError::ConnectionLost(
+                    wtransport::quinn::ConnectionError::ApplicationClosed(_),
+                )) if self.decoder.pending() == 0 => return None,
                 Err(e) => return Some(Err(TransportError::Io(e.to_string()))),
             }
         }
+    }
+
+    fn set_max_frame(&mut self, bytes: usize) {
+        self.decoder.set_max_len(bytes);
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {

@@ -7,22 +7,46 @@
 mod incoming;
 mod outgoing;
 
-use actix_http::ws::{CloseCode, CloseReason, Frame, OpCode, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, Frame, OpCode};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use incoming::Incoming;
+use incoming::{Incoming, ReadError};
 use outgoing::Outgoing;
 use std::sync::Arc;
-use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
-use switchboard_relay::{ConnInfo, Transport, TransportError, TransportKind};
+use switchboard_protocol::{close_code, limits::MAX_HELLO_FRAME_BYTES, ErrorCode};
+use switchboard_relay::config::Rate;
+use switchboard_relay::rate::TokenBucket;
+use switchboard_relay::{Transport, TransportError, TransportKind};
 
 use crate::http::AppState;
+
+/// WebSocket pings answered per second per connection (bursts of [`PONG_BURST`]); the rest
+/// are not answered (RFC 6455 lets an endpoint answer only the latest ping). A keep-alive
+/// needs one every few seconds.
+const PONG_RATE: f64 = 5.0;
+const PONG_BURST: f64 = 20.0;
+/// Unanswered pings per second (bursts of twice that) beyond which the connection is a
+/// flood and is closed with `RATE_LIMITED`: every ping still costs a read and a decode.
+const PING_FLOOD_RATE: f64 = 200.0;
 
 /// One WebSocket connection: each binary message is one frame.
 pub struct WsTransport {
     out: Arc<Outgoing>,
     incoming: Incoming,
+    pongs: TokenBucket,
+    unanswered_pings: TokenBucket,
+}
+
+impl WsTransport {
+    fn new(out: Arc<Outgoing>, incoming: Incoming) -> Self {
+        Self {
+            out,
+            incoming,
+            pongs: TokenBucket::new(Rate { per_sec: PONG_RATE, burst: PONG_BURST }),
+            unanswered_pings: TokenBucket::new(Rate { per_sec: PING_FLOOD_RATE, burst: 2.0 * PING_FLOOD_RATE }),
+        }
+    }
 }
 
 impl Transport for WsTransport {
@@ -34,8 +58,11 @@ impl Transport for WsTransport {
         loop {
             let frame = match self.incoming.next().await? {
                 Ok(f) => f,
-                Err(ProtocolError::Overflow) => return Some(Err(TransportError::TooLarge(MAX_FRAME_BYTES + 1))),
-                Err(e) => return Some(Err(TransportError::Protocol(e.to_string()))),
+                Err(ReadError::TooLarge { len, .. }) => {
+                    return Some(Err(TransportError::TooLarge(usize::try_from(len).unwrap_or(usize::MAX))))
+                }
+                Err(ReadError::Protocol(e)) => return Some(Err(TransportError::Protocol(e.to_string()))),
+                Err(ReadError::Lost(e)) => return Some(Err(TransportError::Io(e))),
             };
             match frame {
                 Frame::Binary(b) => return Some(Ok(b)),
@@ -45,6 +72,12 @@ impl Transport for WsTransport {
                 // stops being read (TCP pushes back) instead of growing the buffer. If this
                 // wait is cancelled, that one pong is skipped.
                 Frame::Ping(p) => {
+                    if !self.pongs.take(1.0) {
+                        if !self.unanswered_pings.take(1.0) {
+                            return Some(Err(TransportError::Flood("WebSocket pings far over the rate limit".into())));
+                        }
+                        continue;
+                    }
                     if self.out.send(OpCode::Pong, &p).await.is_err() {
                         return None;
                     }
@@ -57,6 +90,10 @@ impl Transport for WsTransport {
                 }
             }
         }
+    }
+
+    fn set_max_frame(&mut self, bytes: usize) {
+        self.incoming.set_max_frame(bytes);
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
@@ -94,6 +131,7 @@ pub async fn upgrade(
             }
         }
     }
+    let ticket = switchboard_relay::admit(&state.node, TransportKind::WebSocket, req.peer_addr());
     let mut response = match actix_http::ws::handshake(req.head()) {
         Ok(r) => r,
         Err(e) => {
@@ -104,8 +142,22 @@ pub async fn upgrade(
     };
     let (out, body_stream) = Outgoing::new();
     let response: HttpResponse = response.message_body(BodyStream::new(body_stream).boxed())?.into();
-    let transport = WsTransport { out, incoming: Incoming::new(body.into_inner(), MAX_FRAME_BYTES) };
-    let info = ConnInfo { peer: req.peer_addr() };
-    actix_web::rt::spawn(switchboard_relay::run_session(state.node.clone(), transport, info));
+    match ticket {
+        Ok(ticket) => {
+            let transport = WsTransport::new(out, Incoming::new(body.into_inner(), MAX_HELLO_FRAME_BYTES));
+            actix_web::rt::spawn(switchboard_relay::run_session(state.node.clone(), transport, ticket));
+        }
+        Err(why) => {
+            // Upgraded so that the client can read why (a browser sees no HTTP status), but
+            // nothing runs for it: the response carries the error and the close, and what the
+            // client sends is never read.
+            tracing::debug!(peer = ?req.peer_addr(), reason = why.label(), "WebSocket connection refused at admission");
+            let _ = out.try_append(OpCode::Binary, &switchboard_relay::session::refusal_frame(why));
+            out.close(CloseReason {
+                code: CloseCode::Other(close_code(why.code())),
+                description: Some(why.to_string()),
+            });
+        }
+    }
     Ok(response)
 }

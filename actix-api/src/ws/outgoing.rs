@@ -73,7 +73,7 @@ impl Outgoing {
 
     /// Append the frame if there is room: `Some(Ok)` when queued, `Some(Err)` when the
     /// connection is closed, `None` when the buffer is above [`HIGH_WATER`].
-    fn try_append(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), Closed>> {
+    pub fn try_append(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), Closed>> {
         let mut st = self.lock();
         if st.gone || st.closing {
             return Some(Err(Closed));
