@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # libFuzzer runs (cargo fuzz) of everything that parses client input: client frames,
-# WebTransport stream framing, JWT verification, id/subject validation.
+# WebTransport stream framing, WebSocket frame headers, JWT verification, id/subject validation.
 #
 #   scripts/fuzz.sh [seconds per target, default 60] [target ...]
 #
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(client_frame record_stream subject jwt)
+[ ${#targets[@]} -gt 0 ] || targets=(client_frame record_stream ws_frames subject jwt)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -s none

@@ -8,6 +8,7 @@ use switchboard_protocol::framing::{encode_record, RecordDecoder};
 use switchboard_protocol::limits::{MAX_FRAME_BYTES, MAX_ID_LEN};
 use switchboard_protocol::pb::{client_frame, ClientFrame, Publish};
 use switchboard_protocol::subject::{subject_matches, validate_id, RoomChannel, Subjects};
+use switchboard_protocol::websocket::{frame_header, FrameSplitter, MAX_HEADER_LEN};
 use switchboard_protocol::{decode_client_frame, encode, ErrorCode};
 
 /// 2,000 cases per property in the test command; `PROPTEST_CASES` for longer runs.
@@ -68,6 +69,49 @@ proptest! {
         }
         prop_assert!(dec.finish().is_ok());
         prop_assert_eq!(out, records);
+    }
+
+    /// Any bytes in any chunking into the WebSocket edge's frame reading: never a panic, never
+    /// more held than one frame within the limit plus its header, a frame over the limit
+    /// refused at its header, and every byte taken is handed out or held, in order.
+    #[test]
+    fn websocket_frame_reading_stays_within_its_bound(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        cuts in proptest::collection::vec(1usize..300, 1..40),
+        max in 0usize..1024,
+    ) {
+        let mut splitter = FrameSplitter::new(max);
+        let mut handed_out = Vec::new();
+        let mut at = 0;
+        let mut cut = cuts.iter().cycle();
+        'stream: while at < bytes.len() {
+            let end = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
+            let mut chunk = Bytes::copy_from_slice(&bytes[at..end]);
+            loop {
+                let before = chunk.len();
+                let result = splitter.next_frame(&mut chunk);
+                at = end - chunk.len();
+                prop_assert!(chunk.len() <= before);
+                match result {
+                    Ok(Some(frame)) => {
+                        let (header, len) = frame_header(&frame).expect("a whole frame");
+                        prop_assert!(len <= max as u64);
+                        prop_assert_eq!(frame.len() as u64, header as u64 + len);
+                        handed_out.extend_from_slice(&frame);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Refused at the header: the header is whole, its payload not needed.
+                        let (header, len) = frame_header(&bytes[handed_out.len()..]).expect("a whole header");
+                        prop_assert!(len > max as u64);
+                        prop_assert!(at <= handed_out.len() + header);
+                        break 'stream;
+                    }
+                }
+                prop_assert!(splitter.pending() <= MAX_HEADER_LEN + max);
+            }
+            prop_assert_eq!(&bytes[..handed_out.len()], &handed_out[..]);
+        }
     }
 
     /// Garbage streams never panic; an oversized length prefix is refused before buffering.
