@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
-use switchboard_relay::{ConnInfo, Node};
+use switchboard_relay::{AllowedOrigins, ConnInfo, Node};
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::quinn::{TransportConfig, VarInt as QuicVarInt};
@@ -59,6 +59,9 @@ pub struct WtConfig {
     pub handshake_timeout: Duration,
     /// Most QUIC connections at once (established or in handshake); more are refused.
     pub max_sessions: usize,
+    /// Origins allowed to open sessions from a browser (the CONNECT request's `Origin`);
+    /// empty allows any, no `Origin` (native clients) is always allowed.
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl Default for WtConfig {
@@ -71,6 +74,7 @@ impl Default for WtConfig {
             keep_alive: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 50_000,
+            allowed_origins: AllowedOrigins::default(),
         }
     }
 }
@@ -199,7 +203,8 @@ impl WtServer {
                 incoming.refuse();
                 continue;
             }
-            tokio::spawn(accept_session(node.clone(), incoming, self.config.handshake_timeout));
+            let origins = self.config.allowed_origins.clone();
+            tokio::spawn(accept_session(node.clone(), incoming, self.config.handshake_timeout, origins));
         }
         tracing::info!("WebTransport: draining, refusing new connections");
         loop {
@@ -248,16 +253,25 @@ enum Refused {
     NotFound,
     /// The node is draining (answered 429).
     Draining,
+    /// A browser page from an origin outside `--allowed-origins` (answered 403).
+    Forbidden(switchboard_relay::OriginRefused),
     /// The QUIC or HTTP/3 handshake failed.
     Failed(wtransport::error::ConnectionError),
 }
 
-/// QUIC handshake, then the CONNECT request: a session on [`WT_PATH`].
-async fn handshake(node: &Node, incoming: IncomingSession) -> Result<Connection, Refused> {
+/// QUIC handshake, then the CONNECT request: a session on [`WT_PATH`] from an allowed
+/// origin. wtransport keeps one value per header name, so a CONNECT with two `Origin`
+/// fields is checked by the one it kept.
+async fn handshake(node: &Node, incoming: IncomingSession, origins: &AllowedOrigins) -> Result<Connection, Refused> {
     let request = incoming.await.map_err(Refused::Failed)?;
     if request.path() != WT_PATH {
         request.not_found().await;
         return Err(Refused::NotFound);
+    }
+    if let Err(refused) = origins.check(request.origin().map(str::as_bytes)) {
+        node.metrics().error(ErrorCode::Forbidden);
+        request.forbidden().await;
+        return Err(Refused::Forbidden(refused));
     }
     if node.is_draining() {
         request.too_many_requests().await;
@@ -274,8 +288,9 @@ fn accept_session(
     node: Arc<Node>,
     incoming: IncomingSession,
     handshake_timeout: Duration,
+    origins: AllowedOrigins,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let establishing = Box::pin(establish(node.clone(), incoming, handshake_timeout));
+    let establishing = Box::pin(establish(node.clone(), incoming, handshake_timeout, origins));
     async move {
         let Some((transport, peer)) = establishing.await else { return };
         switchboard_relay::run_session(node, transport, ConnInfo { peer: Some(peer) }).await;
@@ -287,11 +302,12 @@ async fn establish(
     node: Arc<Node>,
     incoming: IncomingSession,
     handshake_timeout: Duration,
+    origins: AllowedOrigins,
 ) -> Option<(WtTransport, SocketAddr)> {
     let addr = incoming.remote_address();
     // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
     let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-    let connection = match tokio::time::timeout(handshake_timeout, handshake(&node, incoming)).await {
+    let connection = match tokio::time::timeout(handshake_timeout, handshake(&node, incoming, &origins)).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(Refused::NotFound)) => {
             tracing::debug!(%peer, "WebTransport: wrong path, 404");
@@ -299,6 +315,10 @@ async fn establish(
         }
         Ok(Err(Refused::Draining)) => {
             tracing::debug!(%peer, "WebTransport: draining, refused");
+            return None;
+        }
+        Ok(Err(Refused::Forbidden(refused))) => {
+            tracing::info!(%peer, %refused, "WebTransport from a disallowed origin refused");
             return None;
         }
         Ok(Err(Refused::Failed(e))) => {
