@@ -14,7 +14,7 @@ mod credentials;
 mod limiter;
 
 use crate::http::AppState;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use anyhow::{bail, Context};
 use credentials::{normalize_name, validate_password, validate_username, InputError, UserRecord, PASSWORD_LEN};
@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use switchboard_relay::auth::{Claims, Minter, DEV_SECRET};
 use switchboard_relay::bus::Bucket;
-use switchboard_relay::{BusError, Verifier};
+use switchboard_relay::{AllowedOrigins, BusError, Verifier};
 use switchboard_webtransport::cli::NodeArgs;
 
 /// Largest request body the account endpoints read.
@@ -205,13 +205,17 @@ fn room_grants(grants: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(grants)
 }
 
-/// Register the account routes (they answer `accounts_disabled` without `--accounts`).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Register the account routes (they answer `accounts_disabled` without `--accounts`),
+/// callable cross-origin by `origins` (CORS).
+pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
     // The handlers parse the body themselves, so that a disabled node answers 404 whatever
     // the body, and bad JSON gets this module's error shape.
     let body_limit = || web::PayloadConfig::new(MAX_BODY_BYTES);
-    cfg.service(web::resource("/api/auth/register").app_data(body_limit()).route(web::post().to(register)))
-        .service(web::resource("/api/auth/login").app_data(body_limit()).route(web::post().to(login)));
+    let cors = || crate::origin::cors(origins, &[Method::POST]);
+    cfg.service(
+        web::resource("/api/auth/register").app_data(body_limit()).wrap(cors()).route(web::post().to(register)),
+    )
+    .service(web::resource("/api/auth/login").app_data(body_limit()).wrap(cors()).route(web::post().to(login)));
 }
 
 /// Why an account request failed; rendered as the JSON error with its HTTP status.

@@ -7,18 +7,21 @@
 
 use crate::admin::{respond, same, unavailable, valid, ApiError};
 use crate::http::AppState;
-use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_relay::calls;
+use switchboard_relay::{calls, AllowedOrigins};
 
 /// Records per page by default, and at most.
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 200;
 
-/// Register the route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/calls", web::get().to(list_calls));
+/// Register the route, readable cross-origin by `origins` (CORS).
+pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
+    cfg.service(
+        web::resource("/api/calls").wrap(crate::origin::cors(origins, &[Method::GET])).route(web::get().to(list_calls)),
+    );
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,10 @@
 //! HTTP endpoints: health, readiness, metrics, the WebTransport certificate hash and the
 //! node page (`/node`; the demo app at `/` is in `web.rs`).
 
-use actix_web::{http::header, web, HttpResponse, Responder};
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpResponse, Responder};
 use std::sync::Arc;
-use switchboard_relay::Node;
+use switchboard_relay::{AllowedOrigins, Node};
 
 /// Shared state of the HTTP app.
 pub struct AppState {
@@ -17,18 +18,22 @@ pub struct AppState {
     pub admin_key: Option<String>,
     /// How long a drain waits for clients.
     pub drain_timeout: std::time::Duration,
-    /// Origins allowed to open WebSocket sessions; empty allows any.
-    pub allowed_origins: Vec<String>,
+    /// Origins allowed to use the node from a browser (WebSocket, CORS); empty allows any.
+    pub allowed_origins: AllowedOrigins,
     /// Built-in accounts (`--accounts`); `None` when disabled.
     pub accounts: Option<crate::accounts::Accounts>,
 }
 
-/// Register the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Register the routes; `origins` may read the browser-facing ones cross-origin (CORS).
+pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/certificate.sha256", web::get().to(certificate))
+        .service(
+            web::resource("/certificate.sha256")
+                .wrap(crate::origin::cors(origins, &[Method::GET]))
+                .route(web::get().to(certificate)),
+        )
         .route("/ws", web::get().to(crate::ws::upgrade))
         .route("/node", web::get().to(index))
         .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(|err, _req| {
@@ -36,8 +41,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             actix_web::error::InternalError::from_response(err, HttpResponse::BadRequest().json(body)).into()
         }))
         .configure(crate::admin::routes)
-        .configure(crate::calls_api::routes)
-        .configure(crate::accounts::routes);
+        .configure(|cfg| crate::calls_api::routes(cfg, origins))
+        .configure(|cfg| crate::accounts::routes(cfg, origins));
 }
 
 /// Liveness: the process serves HTTP.
@@ -76,7 +81,6 @@ async fn certificate(state: web::Data<AppState>) -> impl Responder {
     match &state.cert_sha256 {
         Some(hash) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/plain"))
-            .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .body(format!("{hash}\n")),
         None => HttpResponse::NotFound().body("WebTransport is disabled or uses a configured certificate\n"),

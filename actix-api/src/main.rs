@@ -8,6 +8,7 @@ mod admin;
 mod calls_api;
 mod http;
 mod openapi;
+mod origin;
 mod tls;
 mod token;
 mod web;
@@ -19,8 +20,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_webtransport::cli::{build_node, init_logging, NodeArgs};
-use switchboard_webtransport::WtArgs;
 use switchboard_webtransport::WtServer;
+use switchboard_webtransport::{WtArgs, WtConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "Switchboard relay node", args_conflicts_with_subcommands = true)]
@@ -50,11 +51,6 @@ struct ServeArgs {
     /// API key of the admin HTTP API (`/api/...`); without it the admin API is disabled.
     #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
-    /// Origins allowed to open WebSocket sessions (comma separated, e.g.
-    /// `https://app.example.com`); empty allows any. Requests without an `Origin` header
-    /// (native clients) are always allowed: the check guards browsers' cross-site use.
-    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
-    allowed_origins: Vec<String>,
     /// Serve `POST /api/dev/token` (tokens for any name, for the demo) even with a
     /// configured `--jwt-secret`. Always on with the built-in development secret.
     #[arg(long, env = "SWITCHBOARD_DEV_TOKENS")]
@@ -99,7 +95,8 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     let (cert_sha256, wt_port) = if args.no_webtransport {
         (None, None)
     } else {
-        let server = WtServer::bind(args.wt.config()).await.context("starting WebTransport")?;
+        let config = WtConfig { allowed_origins: args.node.allowed_origins(), ..args.wt.config() };
+        let server = WtServer::bind(config).await.context("starting WebTransport")?;
         let hash = server.generated_certificate_sha256_hex();
         let port = server.local_addr()?.port();
         tracing::info!(addr = %server.local_addr()?, "WebTransport listening");
@@ -114,7 +111,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         admin_key: args.admin_key.clone().filter(|k| !k.is_empty()),
         drain_timeout,
         accounts,
-        allowed_origins: args.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
+        allowed_origins: args.node.allowed_origins(),
     });
     let dev_secret = args.node.jwt_secret.is_none() && args.node.jwt_public_key.is_none();
     let hmac_secret = match (&args.node.jwt_public_key, &args.node.jwt_secret) {
@@ -127,11 +124,12 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     }
     let workers = args.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let server = actix_web::HttpServer::new(move || {
+        let origins = state.allowed_origins.clone();
         actix_web::App::new()
             .app_data(state.clone())
             .app_data(web_state.clone())
-            .configure(http::routes)
-            .configure(web::routes)
+            .configure(|cfg| http::routes(cfg, &origins))
+            .configure(|cfg| web::routes(cfg, &origins))
     })
     .workers(workers)
     // Small real-time frames must not wait for Nagle's algorithm (and the peer's

@@ -13,10 +13,12 @@
 //!   node can then act as anyone: never enable it in production.
 
 use crate::http::AppState;
-use actix_web::{http::header, web, HttpResponse};
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_relay::auth::{Claims, Minter};
+use switchboard_relay::AllowedOrigins;
 
 /// Lifetime of development tokens unless the request asks for less.
 const DEV_TOKEN_TTL: u64 = 3600;
@@ -73,12 +75,21 @@ const ASSETS: &[Asset] = &[
 
 const INDEX_HTML: &str = include_str!("../../web/dist/index.html");
 
-/// Register the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Register the routes; `origins` may call the API ones cross-origin (CORS): a page served
+/// by one node reads the others' endpoints and, in the demo, their development tokens.
+pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
     cfg.route("/", web::get().to(index))
         .route("/app/{file}", web::get().to(asset))
-        .route("/api/endpoints", web::get().to(endpoints))
-        .route("/api/dev/token", web::post().to(dev_token));
+        .service(
+            web::resource("/api/endpoints")
+                .wrap(crate::origin::cors(origins, &[Method::GET]))
+                .route(web::get().to(endpoints)),
+        )
+        .service(
+            web::resource("/api/dev/token")
+                .wrap(crate::origin::cors(origins, &[Method::POST]))
+                .route(web::post().to(dev_token)),
+        );
 }
 
 async fn index() -> HttpResponse {
@@ -99,21 +110,18 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
     }
 }
 
-/// How a browser reaches this node. Readable cross-origin: a page served by one node
-/// connects to the others.
+/// How a browser reaches this node. Readable cross-origin by the allowed origins: a page
+/// served by one node connects to the others.
 async fn endpoints(state: web::Data<AppState>, web_state: web::Data<WebState>) -> HttpResponse {
     let webtransport = state.wt_port.map(|port| {
         json!({"port": port, "path": switchboard_webtransport::WT_PATH, "certificate_sha256": state.cert_sha256})
     });
-    HttpResponse::Ok()
-        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({
-            "node": state.node.id(),
-            "websocket": {"path": "/ws"},
-            "webtransport": webtransport,
-            "dev_tokens": web_state.dev_minter.is_some(),
-        }))
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
+        "node": state.node.id(),
+        "websocket": {"path": "/ws"},
+        "webtransport": webtransport,
+        "dev_tokens": web_state.dev_minter.is_some(),
+    }))
 }
 
 #[derive(Deserialize)]

@@ -93,8 +93,8 @@ export class Cluster {
     await waitFor("nats-server to listen", () => this.nats.output.includes("Server is ready") || (!this.nats.alive && Promise.reject(new Error(this.nats.tail()))), 20_000);
   }
 
-  /** Start a node; resolves when `/readyz` answers 200. */
-  async startNode(id) {
+  /** Start a node (with `extraArgs`); resolves when `/readyz` answers 200. */
+  async startNode(id, extraArgs = []) {
     const httpPort = await freeTcpPort();
     const wtPort = await freeUdpPort();
     const proc = new Proc(id, SWITCHBOARD, [
@@ -104,6 +104,7 @@ export class Cluster {
       "--wt-addr", `127.0.0.1:${wtPort}`,
       "--node-id", id,
       "--drain-timeout", "2",
+      ...extraArgs,
     ], { RUST_LOG: process.env.RUST_LOG ?? "info" });
     const node = { id, proc, httpPort, wtPort, origin: `http://127.0.0.1:${httpPort}` };
     this.nodes.push(node);

@@ -223,6 +223,45 @@ describe("web client and demo in Chromium", () => {
       await say(page, "still here after two refreshes");
     }));
 
+  test("origins: a page reads another node's API under --allowed-origins; others are refused; connect() says why", () =>
+    diagnose(async () => {
+      // Node D allows pages from node A only.
+      const nodeD = await cluster.startNode("node-d", ["--allowed-origins", nodeA.origin]);
+      const frank = await openDemo("Frank", nodeA, { nodes: [nodeD], transport: "websocket", room: "origins" });
+      assert.equal(await frank.textContent("#node"), "node-d");
+      // The README's example: call history from the node connected, another origin.
+      const history = await frank.evaluate(() => window.demo.client.callHistory(5).then((c) => Array.isArray(c), (e) => String(e)));
+      assert.equal(history, true);
+      // connect() rejects with the server's ErrorCode.
+      const refused = await frank.evaluate(async (origin) => {
+        const { SwitchboardClient, ErrorCode } = await import("/app/switchboard.js");
+        const client = new SwitchboardClient({ nodes: [origin], token: "not-a-token", transport: "websocket" });
+        return client.connect().then(
+          () => "connected",
+          (e) => ({ name: e.name, code: e.code, expected: ErrorCode.TOKEN_INVALID, message: e.message }),
+        );
+      }, nodeD.origin);
+      assert.equal(refused.name, "SwitchboardError", JSON.stringify(refused));
+      assert.equal(refused.code, refused.expected, JSON.stringify(refused));
+
+      // A page from node B (not allowed on node D): no cross-origin reads, no WebTransport.
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      pages.push(page);
+      await page.goto(`${nodeB.origin}/node`, { timeout: WAIT });
+      const outsider = await page.evaluate(async (origin) => {
+        const read = await fetch(`${origin}/api/endpoints`).then(() => "read", () => "blocked");
+        const { token } = await (await fetch("/api/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: '{"name":"Mallory"}' })).json();
+        const { SwitchboardClient } = await import("/app/switchboard.js");
+        const client = new SwitchboardClient({ nodes: [origin], token, transport: "webtransport", reconnect: false });
+        const wt = await client.connect().then(() => "connected", (e) => e.name);
+        return { read, wt };
+      }, nodeD.origin);
+      assert.deepEqual(outsider, { read: "blocked", wt: "SwitchboardError" });
+      await context.close();
+      await nodeD.proc.kill();
+    }));
+
   test("reconnect: the node a page is on dies; it moves to the other node and recovers missed messages once", () =>
     diagnose(async () => {
       const nodeC = await cluster.startNode("node-c");

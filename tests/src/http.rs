@@ -17,6 +17,37 @@ pub async fn request(
     headers: &[(&str, &str)],
     json_body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    let res = exchange(port, method, path, headers, json_body).await?;
+    Ok((res.status, res.body))
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code (0 if unreadable).
+    pub status: u16,
+    /// Header fields in order, names in lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: String,
+}
+
+impl Response {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A request with extra headers (sent as given, repeated names included) and an optional
+/// JSON body; the whole answer.
+pub async fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json_body: Option<&str>,
+) -> std::io::Result<Response> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -42,8 +73,14 @@ pub async fn request(
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    Ok(Response { status, headers, body: if chunked { dechunk(body) } else { body.to_owned() } })
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -31,7 +31,7 @@ import type {
 } from "./gen/switchboard_pb";
 import { backoffDelay, type BackoffOptions } from "./backoff";
 import { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
-import { openWebSocket, openWebTransport, webTransportSupported, type Transport, type TransportKind } from "./transport";
+import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo, type Transport, type TransportKind } from "./transport";
 import { Emitter } from "./emitter";
 
 export const PROTOCOL_VERSION = 1;
@@ -84,6 +84,23 @@ export class SwitchboardError extends Error {
     super(`${ErrorCode[code] ?? code}: ${message}`);
     this.name = "SwitchboardError";
   }
+}
+
+/**
+ * The error behind a close: the server closes with 4000 + `ErrorCode` (the same code as its
+ * fatal `Error` frame, should that frame be lost); anything else is UNAVAILABLE.
+ */
+function closeError(info: CloseInfo, what: string): SwitchboardError {
+  const detail = `${what} (${info.code}${info.reason ? ` ${info.reason}` : ""})`;
+  if (info.code >= 4000 && info.code < 5000 && ErrorCode[info.code - 4000] !== undefined) {
+    return new SwitchboardError(info.code - 4000, detail, true);
+  }
+  return new SwitchboardError(ErrorCode.UNAVAILABLE, detail);
+}
+
+/** Any failure as a `SwitchboardError` (local ones as UNAVAILABLE). */
+function asSwitchboardError(e: unknown): SwitchboardError {
+  return e instanceof SwitchboardError ? e : new SwitchboardError(ErrorCode.UNAVAILABLE, e instanceof Error ? e.message : String(e));
 }
 
 /** Errors after which the client does not reconnect: retrying cannot help. */
@@ -205,6 +222,8 @@ export class SwitchboardClient {
   private lastReceived = 0;
   private readonly waiters = new Set<() => void>();
   private loop?: Promise<void>;
+  /** Why the client closed for good (what `connect()` rejects with). */
+  private closeCause?: SwitchboardError;
 
   constructor(options: ClientOptions) {
     if (options.nodes.length === 0) throw new Error("at least one node is required");
@@ -254,11 +273,14 @@ export class SwitchboardClient {
 
   /**
    * Connect, and keep reconnecting when the connection is lost. Resolves with the first
-   * `Welcome`; rejects on a final error (bad token, kicked...) or `close()`.
+   * `Welcome`; rejects with a `SwitchboardError` on a final error (its `code`: the server's
+   * `ErrorCode`, e.g. TOKEN_EXPIRED, or TOO_MANY_CONNECTIONS with `reconnect: false`),
+   * or with code UNAVAILABLE on `close()` or when no node could be reached (`reconnect: false`).
    */
   connect(): Promise<Welcome> {
     if (this.loop) throw new Error("connect() was already called");
     this.stopped = false;
+    this.closeCause = undefined;
     const first = new Promise<Welcome>((resolve, reject) => {
       const offs = [
         this.on("welcome", (w) => {
@@ -268,7 +290,7 @@ export class SwitchboardClient {
         this.on("state", (s) => {
           if (s.status === "closed") {
             offs.forEach((f) => f());
-            reject(new Error(s.error ?? "closed"));
+            reject(this.closeCause ?? new SwitchboardError(ErrorCode.UNAVAILABLE, s.error ?? "closed"));
           }
         }),
       ];
@@ -280,6 +302,7 @@ export class SwitchboardClient {
   /** Close for good (no reconnect). */
   close(): void {
     this.stopped = true;
+    this.closeCause ??= new SwitchboardError(ErrorCode.UNAVAILABLE, "closed by the client");
     this.transport?.close(1000, "client closed");
     this.setState({ status: "closed", error: "closed by the client" });
   }
@@ -374,7 +397,7 @@ export class SwitchboardClient {
 
   /**
    * This user's call history (newest first), from the HTTP API of `origin` (default: the
-   * node connected; the API is same-origin only, so pages usually pass their own origin).
+   * node connected; readable cross-origin from the node's `--allowed-origins`).
    */
   async callHistory(limit = 20, origin?: string): Promise<CallRecord[]> {
     const http = origin ?? this.endpoints?.http;
@@ -481,27 +504,31 @@ export class SwitchboardClient {
     while (!this.stopped) {
       const address = this.opts.nodes[this.nodeIndex % n];
       this.setState({ status: attempt === 0 && !this.welcomeInfo ? "connecting" : "reconnecting", attempt });
-      let outcome: { final: boolean; error: string; goAway?: boolean };
+      let outcome: { final: boolean; error: string; goAway?: boolean; cause?: SwitchboardError };
       try {
         outcome = await this.session(address);
         if (outcome.final) {
           this.stopped = true;
+          this.closeCause ??= outcome.cause;
           this.setState({ status: "closed", error: outcome.error });
           break;
         }
         attempt = 0; // it connected: the next loss starts backing off anew
         immediate = !!outcome.goAway;
       } catch (e) {
-        outcome = { final: false, error: e instanceof Error ? e.message : String(e) };
-        if (e instanceof SwitchboardError && FINAL_ERRORS.has(e.code)) {
+        const cause = asSwitchboardError(e);
+        outcome = { final: false, error: e instanceof Error ? e.message : String(e), cause };
+        if (FINAL_ERRORS.has(cause.code)) {
           this.stopped = true;
-          this.setState({ status: "closed", error: e.message });
+          this.closeCause ??= cause;
+          this.setState({ status: "closed", error: cause.message });
           break;
         }
       }
       if (this.stopped) break;
       if (!this.opts.reconnect) {
         this.stopped = true;
+        this.closeCause ??= outcome.cause ?? new SwitchboardError(ErrorCode.UNAVAILABLE, outcome.error);
         this.setState({ status: "closed", error: outcome.error });
         break;
       }
@@ -532,7 +559,9 @@ export class SwitchboardClient {
   }
 
   /** One connection, from open to close. Throws if it never got a `Welcome`. */
-  private async session(address: NodeAddress): Promise<{ final: boolean; error: string; goAway?: boolean }> {
+  private async session(
+    address: NodeAddress,
+  ): Promise<{ final: boolean; error: string; goAway?: boolean; cause?: SwitchboardError }> {
     const endpoints = await resolveNode(address, this.opts.connectTimeoutMs);
     const token = await this.getToken();
     const transport = await this.open(endpoints);
@@ -570,7 +599,7 @@ export class SwitchboardClient {
         }
         this.dispatch(f);
       };
-      closed.then((info) => reject(new Error(`closed before Welcome (${info.code} ${info.reason})`)));
+      closed.then((info) => reject(fatal ?? closeError(info, "closed before Welcome")));
     });
     this.setState({ status: this.welcomeInfo ? "reconnecting" : "connecting", url: transport.url, transport: transport.kind });
     this.sendFrame({ id: 0n, kind: { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, token, client: this.opts.client } } });
@@ -610,10 +639,10 @@ export class SwitchboardClient {
       this.pending.delete(id);
     }
     // The close code says the same as a fatal Error frame (4000 + code), if that was lost.
-    const code: ErrorCode | undefined = fatal?.code ?? (info.code >= 4000 && info.code < 5000 ? info.code - 4000 : undefined);
-    const final = code !== undefined && FINAL_ERRORS.has(code);
+    const cause = fatal ?? closeError(info, "connection closed");
+    const final = FINAL_ERRORS.has(cause.code);
     const error = fatal?.message ?? `connection closed (${info.code}${info.reason ? ` ${info.reason}` : ""})`;
-    return { final, error, goAway };
+    return { final, error, goAway, cause };
   }
 
   private startHeartbeat(transport: Transport, heartbeatMs: number): void {

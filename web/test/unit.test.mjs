@@ -1,5 +1,6 @@
-// Unit tests of the library's pure parts (framing, backoff, protobuf round trips, JWT
-// expiry), bundled from the TypeScript sources with esbuild and run by node's test runner.
+// Unit tests of the library: its pure parts (framing, backoff, protobuf round trips, JWT
+// expiry) and how connect() fails (against a stand-in WebSocket), bundled from the
+// TypeScript sources with esbuild and run by node's test runner.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -66,4 +67,77 @@ test("jwtExpiry reads exp and tolerates garbage", () => {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
   assert.equal(lib.jwtExpiry(`${b64({ alg: "HS256" })}.${b64({ sub: "a", exp: 1767225600 })}.sig`), 1767225600);
   assert.equal(lib.jwtExpiry("not a token"), 0);
+});
+
+let protobuf;
+
+// A WebSocket stand-in (node has none before v22) whose server answers `Hello` with
+// `answer(ws)`.
+function fakeWebSocket(answer) {
+  return class FakeWebSocket {
+    static OPEN = 1;
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen?.();
+      }, 0);
+    }
+    send(bytes) {
+      const { fromBinary } = protobuf;
+      if (fromBinary(lib.ClientFrameSchema, bytes).kind.case === "hello") answer(this);
+    }
+    serverSend(kind) {
+      const { create, toBinary } = protobuf;
+      const bytes = toBinary(lib.ServerFrameSchema, create(lib.ServerFrameSchema, { kind }));
+      this.onmessage?.({ data: bytes.slice().buffer });
+    }
+    close(code = 1000, reason = "") {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      setTimeout(() => this.onclose?.({ code, reason }), 0);
+    }
+  };
+}
+
+async function connectWith(answer, options = {}) {
+  protobuf ??= await import("@bufbuild/protobuf");
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket(answer);
+  try {
+    const client = new lib.SwitchboardClient({ nodes: ["ws://127.0.0.1:9/ws"], token: "t", transport: "websocket", ...options });
+    return await client.connect().then(
+      () => assert.fail("connect() resolved"),
+      (e) => e,
+    );
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+}
+
+test("connect() rejects with the server's ErrorCode", async () => {
+  const fatal = (code, message) => (ws) => {
+    ws.serverSend({ case: "error", value: { code, message, fatal: true } });
+    ws.close(4000 + code, message);
+  };
+  let e = await connectWith(fatal(lib.ErrorCode.TOKEN_EXPIRED, "token expired"));
+  assert.ok(e instanceof lib.SwitchboardError, String(e));
+  assert.equal(e.code, lib.ErrorCode.TOKEN_EXPIRED);
+  assert.equal(e.fatal, true);
+  assert.match(e.message, /^TOKEN_EXPIRED: token expired/);
+
+  // Not final (the client would retry), so without reconnecting it is what connect() says.
+  e = await connectWith(fatal(lib.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections"), { reconnect: false });
+  assert.ok(e instanceof lib.SwitchboardError, String(e));
+  assert.equal(e.code, lib.ErrorCode.TOO_MANY_CONNECTIONS);
+
+  // The close code alone (the Error frame lost) says the same.
+  e = await connectWith((ws) => ws.close(4000 + lib.ErrorCode.BANNED, "banned"));
+  assert.equal(e.code, lib.ErrorCode.BANNED);
+
+  // A plain close, without reconnecting: UNAVAILABLE.
+  e = await connectWith((ws) => ws.close(1001, "going away"), { reconnect: false });
+  assert.ok(e instanceof lib.SwitchboardError, String(e));
+  assert.equal(e.code, lib.ErrorCode.UNAVAILABLE);
 });

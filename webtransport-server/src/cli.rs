@@ -9,7 +9,7 @@ use std::time::Duration;
 use switchboard_relay::auth::DEV_SECRET;
 use switchboard_relay::bus::StoreLimits;
 use switchboard_relay::config::{generate_node_id, RelayConfig};
-use switchboard_relay::{Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
+use switchboard_relay::{AllowedOrigins, Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
 
 /// Bus, identity, auth and logging flags of a node.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,9 +111,22 @@ pub struct NodeArgs {
     /// claim overrides it for the rooms that token joins.
     #[arg(long, env = "SWITCHBOARD_MAX_PARTICIPANTS", default_value_t = 0)]
     pub max_participants: usize,
+    /// Origins allowed to use the node from a browser (comma separated, e.g.
+    /// `https://app.example.com`): WebSocket upgrades, WebTransport sessions and CORS on the
+    /// browser-facing HTTP API. Empty allows any. Requests without an `Origin` header (native
+    /// clients) are always allowed: the check guards browsers' cross-site use.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+impl NodeArgs {
+    /// The browser origin policy of `--allowed-origins`.
+    pub fn allowed_origins(&self) -> AllowedOrigins {
+        AllowedOrigins::new(&self.allowed_origins)
+    }
 }
 
 /// Initialise logging (call once, before anything logs).

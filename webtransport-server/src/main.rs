@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
 use switchboard_webtransport::cli::{build_node, init_logging, shutdown_signal, NodeArgs};
-use switchboard_webtransport::{probe, WtArgs, WtServer};
+use switchboard_webtransport::{probe, WtArgs, WtConfig, WtServer};
 
 #[derive(Debug, Parser)]
 #[command(name = "webtransport-server", version, about = "Switchboard WebTransport-only node")]
@@ -25,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.node);
     let node = build_node(&args.node).await?;
-    let server = WtServer::bind(args.wt.config()).await.context("starting WebTransport")?;
+    let config = WtConfig { allowed_origins: args.node.allowed_origins(), ..args.wt.config() };
+    let server = WtServer::bind(config).await.context("starting WebTransport")?;
     tracing::info!(addr = %server.local_addr()?, node = node.id(), "WebTransport listening");
     let listener = probe::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     tokio::spawn(probe::serve(listener, node.clone(), server.generated_certificate_sha256_hex()));

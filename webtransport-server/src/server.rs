@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_protocol::{close_code, limits::MAX_FRAME_BYTES, ErrorCode};
-use switchboard_relay::{Node, Ticket, TransportKind};
+use switchboard_relay::{AllowedOrigins, Node, Ticket, TransportKind};
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::quinn::{TransportConfig, VarInt as QuicVarInt};
@@ -63,6 +63,9 @@ pub struct WtConfig {
     /// Most WebTransport connections at once (established or in handshake, counted as they
     /// arrive); more are refused.
     pub max_sessions: usize,
+    /// Origins allowed to open sessions from a browser (the CONNECT request's `Origin`);
+    /// empty allows any, no `Origin` (native clients) is always allowed.
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl Default for WtConfig {
@@ -75,6 +78,7 @@ impl Default for WtConfig {
             keep_alive: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 50_000,
+            allowed_origins: AllowedOrigins::default(),
         }
     }
 }
@@ -246,7 +250,8 @@ impl WtServer {
                     continue;
                 }
             };
-            tokio::spawn(accept_session(node.clone(), incoming, ticket, slot, self.config.handshake_timeout));
+            let origins = self.config.allowed_origins.clone();
+            tokio::spawn(accept_session(node.clone(), incoming, ticket, slot, self.config.handshake_timeout, origins));
         }
         tracing::info!("WebTransport: draining, refusing new connections");
         loop {
@@ -295,16 +300,25 @@ enum Refused {
     NotFound,
     /// The node is draining (answered 429).
     Draining,
+    /// A browser page from an origin outside `--allowed-origins` (answered 403).
+    Forbidden(switchboard_relay::OriginRefused),
     /// The QUIC or HTTP/3 handshake failed.
     Failed(wtransport::error::ConnectionError),
 }
 
-/// QUIC handshake, then the CONNECT request: a session on [`WT_PATH`].
-async fn handshake(node: &Node, incoming: IncomingSession) -> Result<Connection, Refused> {
+/// QUIC handshake, then the CONNECT request: a session on [`WT_PATH`] from an allowed
+/// origin. wtransport keeps one value per header name, so a CONNECT with two `Origin`
+/// fields is checked by the one it kept.
+async fn handshake(node: &Node, incoming: IncomingSession, origins: &AllowedOrigins) -> Result<Connection, Refused> {
     let request = incoming.await.map_err(Refused::Failed)?;
     if request.path() != WT_PATH {
         request.not_found().await;
         return Err(Refused::NotFound);
+    }
+    if let Err(refused) = origins.check(request.origin().map(str::as_bytes)) {
+        node.metrics().error(ErrorCode::Forbidden);
+        request.forbidden().await;
+        return Err(Refused::Forbidden(refused));
     }
     if node.is_draining() {
         request.too_many_requests().await;
@@ -323,8 +337,10 @@ fn accept_session(
     ticket: Ticket,
     slot: Slot,
     handshake_timeout: Duration,
+    origins: AllowedOrigins,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let establishing = Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout));
+    let establishing =
+        Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout, origins));
     async move {
         let _slot = slot;
         let Some(transport) = establishing.await else { return };
@@ -339,12 +355,13 @@ async fn establish(
     incoming: IncomingSession,
     hello_deadline: tokio::time::Instant,
     handshake_timeout: Duration,
+    origins: AllowedOrigins,
 ) -> Option<WtTransport> {
     let addr = incoming.remote_address();
     // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
     let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
     let handshake_deadline = hello_deadline.min(tokio::time::Instant::now() + handshake_timeout);
-    let connection = match tokio::time::timeout_at(handshake_deadline, handshake(&node, incoming)).await {
+    let connection = match tokio::time::timeout_at(handshake_deadline, handshake(&node, incoming, &origins)).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(Refused::NotFound)) => {
             tracing::debug!(%peer, "WebTransport: wrong path, 404");
@@ -352,6 +369,10 @@ async fn establish(
         }
         Ok(Err(Refused::Draining)) => {
             tracing::debug!(%peer, "WebTransport: draining, refused");
+            return None;
+        }
+        Ok(Err(Refused::Forbidden(refused))) => {
+            tracing::info!(%peer, %refused, "WebTransport from a disallowed origin refused");
             return None;
         }
         Ok(Err(Refused::Failed(e))) => {

@@ -119,17 +119,8 @@ pub async fn upgrade(
         // Tell the load balancer (and the client) to go elsewhere before upgrading.
         return Ok(HttpResponse::ServiceUnavailable().body("draining"));
     }
-    if !state.allowed_origins.is_empty() {
-        if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-            if !state.allowed_origins.iter().any(|o| o == origin) {
-                state.node.metrics().error(ErrorCode::Forbidden);
-                tracing::info!(origin, "WebSocket from a disallowed origin refused");
-                return Ok(HttpResponse::Forbidden().json(serde_json::json!(
-                    {"error": {"code": "origin_not_allowed", "message": format!("origin {origin:?} is not allowed")}}
-                )));
-            }
-        }
+    if let Some(refused) = crate::origin::refuse_upgrade(&req, &state) {
+        return Ok(refused);
     }
     let ticket = switchboard_relay::admit(&state.node, TransportKind::WebSocket, req.peer_addr());
     let mut response = match actix_http::ws::handshake(req.head()) {
