@@ -53,8 +53,8 @@ fn signal(child: &tokio::process::Child, sig: &str) {
 /// once), and the sessions stayed until the idle timeout.
 #[tokio::test]
 async fn signalled_webtransport_joins_close_their_sessions() {
-    let node = TestNode::start(NodeOptions { args: vec!["--heartbeat".into(), "120".into()], ..Default::default() })
-        .await;
+    let node =
+        TestNode::start(NodeOptions { args: vec!["--heartbeat".into(), "120".into()], ..Default::default() }).await;
     let hash = node.cert_hash().await;
     let signals = ["-INT", "-INT", "-INT", "-TERM", "-TERM"];
     let mut clients = Vec::new();
