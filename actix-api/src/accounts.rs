@@ -7,10 +7,11 @@
 //! argon2id hash of the password. Registration creates the key with a create-only write, so
 //! of two concurrent registrations of one name exactly one wins. Login and registration
 //! attempts are rate limited per node (per username and per client address); hashing runs
-//! on blocking threads, a few at a time. Errors follow the admin API's JSON shape:
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! on blocking threads, a few at a time, in reused buffers (`accounts/hashing.rs`). Errors
+//! follow the admin API's JSON shape: `{"error": {"code": "...", "message": "..."}}`.
 
 mod credentials;
+mod hashing;
 mod limiter;
 
 use crate::http::AppState;
@@ -79,8 +80,9 @@ pub struct Accounts {
     login_per_ip: RateLimiter,
     register_per_ip: RateLimiter,
     trust_forwarded: bool,
-    /// Bounds concurrent argon2 runs: each holds ~19 MiB and a core for tens of ms.
-    hash_slots: tokio::sync::Semaphore,
+    /// Runs argon2, a few at a time (each takes a core for tens of ms), in a fixed set of
+    /// reused 19 MiB buffers (see `hashing.rs` for why).
+    hasher: hashing::Hasher,
     /// Verified against for unknown usernames, so that they cost what a wrong password
     /// costs and timing does not tell which usernames exist.
     dummy_hash: String,
@@ -106,9 +108,11 @@ impl Accounts {
         if args.accounts_token_ttl == 0 {
             bail!("--accounts-token-ttl must be at least 1 second");
         }
-        let dummy_hash = credentials::hash_password(b"no such user: this hash only costs time")
-            .map_err(|e| anyhow::anyhow!("argon2 self-test failed: {e}"))?;
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hasher = hashing::Hasher::new(parallel);
+        let dummy_hash = hasher
+            .hash_now(b"no such user: this hash only costs time")
+            .map_err(|e| anyhow::anyhow!("argon2 self-test failed: {e}"))?;
         tracing::info!(rooms = ?rooms, ttl_secs = args.accounts_token_ttl, "built-in accounts enabled");
         Ok(Some(Self {
             minter,
@@ -118,15 +122,9 @@ impl Accounts {
             login_per_ip: RateLimiter::new(args.accounts_login_per_ip, LIMIT_PERIOD, MAX_LIMITER_KEYS),
             register_per_ip: RateLimiter::new(args.accounts_register_per_ip, LIMIT_PERIOD, MAX_LIMITER_KEYS),
             trust_forwarded: args.accounts_trust_forwarded,
-            hash_slots: tokio::sync::Semaphore::new(parallel),
+            hasher,
             dummy_hash,
         }))
-    }
-
-    /// Run argon2 work on a blocking thread, a bounded number at a time.
-    async fn hashing<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AccountError> {
-        let _permit = self.hash_slots.acquire().await.map_err(|e| AccountError::Internal(e.to_string()))?;
-        web::block(work).await.map_err(|e| AccountError::Internal(e.to_string()))
     }
 
     /// A token for `record`, as the endpoints return it.
@@ -348,11 +346,8 @@ async fn register(
         if bus.kv_get(Bucket::Users, &body.username).await.map_err(unavailable)?.is_some() {
             return Err(AccountError::UsernameTaken(body.username));
         }
-        let password = body.password;
-        let password_hash = accounts
-            .hashing(move || credentials::hash_password(password.as_bytes()))
-            .await?
-            .map_err(|e| AccountError::Internal(format!("hashing: {e}")))?;
+        let password_hash =
+            accounts.hasher.hash(body.password).await.map_err(|e| AccountError::Internal(format!("hashing: {e}")))?;
         let record =
             UserRecord { user: body.username, name, password_hash, created_at_ms: switchboard_protocol::now_ms() };
         let value = serde_json::to_vec(&record).map_err(|e| AccountError::Internal(e.to_string()))?;
@@ -397,10 +392,10 @@ async fn login(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -
             .transpose()
             .map_err(|e| AccountError::Internal(format!("stored user {:?}: {e}", body.username)))?;
         let hash = record.as_ref().map_or_else(|| accounts.dummy_hash.clone(), |r| r.password_hash.clone());
-        let password = body.password;
         let matches = accounts
-            .hashing(move || credentials::verify_password(password.as_bytes(), &hash))
-            .await?
+            .hasher
+            .verify(body.password, hash)
+            .await
             .map_err(|e| AccountError::Internal(format!("stored hash of {:?}: {e}", body.username)))?;
         match record {
             Some(record) if matches => accounts.issue(&record),

@@ -60,6 +60,15 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         ..Claims::new(args.sub, &rooms, args.ttl)
     };
     switchboard_protocol::subject::validate_id(&claims.sub).context("--sub")?;
+    // Refused rather than warned about: a token for `server` lets its holder pose as the
+    // sender of the operator's server messages, and nothing legitimate needs one.
+    if switchboard_relay::admin::is_reserved_user_id(&claims.sub) {
+        anyhow::bail!(
+            "--sub {:?} is reserved (reserved user ids: {}): choose another",
+            claims.sub,
+            switchboard_relay::admin::RESERVED_USER_IDS.join(", ")
+        );
+    }
     println!("{}", minter.mint(&claims)?);
     Ok(())
 }

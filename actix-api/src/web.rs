@@ -9,7 +9,9 @@
 //!   generated certificate's hash); the TypeScript client reads it to pick a transport.
 //! - `POST /api/dev/token {"name": "Alice"}`: a token for user `alice` granting every room,
 //!   only when the node runs with the built-in development secret (no `--jwt-secret`, no
-//!   `--jwt-public-key`) or with `--dev-tokens`; otherwise 404. Anyone who can reach the
+//!   `--jwt-public-key`) or with `--dev-tokens`; otherwise 404. Names whose id is reserved
+//!   (`server`, `admin`, ...: [`switchboard_relay::admin::RESERVED_USER_IDS`]) get 400
+//!   `reserved_name`. Anyone who can reach the
 //!   node can then act as anyone: never enable it in production.
 
 use crate::http::AppState;
@@ -146,6 +148,13 @@ async fn dev_token(web_state: web::Data<WebState>, body: web::Json<DevTokenReque
         }}));
     }
     let user = user_id(name);
+    if switchboard_relay::admin::is_reserved_user_id(&user) {
+        // `server` is the sender of the operator's server messages: nobody may pose as it.
+        return HttpResponse::BadRequest().json(json!({"error": {
+            "code": "reserved_name",
+            "message": format!("the name {name:?} is reserved (user id {user:?}): choose another"),
+        }}));
+    }
     let ttl = body.ttl.unwrap_or(DEV_TOKEN_TTL).clamp(MIN_DEV_TOKEN_TTL, DEV_TOKEN_TTL);
     let claims = Claims { name: Some(name.to_owned()), ..Claims::new(user.clone(), &["*"], ttl) };
     match minter.mint(&claims) {
@@ -234,6 +243,21 @@ mod tests {
             post_token(WebState::new(true, false, Some(DEV_SECRET.as_bytes())), json!({"name": "  "})).await;
         assert_eq!(status, 400);
         assert_eq!(body["error"]["code"], "invalid_name");
+    }
+
+    #[actix_web::test]
+    async fn reserved_user_ids_are_not_minted() {
+        // "Server" would be user `server`, the sender of the operator's server messages.
+        for name in ["Server", " server ", "ADMIN", "System!"] {
+            let state = WebState::new(true, false, Some(DEV_SECRET.as_bytes()));
+            let (status, body) = post_token(state, json!({"name": name})).await;
+            assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_name")), "{name}: {body}");
+            assert!(body.get("token").is_none());
+        }
+        // Names merely containing one are fine.
+        let (status, body) =
+            post_token(WebState::new(true, false, Some(DEV_SECRET.as_bytes())), json!({"name": "Server Room"})).await;
+        assert_eq!((status, body["user"].as_str()), (200, Some("server-room")));
     }
 
     #[test]

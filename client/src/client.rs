@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_protocol::pb::{self, client_frame, server_frame, signal, ClientFrame, Hello};
 use switchboard_protocol::{decode_server_frame, encode, ErrorCode, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Something the server sent that was not the answer to a request.
 #[derive(Debug, Clone)]
@@ -118,10 +118,17 @@ struct Inner {
     next_id: AtomicU64,
     welcome: pb::Welcome,
     request_timeout: Duration,
+    /// Becomes `true` when the writer has finished closing the connection.
+    closed: watch::Receiver<bool>,
+    /// Set by [`Client::close`]: the reader stops waiting for room in the event buffer
+    /// (the application is no longer reading), so it can see the server's close.
+    closing: watch::Sender<bool>,
 }
 
 /// A connected, authenticated session. Cheap to clone; all clones share the connection,
-/// which closes when the last clone is dropped (or on [`Client::close`]).
+/// which closes when the last clone is dropped (or on [`Client::close`]). Dropping closes
+/// it in the background, on the runtime: a program about to exit (or stop its runtime)
+/// should `close().await` instead, or the close may never reach the server.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -162,12 +169,31 @@ impl Client {
         // Floor: a server announcing 0 must not make the client ping in a busy loop.
         let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms.max(250)));
         let (stop_writer, writer_stopped) = oneshot::channel();
-        tokio::spawn(write_loop(writer, command_rx, heartbeat, writer_stopped));
+        let (closed_tx, closed) = watch::channel(false);
+        let (closing, closing_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            write_loop(writer, command_rx, heartbeat, writer_stopped).await;
+            let _ = closed_tx.send(true);
+        });
         // The server answers every Ping, so silence for a few heartbeats means a dead
         // connection (a vanished node or network) that TCP may take minutes to notice.
-        tokio::spawn(read_loop(reader, pending.clone(), event_tx, stop_writer, heartbeat * SILENT_HEARTBEATS));
-        let inner =
-            Inner { commands, pending, next_id: AtomicU64::new(1), welcome, request_timeout: config.request_timeout };
+        tokio::spawn(read_loop(
+            reader,
+            pending.clone(),
+            event_tx,
+            stop_writer,
+            heartbeat * SILENT_HEARTBEATS,
+            closing_rx,
+        ));
+        let inner = Inner {
+            commands,
+            pending,
+            next_id: AtomicU64::new(1),
+            welcome,
+            request_timeout: config.request_timeout,
+            closed,
+            closing,
+        };
         Ok((Client { inner: Arc::new(inner) }, Events { rx }))
     }
 
@@ -406,15 +432,23 @@ impl Client {
         self.send(frame).await
     }
 
-    /// Close the connection.
+    /// Close the connection normally, for every clone, and wait until the close is done:
+    /// over WebSocket a close frame (1000) answered by the server and the server's end of
+    /// TCP, over WebTransport the session closed (1000) and the QUIC close sent. Each step
+    /// is bounded (a few seconds in all against a server that does not answer).
     pub async fn close(&self) {
+        self.inner.closing.send_replace(true);
         let _ = self.inner.commands.send(Command::Close).await;
+        let mut closed = self.inner.closed.clone();
+        // An error means the writer task is gone, which is closed too.
+        let _ = closed.wait_for(|done| *done).await;
     }
 }
 
 /// Owns the sending half: frames from the [`Client`]s and a `Ping` every heartbeat. Ends on
 /// [`Command::Close`], when every `Client` is dropped, on a write error, or when the
-/// reader reports the connection ended (`stop`).
+/// reader reports the connection ended (`stop`); then closes the connection and waits
+/// (bounded) for the reader to see the server's side of the close.
 async fn write_loop(
     mut writer: Writer,
     mut commands: mpsc::Receiver<Command>,
@@ -423,9 +457,13 @@ async fn write_loop(
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut nonce = 0u64;
+    let mut reader_done = false;
     loop {
         let frame = tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                reader_done = true;
+                break;
+            }
             cmd = commands.recv() => match cmd {
                 Some(Command::Frame(f)) => f,
                 Some(Command::Close) | None => break,
@@ -436,10 +474,15 @@ async fn write_loop(
             }
         };
         if writer.send(frame).await.is_err() {
-            return;
+            break;
         }
     }
     writer.close().await;
+    if !reader_done {
+        // The reader ends once the server answered the close (and, over WebSocket, ended
+        // TCP); a process exiting before that would leave the server an abrupt end.
+        let _ = tokio::time::timeout(transport::CLOSE_TIMEOUT, stop).await;
+    }
 }
 
 /// Heartbeats without any frame from the server after which the connection counts as dead.
@@ -455,6 +498,7 @@ async fn read_loop(
     events: mpsc::Sender<Event>,
     stop_writer: oneshot::Sender<()>,
     silence_limit: Duration,
+    mut closing: watch::Receiver<bool>,
 ) {
     let mut fatal: Option<ErrorCode> = None;
     // One timer for the whole connection, re-armed only when it fires (from the last frame's
@@ -541,8 +585,15 @@ async fn read_loop(
             Some(server_frame::Kind::Call(c)) => Event::Call(c),
         };
         // Backpressure: a consumer that does not read stops this reader (and the server
-        // eventually disconnects it as a slow consumer). A dropped receiver is ignored.
-        let _ = events.send(event).await;
+        // eventually disconnects it as a slow consumer), until the application closes the
+        // client: then events are dropped, so the reader sees the server's close. A dropped
+        // receiver is ignored.
+        if let Err(mpsc::error::TrySendError::Full(event)) = events.try_send(event) {
+            tokio::select! {
+                _ = events.send(event) => {}
+                _ = closing.wait_for(|c| *c) => {}
+            }
+        }
     };
     let code = ended.code.or(fatal);
     let closed = ClientError::Closed { code, reason: ended.reason.clone() };

@@ -19,6 +19,16 @@ use switchboard_protocol::{encode, now_ms, ErrorCode};
 /// The user id that server messages carry as their sender.
 pub const SERVER_USER: &str = "server";
 
+/// User ids the node's own token issuers (built-in accounts, development tokens,
+/// `switchboard token`) never hand out: the id server messages come from, and ids users
+/// would read as the operator's.
+pub const RESERVED_USER_IDS: &[&str] = &[SERVER_USER, "admin", "root", "system", "switchboard"];
+
+/// Whether `user` is one of [`RESERVED_USER_IDS`].
+pub fn is_reserved_user_id(user: &str) -> bool {
+    RESERVED_USER_IDS.contains(&user)
+}
+
 /// Rooms with at least one participant anywhere in the cluster, with their participant
 /// counts, sorted by room id.
 pub async fn rooms(node: &Node) -> Result<BTreeMap<String, usize>, BusError> {

@@ -194,7 +194,10 @@ async fn dead_node_participants_are_reported_left() {
     let started = tokio::time::Instant::now();
     let server_frame::Kind::ParticipantLeft(pl) = alice.next().await else { panic!("expected ParticipantLeft") };
     assert_eq!((pl.participant.unwrap().user.as_str(), pl.reason.as_str()), ("bob", "node_lost"));
-    assert!(started.elapsed() < Duration::from_secs(2), "reported within the node timeout plus a heartbeat");
+    // Detected by the node timeout (300 ms here), not the default one (10 s): well under
+    // it, with room for a loaded machine.
+    let elapsed = started.elapsed();
+    assert!(elapsed < RelayConfig::default().node_timeout / 2, "reported after {elapsed:?}");
     // Its stale presence record is cleared too.
     use switchboard_relay::Bus;
     assert_eq!(bus.presence_list("demo").await.unwrap().len(), 1);

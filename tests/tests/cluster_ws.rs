@@ -253,7 +253,9 @@ async fn killed_node_participants_leave_within_the_node_timeout() {
         other => panic!("expected ParticipantLeft, got {other:?}"),
     }
     let elapsed = killed_at.elapsed();
-    assert!(elapsed < std::time::Duration::from_secs(5), "reported after {elapsed:?}; bound is 2 s + one heartbeat");
+    // Detected by the configured node timeout (2 s), not the default one (10 s): the bound
+    // tells the two apart with room for a loaded machine, no tighter.
+    assert!(elapsed < std::time::Duration::from_secs(8), "reported after {elapsed:?}; the node timeout is 2 s");
     // A newcomer does not see the dead participant (its presence record was cleared).
     let (mut carol, _) = RawWs::authenticated(&n1.ws_url(), &token("carol", &["demo"])).await;
     carol.send(2, join("demo")).await;

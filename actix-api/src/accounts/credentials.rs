@@ -1,8 +1,6 @@
 //! What a built-in account is made of: the username, password and display-name rules, the
-//! stored record, and argon2id hashing.
+//! stored record (hashing is in `hashing.rs`).
 
-use argon2::password_hash::{Error as HashError, PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
 /// Username length bounds, in characters (all ASCII).
@@ -11,10 +9,6 @@ pub const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 pub const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=256;
 /// Longest display name, in characters.
 pub const NAME_MAX_CHARS: usize = 64;
-
-/// Usernames nobody may register: ids the server itself speaks as (server messages come
-/// from `server`) or that users would read as the operator's.
-const RESERVED: &[&str] = &[switchboard_relay::admin::SERVER_USER, "admin", "root", "system", "switchboard"];
 
 /// Input refused by the account rules, with a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +44,9 @@ pub fn validate_username(username: &str) -> Result<(), InputError> {
     if let Some(c) = username.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')) {
         return Err(InputError::Username(format!("username may contain only a-z, 0-9, '_' and '-' (found {c:?})")));
     }
-    if RESERVED.contains(&username) {
+    // Ids the server speaks as (server messages come from `server`) or that users would
+    // read as the operator's: one list for every token issuer of the node.
+    if switchboard_relay::admin::is_reserved_user_id(username) {
         return Err(InputError::Username(format!("username {username:?} is reserved")));
     }
     Ok(())
@@ -99,25 +95,6 @@ pub struct UserRecord {
     pub created_at_ms: u64,
 }
 
-/// Hash `password` with argon2id (default parameters) and a fresh random salt. CPU and
-/// memory heavy: call it on a blocking thread.
-pub fn hash_password(password: &[u8]) -> Result<String, HashError> {
-    // 16 random bytes, the PHC recommendation. `rand`'s thread RNG is a CSPRNG seeded by
-    // the OS.
-    let salt: [u8; 16] = rand::random();
-    Ok(Argon2::default().hash_password_with_salt(password, &salt)?.to_string())
-}
-
-/// Whether `password` matches the PHC string `hash` (its own parameters apply). Same cost
-/// as [`hash_password`].
-pub fn verify_password(password: &[u8], hash: &str) -> Result<bool, HashError> {
-    match Argon2::default().verify_password(password, hash) {
-        Ok(()) => Ok(true),
-        Err(HashError::PasswordInvalid) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,16 +131,5 @@ mod tests {
         assert_eq!(normalize_name(Some("é".repeat(64))), Ok(Some("é".repeat(64))));
         assert!(normalize_name(Some("é".repeat(65))).is_err());
         assert!(normalize_name(Some("a\nb".into())).is_err());
-    }
-
-    #[test]
-    fn hashes_are_argon2id_salted_and_verify() {
-        let a = hash_password(b"correct horse").unwrap();
-        let b = hash_password(b"correct horse").unwrap();
-        assert!(a.starts_with("$argon2id$"), "{a}");
-        assert_ne!(a, b, "each hash has its own salt");
-        assert_eq!(verify_password(b"correct horse", &a), Ok(true));
-        assert_eq!(verify_password(b"wrong horse", &a), Ok(false));
-        assert!(verify_password(b"x", "not a phc string").is_err());
     }
 }

@@ -80,7 +80,10 @@ async fn server_close_ends_events_and_fails_requests_at_once() {
     let started = std::time::Instant::now();
     let err = client.join("demo").await.unwrap_err();
     assert!(matches!(err, ClientError::Closed { code: Some(ErrorCode::SlowConsumer), .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // At once, not after the request timeout (the alternative this tells apart); no absolute
+    // bound (the suite runs on loaded machines).
+    let timeout = config(String::new()).request_timeout;
+    assert!(started.elapsed() < timeout / 2, "failed after {:?}", started.elapsed());
     assert!(client.media(pb::Media::default()).await.is_err());
 }
 

@@ -8,6 +8,10 @@ use crate::{ClientConfig, ClientError, TransportChoice};
 use bytes::Bytes;
 use switchboard_protocol::ErrorCode;
 
+/// How long each step of a normal close may take (sending the close, the server's answer,
+/// the QUIC close reaching the wire) before the client gives up on it.
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a connection ended.
 #[derive(Debug, Clone)]
 pub(crate) struct Ended {
@@ -56,7 +60,8 @@ impl Writer {
         }
     }
 
-    /// Close the connection normally.
+    /// Close the connection normally: the close is on the wire when this returns (or
+    /// [`CLOSE_TIMEOUT`] passed).
     pub async fn close(&mut self) {
         match self {
             Writer::Ws(w) => w.close().await,

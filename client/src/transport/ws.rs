@@ -7,7 +7,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::codes::error_from_close_code;
 use switchboard_protocol::limits::MAX_FRAME_BYTES;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A WebSocket connection.
@@ -106,12 +107,20 @@ impl WsReader {
             match self.0.next().await {
                 Some(Ok(Message::Binary(b))) => return Ok(b),
                 Some(Ok(Message::Close(frame))) => {
+                    // Reading on answers the server's close (tungstenite queues the reply and
+                    // flushes it on the next read) and waits for the server to end TCP, as the
+                    // closing handshake has it (RFC 6455 7.1.1); bounded, for a server that
+                    // never does.
+                    let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, async {
+                        while let Some(Ok(_)) = self.0.next().await {}
+                    })
+                    .await;
                     return Err(match frame {
                         Some(f) => {
                             Ended { code: error_from_close_code(u16::from(f.code)), reason: f.reason.to_string() }
                         }
                         None => Ended { code: None, reason: "closed".into() },
-                    })
+                    });
                 }
                 Some(Ok(_)) => continue, // pings are answered by tungstenite; text is not ours
                 Some(Err(e)) => return Err(Ended { code: None, reason: e.to_string() }),
@@ -126,7 +135,14 @@ impl WsWriter {
         self.0.send(Message::Binary(frame)).await.map_err(|e| ClientError::Closed { code: None, reason: e.to_string() })
     }
 
+    /// Send a close frame (1000, normal closure) and flush it. The server's answer and its
+    /// end of TCP arrive on the reading half ([`WsReader::next`]).
     pub async fn close(&mut self) {
-        let _ = self.0.close().await;
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "client closed".into() };
+        let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, async {
+            let _ = self.0.send(Message::Close(Some(frame))).await;
+            let _ = self.0.close().await;
+        })
+        .await;
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct WtReader {
 }
 
 pub(crate) struct WtWriter {
+    /// Kept to drive the close to the wire ([`WtWriter::close`]): each client has its own.
+    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
     connection: Connection,
     send: SendStream,
 }
@@ -52,7 +54,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<(WtReader, WtWriter
             decoder: RecordDecoder::new(MAX_FRAME_BYTES),
             buf: vec![0u8; 64 * 1024].into_boxed_slice(),
         },
-        WtWriter { connection, send },
+        WtWriter { endpoint, connection, send },
     ))
 }
 
@@ -91,8 +93,13 @@ impl WtWriter {
             .map_err(|e| ClientError::Closed { code: None, reason: e.to_string() })
     }
 
+    /// End the control stream, close the session with 1000 (normal closure), and wait
+    /// (bounded) until the endpoint is idle: quinn sends the CONNECTION_CLOSE from the
+    /// endpoint's driver task, so a process exiting right after `close` may never send it
+    /// and leave the session open on the node until its idle timeout.
     pub async fn close(&mut self) {
-        let _ = self.send.finish().await;
+        let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, self.send.finish()).await;
         self.connection.close(VarInt::from_u32(1000), b"client closed");
+        let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, self.endpoint.wait_idle()).await;
     }
 }

@@ -157,41 +157,76 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cli.token.is_empty(), "--token (or SWITCHBOARD_TOKEN) is required");
     let mut configs = configs(&cli);
     anyhow::ensure!(!configs.is_empty(), "--url is required");
-    let (session, mut events) = match command {
-        Command::Join { reconnect: true, .. } => {
-            let (c, e) = ReconnectingClient::connect(configs, ReconnectPolicy::default())
-                .await
-                .with_context(|| format!("connecting to {}", cli.url))?;
-            (Session::Resilient(c), e)
-        }
-        _ => {
-            let config = configs.swap_remove(0);
-            let url = config.url.clone();
-            let (c, e) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
-            (Session::Plain(c), e)
-        }
+    // Signals are caught from here on: whatever the command is doing, a Ctrl-C or SIGTERM
+    // ends it and the connection is closed properly (not cut for the node to time out).
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
+    tokio::pin!(shutdown);
+    let reconnect = matches!(command, Command::Join { reconnect: true, .. });
+    let connect = async {
+        anyhow::Ok(match reconnect {
+            true => {
+                let (c, e) = ReconnectingClient::connect(configs, ReconnectPolicy::default())
+                    .await
+                    .with_context(|| format!("connecting to {}", cli.url))?;
+                (Session::Resilient(c), e)
+            }
+            false => {
+                let config = configs.swap_remove(0);
+                let url = config.url.clone();
+                let (c, e) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
+                (Session::Plain(c), e)
+            }
+        })
     };
+    let (session, mut events) = tokio::select! {
+        connected = connect => connected?,
+        () = &mut shutdown => return Ok(()),
+    };
+    let result = tokio::select! {
+        result = run(command, &session, &mut events) => result,
+        () = &mut shutdown => Ok(()),
+    };
+    session.close().await;
+    result
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not at its first poll, so a signal arriving at any time after it is never met with the
+/// default action (exiting without closing the connection).
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// Run one command on a connected session (closing it is the caller's job).
+async fn run(command: Command, session: &Session, events: &mut Events) -> anyhow::Result<()> {
     match command {
         Command::Join { rooms, count, .. } => {
-            let client = session;
-            let w = client.welcome();
+            let w = session.welcome();
             print(json!({"event": "welcome", "session": w.session_id, "node": w.node, "user": w.user,
                          "heartbeat_ms": w.heartbeat_ms, "token_expires_at": w.token_expires_at}));
             for room in &rooms {
-                let joined = client.join(room).await.with_context(|| format!("joining {room}"))?;
+                let joined = session.join(room).await.with_context(|| format!("joining {room}"))?;
                 print(json!({"event": "joined", "room": joined.room,
                              "participants": joined.participants.iter().map(participant).collect::<Vec<_>>()}));
             }
             let mut messages = 0u64;
-            // Listen for Ctrl-C once, so a signal arriving between two events is not lost.
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
-            loop {
-                let event = tokio::select! {
-                    e = events.recv() => e,
-                    _ = &mut ctrl_c => break,
-                };
-                let Some(event) = event else { break };
+            while let Some(event) = events.recv().await {
                 let closed = matches!(event, Event::Closed { .. });
                 messages += u64::from(matches!(event, Event::Message(_)));
                 print(event_json(&event));
@@ -202,7 +237,6 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
             }
-            client.close().await;
         }
         Command::Send { room, message, kind, unreliable } => {
             let Session::Plain(client) = session else { unreachable!("send connects plainly") };
@@ -212,15 +246,12 @@ async fn main() -> anyhow::Result<()> {
             if offset != 0 {
                 print(json!({"event": "sent", "room": room, "offset": offset}));
             }
-            client.close().await;
         }
         Command::Call(action) => {
             let Session::Plain(client) = session else { unreachable!("calls connect plainly") };
-            let result = call(&client, &mut events, &action).await;
-            client.close().await;
-            result?;
+            call(client, events, &action).await?;
         }
-        Command::Bench(_) => {} // ran above, before connecting
+        Command::Bench(_) => {} // ran in main, before connecting
     }
     Ok(())
 }
@@ -249,17 +280,11 @@ async fn call(client: &Client, events: &mut Events, action: &CallCommand) -> any
     }
 }
 
-/// Print call events and call signaling (of `only` call, or all) until that call ends,
-/// Ctrl-C, or the connection closes.
+/// Print call events and call signaling (of `only` call, or all) until that call ends or
+/// the connection closes (or a signal: see `main`).
 async fn follow_calls(events: &mut Events, only: Option<&str>) -> anyhow::Result<()> {
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            _ = &mut ctrl_c => return Ok(()),
-        };
-        let Some(event) = event else { return Ok(()) };
+        let Some(event) = events.recv().await else { return Ok(()) };
         let (call_id, ended) = match &event {
             Event::Call(c) => {
                 let id = c.call.as_ref().map(|c| c.id.as_str()).unwrap_or_default();
