@@ -339,8 +339,7 @@ fn accept_session(
     handshake_timeout: Duration,
     origins: AllowedOrigins,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let establishing =
-        Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout, origins));
+    let establishing = Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout, origins));
     async move {
         let _slot = slot;
         let Some(transport) = establishing.await else { return };
