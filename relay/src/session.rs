@@ -274,6 +274,14 @@ async fn accept_hello<T: Transport>(
         node.metrics.auth_failures.get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() }).inc();
         Refusal::Error(e.code(), e.to_string(), frame.id)
     })?;
+    if claims.sub == crate::admin::SERVER_USER {
+        // The sender of the admin API's server messages: nobody may speak as it.
+        return Err(Refusal::Error(
+            ErrorCode::Forbidden,
+            format!("the user id {:?} is reserved for server messages", crate::admin::SERVER_USER),
+            frame.id,
+        ));
+    }
     if let Some(until) = crate::bans::banned_until(node, &claims.sub) {
         let secs = until.saturating_sub(now_ms()).div_ceil(1000);
         return Err(Refusal::Error(

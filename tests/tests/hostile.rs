@@ -442,3 +442,17 @@ async fn a_connection_that_has_not_authenticated_holds_little() {
     assert!(per_ws < 64 * 1024, "{per_ws} B per pending WebSocket connection");
     assert!(per_wt < 160 * 1024, "{per_wt} B per pending WebTransport session");
 }
+
+/// A token for the user id `server` (the sender of the admin API's server messages), however
+/// it was minted, opens no session: nobody may speak as the server.
+#[tokio::test]
+async fn nobody_may_speak_as_the_server() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut ws = RawWs::connect(&node.ws_url()).await;
+    ws.hello(&token("server", &["demo"])).await;
+    match ws.next().await {
+        Received::Frame(server_frame::Kind::Error(e)) => assert!(e.code() == ErrorCode::Forbidden && e.fatal, "{e:?}"),
+        other => panic!("expected FORBIDDEN, got {other:?}"),
+    }
+    assert_eq!(ws.closed().await, Some(close_code(ErrorCode::Forbidden)));
+}
