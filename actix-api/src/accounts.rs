@@ -11,14 +11,12 @@
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 mod credentials;
-mod limiter;
 
 use crate::http::AppState;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use anyhow::{bail, Context};
 use credentials::{normalize_name, validate_password, validate_username, InputError, UserRecord, PASSWORD_LEN};
-use limiter::RateLimiter;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::IpAddr;
@@ -26,6 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use switchboard_relay::auth::{Claims, Minter, DEV_SECRET};
 use switchboard_relay::bus::Bucket;
+use switchboard_relay::limiter::RateLimiter;
 use switchboard_relay::{BusError, Verifier};
 use switchboard_webtransport::cli::NodeArgs;
 
