@@ -73,6 +73,11 @@ impl RateLimiter {
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).tat.len()
     }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

@@ -457,6 +457,9 @@ async fn calls_to_never_seen_ids_leave_bounded_storage() {
     })
     .await;
     assert_eq!(records, MAX_RECORDS as f64);
+    // Nor is the live state of a call that reached nobody kept.
+    alice.send(9, client_frame::Kind::CallEnd(CallEnd { call: calls[0].clone() })).await;
+    assert_eq!(reply(&mut alice, 9).await.unwrap_err(), ErrorCode::CallNotFound);
     assert!(history_ids(&node, "ghost0x0").await.is_empty(), "no history for an id that never connected");
     assert!(history_ids(&node, "ghost99x15").await.is_empty());
     let kept = history_ids(&node, "alice").await;
@@ -522,4 +525,6 @@ async fn nats_call_history_is_bounded_and_create_is_rate_limited() {
     .await;
     assert_eq!(info.state.subjects_count, 1, "only the caller has a history subject");
     assert_eq!((info.config.max_bytes, info.config.max_messages), (1_000_000, 500));
+    let mut calls = js.get_stream("KV_sb_calls").await.expect("calls bucket");
+    assert_eq!(calls.info().await.expect("info").state.messages, 0, "calls that reached nobody are not kept");
 }

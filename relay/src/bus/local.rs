@@ -330,6 +330,11 @@ impl Bus for LocalBus {
         async move { Ok(revision) }.boxed()
     }
 
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        lock(&self.kv).entries.remove(&(bucket, key.to_owned()));
+        async { Ok(()) }.boxed()
+    }
+
     fn kv_update(
         &self,
         bucket: Bucket,
@@ -487,6 +492,46 @@ mod tests {
         assert_eq!(bus.subscription_count("sb.room.a.>"), 1);
         drop(sub);
         assert_eq!(bus.subscription_count("sb.room.a.>"), 0);
+    }
+
+    #[tokio::test]
+    async fn call_history_is_bounded_in_all_oldest_first() {
+        let limits = StoreLimits { call_history_max_records: 5, call_history_max_bytes: 40, ..StoreLimits::default() };
+        let bus = LocalBus::with_limits(limits);
+        for i in 0..20u8 {
+            let ack =
+                bus.log_append(Log::CallHistory, &format!("user{i}"), Bytes::from(vec![i; 4]), None).await.unwrap();
+            ack.await.unwrap();
+        }
+        let usage = bus.log_usage(Log::CallHistory).await.unwrap();
+        assert_eq!((usage.entries, usage.bytes, usage.keys), (5, 20, 5), "the record bound holds");
+        assert!(bus.log_read(Log::CallHistory, "user14", 0, 10).await.unwrap().is_empty(), "oldest dropped");
+        assert_eq!(bus.log_read(Log::CallHistory, "user15", 0, 10).await.unwrap().len(), 1);
+        // Big records: the byte bound holds.
+        for i in 0..3u8 {
+            bus.log_append(Log::CallHistory, "big", Bytes::from(vec![i; 15]), None).await.unwrap().await.unwrap();
+        }
+        let usage = bus.log_usage(Log::CallHistory).await.unwrap();
+        assert!(usage.bytes <= 40, "{usage:?}");
+        let big = bus.log_read(Log::CallHistory, "big", 0, 10).await.unwrap();
+        assert_eq!(big.iter().map(|e| e.payload[0]).collect::<Vec<_>>(), [1, 2], "the newest kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_state_expires_and_purges() {
+        let limits = StoreLimits { call_state_ttl: Duration::from_secs(60), ..StoreLimits::default() };
+        let bus = LocalBus::with_limits(limits);
+        bus.kv_create(Bucket::Calls, "c1", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_create(Bucket::Calls, "c2", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_create(Bucket::Users, "u", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_purge(Bucket::Calls, "c2").await.unwrap();
+        assert!(bus.kv_get(Bucket::Calls, "c2").await.unwrap().is_none());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(bus.kv_get(Bucket::Calls, "c1").await.unwrap().is_none(), "expired like the bucket's max_age");
+        assert!(bus.kv_keys(Bucket::Calls).await.unwrap().is_empty());
+        assert!(bus.kv_get(Bucket::Users, "u").await.unwrap().is_some(), "other buckets do not expire");
+        // An expired key can be created again.
+        assert_eq!(bus.kv_create(Bucket::Calls, "c1", Bytes::from_static(b"y")).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -189,6 +189,8 @@ pub trait Bus: Send + Sync + 'static {
     fn kv_keys(&self, bucket: Bucket) -> BoxFuture<'_, Result<Vec<String>, BusError>>;
     /// Set `key` whatever its revision. Returns the new revision.
     fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>>;
+    /// Forget `key` without a trace (no tombstone); idempotent.
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// Replace `key` if its revision is still `revision`; else [`BusError::Conflict`].
     fn kv_update(&self, bucket: Bucket, key: &str, value: Bytes, revision: u64)
         -> BoxFuture<'_, Result<u64, BusError>>;

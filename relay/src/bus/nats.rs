@@ -412,6 +412,14 @@ impl Bus for NatsBus {
         async move { self.bucket(bucket).put(key, value).await.map_err(other) }.boxed()
     }
 
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        // A stream purge of the key's subject, like `presence_remove`: a KV delete or purge
+        // would leave a marker per key.
+        let store = self.bucket(bucket);
+        let subject = format!("{}{key}", store.prefix);
+        async move { store.stream.purge().filter(subject).await.map(|_| ()).map_err(other) }.boxed()
+    }
+
     fn kv_update(
         &self,
         bucket: Bucket,

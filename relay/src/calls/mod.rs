@@ -210,8 +210,8 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
             }
         })
         .collect();
-    schedule_timeout(node, &call);
     if offline.is_empty() {
+        schedule_timeout(node, &call);
         return Ok(call);
     }
     let system = Actor { user: String::new(), session: String::new(), name: String::new() };
@@ -231,6 +231,15 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
         Ok(events)
     })
     .await?;
+    if call.state() == CallState::Ended {
+        // Nobody was reached: nothing can happen to this call any more, so its live state
+        // is not kept (what an invitation to unknown ids stores is the caller's record).
+        if let Err(e) = node.bus.kv_purge(Bucket::Calls, &id).await {
+            tracing::debug!(call = %id, error = %e, "forgetting an offline call failed (it expires)");
+        }
+    } else {
+        schedule_timeout(node, &call);
+    }
     Ok(call)
 }
 
