@@ -12,14 +12,12 @@
 
 mod credentials;
 mod hashing;
-mod limiter;
 
 use crate::http::AppState;
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use anyhow::{bail, Context};
 use credentials::{normalize_name, validate_password, validate_username, InputError, UserRecord, PASSWORD_LEN};
-use limiter::RateLimiter;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::IpAddr;
@@ -27,6 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use switchboard_relay::auth::{Claims, Minter, DEV_SECRET};
 use switchboard_relay::bus::Bucket;
+use switchboard_relay::limiter::RateLimiter;
 use switchboard_relay::{AllowedOrigins, BusError, Verifier};
 use switchboard_webtransport::cli::NodeArgs;
 

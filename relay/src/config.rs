@@ -45,6 +45,9 @@ pub struct RelayConfig {
     pub history: bool,
     /// How long an unanswered call rings before it ends as missed.
     pub ring_timeout: Duration,
+    /// Call invitations per caller (user) per minute on this node, as a burst, then one
+    /// every `60 s / rate`; over it an invite gets `RATE_LIMITED`. 0 is unlimited.
+    pub call_invite_rate: u32,
     /// Rooms with more participants than this get `RoomStats` count updates instead of
     /// individual join/leave events; 0 never switches.
     pub presence_events_max: usize,
@@ -81,6 +84,7 @@ impl Default for RelayConfig {
             token_leeway_secs: 5,
             history: true,
             ring_timeout: Duration::from_secs(30),
+            call_invite_rate: 30,
             max_participants: 0,
             presence_events_max: 500,
             max_connections_per_ip: 0,

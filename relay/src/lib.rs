@@ -18,6 +18,7 @@ pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod ids;
+pub mod limiter;
 pub mod metrics;
 pub mod node;
 pub mod origin;

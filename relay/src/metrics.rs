@@ -34,10 +34,10 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
-/// Label: why something was refused or ended.
+/// Label: why something was refused, skipped or ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// The reason, e.g. `address_pending`.
+    /// The reason, e.g. `address_pending` or `rate_limited`.
     pub reason: &'static str,
 }
 
@@ -94,6 +94,17 @@ pub struct Metrics {
     pub call_transitions: Family<KindLabel, Counter>,
     /// Compare-and-set retries on call state.
     pub call_conflicts: Counter,
+    /// Call invitations refused before ringing anyone, by reason (`rate_limited`, `callers_full`).
+    pub call_invites_refused: Family<ReasonLabel, Counter>,
+    /// Call history records not written, by reason (`offline`: the callee had no device;
+    /// `repeat_missed`: another unanswered call from the same caller was recorded recently).
+    pub call_history_skipped: Family<ReasonLabel, Counter>,
+    /// Call history records stored, cluster-wide (refreshed every few seconds).
+    pub call_history_records: Gauge,
+    /// Bytes of call history stored, cluster-wide (refreshed every few seconds).
+    pub call_history_bytes: Gauge,
+    /// Users with call history stored, cluster-wide (refreshed every few seconds).
+    pub call_history_users: Gauge,
     /// Time to hand a message to the bus.
     pub bus_publish_seconds: Histogram,
     /// Time from the origin node accepting a room message to this node fanning it out.
@@ -140,6 +151,11 @@ impl Metrics {
             history_conflicts: Counter::default(),
             call_transitions: Family::default(),
             call_conflicts: Counter::default(),
+            call_invites_refused: Family::default(),
+            call_history_skipped: Family::default(),
+            call_history_records: Gauge::default(),
+            call_history_bytes: Gauge::default(),
+            call_history_users: Gauge::default(),
             bus_publish_seconds: latency_buckets(),
             delivery_latency_seconds: latency_buckets(),
             registry: Registry::default(),
@@ -188,6 +204,19 @@ impl Metrics {
         );
         registry.register("call_transitions", "Call transitions applied by this node", m.call_transitions.clone());
         registry.register("call_conflicts", "Call state compare-and-set retries", m.call_conflicts.clone());
+        registry.register(
+            "call_invites_refused",
+            "Call invitations refused before ringing, by reason",
+            m.call_invites_refused.clone(),
+        );
+        registry.register(
+            "call_history_skipped",
+            "Call history records not written, by reason",
+            m.call_history_skipped.clone(),
+        );
+        registry.register("call_history_records", "Call history records stored", m.call_history_records.clone());
+        registry.register("call_history_bytes", "Bytes of call history stored", m.call_history_bytes.clone());
+        registry.register("call_history_users", "Users with call history stored", m.call_history_users.clone());
         registry.register("bus_publish_seconds", "Time to hand a message to the bus", m.bus_publish_seconds.clone());
         registry.register(
             "delivery_latency_seconds",

@@ -47,6 +47,8 @@ pub struct Node {
     pub(crate) bans: crate::bans::Bans,
     /// Calls whose ring timeout this node has scheduled.
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
+    /// Invitation rate per caller and history record limits.
+    pub(crate) call_bounds: crate::calls::bounds::CallBounds,
 }
 
 /// Errors starting a node.
@@ -69,6 +71,7 @@ impl Node {
         let subjects = Subjects::new(&config.subject_prefix)
             .map_err(|e| NodeError::Config(format!("subject prefix {:?}: {e}", config.subject_prefix)))?;
         let (drain_tx, _) = watch::channel(false);
+        let call_bounds = crate::calls::bounds::CallBounds::new(config.call_invite_rate);
         let node = Arc::new(Self {
             config,
             verifier,
@@ -86,6 +89,7 @@ impl Node {
             bans: Default::default(),
             pending_removals: Mutex::default(),
             ring_timers: Mutex::default(),
+            call_bounds,
         });
         let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
         node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));
@@ -97,6 +101,7 @@ impl Node {
             .await?;
         node.runtime.spawn(crate::calls::service::serve(Arc::downgrade(&node), calls));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
+        node.runtime.spawn(crate::calls::bounds::refresh_usage(Arc::downgrade(&node)));
         match crate::bans::load_bans(&node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(bans = n, "bans in force loaded"),

@@ -10,7 +10,7 @@ use switchboard_protocol::pb::{
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_tests::raw::RawWs;
-use switchboard_tests::{token, within, NatsServer, NodeOptions, TestNode, WAIT};
+use switchboard_tests::{token, wait_for, within, NatsServer, NodeOptions, TestNode, WAIT};
 
 const ADMIN_KEY: &str = "calls-test-admin-key";
 
@@ -349,4 +349,182 @@ async fn calls_over_nats_request_reply() {
     call_event(&mut bob, &call, CallState::Ended).await;
     let bad = request("create", serde_json::json!({"nope": 1})).await;
     assert_eq!(bad["error"]["code"], "BAD_FRAME");
+}
+
+/// An embedded node with extra flags.
+async fn embedded(args: &[&str]) -> TestNode {
+    let mut all = vec!["--admin-key", ADMIN_KEY, "--request-rate", "10000"];
+    all.extend_from_slice(args);
+    TestNode::start(NodeOptions { args: all.iter().map(|a| a.to_string()).collect(), ..Default::default() }).await
+}
+
+fn cancel(call: &str) -> client_frame::Kind {
+    client_frame::Kind::CallCancel(CallCancel { call: call.into() })
+}
+
+/// The ids of `user`'s call history, newest first (admin key).
+async fn history_ids(node: &TestNode, user: &str) -> Vec<String> {
+    let (status, body) = http_get(node, &format!("/api/calls?user={user}&limit=200"), ADMIN_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    body["calls"].as_array().expect("calls").iter().map(|c| c["id"].as_str().expect("id").to_owned()).collect()
+}
+
+/// A caller flooding one victim with invite-and-cancel rounds: invitations over the
+/// caller's rate get RATE_LIMITED (and ring nobody), the victim is rung only for the
+/// allowed ones, and their history keeps one unanswered call from that caller, not one
+/// per round.
+#[tokio::test]
+async fn invite_flood_is_rate_limited_and_does_not_spam_the_victim() {
+    const RATE: u64 = 5; // per minute: a burst of 5, then one every 12 s
+    let node = embedded(&["--call-invite-rate", &RATE.to_string()]).await;
+    let (mut alice, _) = user(&node, "alice").await;
+    let (mut bob, _) = user(&node, "bob").await;
+    let (mut carol, _) = user(&node, "carol").await;
+    let started = std::time::Instant::now();
+    let (mut accepted, mut limited) = (Vec::new(), 0);
+    for round in 0..20u64 {
+        let id = 10 + round * 2;
+        let inv = CallInvite { callees: vec!["bob".into()], media: CallMedia::Audio as i32 };
+        alice.send(id, client_frame::Kind::CallInvite(inv)).await;
+        match reply(&mut alice, id).await {
+            Ok(ack) => {
+                alice.send(id + 1, cancel(&ack.call)).await;
+                reply(&mut alice, id + 1).await.expect("cancel acked");
+                accepted.push(ack.call);
+            }
+            Err(code) => {
+                assert_eq!(code, ErrorCode::RateLimited);
+                limited += 1;
+            }
+        }
+    }
+    // The burst, plus what the rate refilled meanwhile (one per 12 s) and one for rounding.
+    let allowed = RATE + started.elapsed().as_secs() * RATE / 60 + 1;
+    assert!(accepted.len() as u64 <= allowed, "{} invitations accepted, allowed {allowed}", accepted.len());
+    assert!(accepted.len() as u64 >= RATE, "the burst of {RATE} is accepted");
+    assert_eq!(node.metric("switchboard_call_invites_refused_total{reason=\"rate_limited\"}").await, limited as f64);
+
+    // Another caller's invitation marks the end of bob's inbox: every ring from alice came before it.
+    let marker = invite(&mut carol, 2, &["bob"]).await;
+    let mut rung = 0;
+    loop {
+        let f = until(&mut bob, "a ring", |f| match f {
+            server_frame::Kind::Call(e) if e.state() == CallState::Ringing => e.call.clone(),
+            _ => None,
+        })
+        .await;
+        if f.id == marker {
+            break;
+        }
+        assert!(accepted.contains(&f.id), "bob is rung only for accepted invitations");
+        rung += 1;
+    }
+    assert_eq!(rung, accepted.len(), "bob is rung once per accepted invitation");
+
+    // Alice's history has every call; bob's has one unanswered call from alice.
+    let alice_history = history_ids(&node, "alice").await;
+    assert_eq!(alice_history.len(), accepted.len());
+    let bob_history = history_ids(&node, "bob").await;
+    assert_eq!(bob_history, vec![accepted[0].clone()], "one missed call from alice in bob's history");
+    let skipped = node.metric("switchboard_call_history_skipped_total{reason=\"repeat_missed\"}").await;
+    assert_eq!(skipped, (accepted.len() - 1) as f64);
+}
+
+/// Invitations to ids that never connected store one record (the caller's), no per-callee
+/// history; the history store is bounded by records in all and by bytes, oldest first.
+/// Unknown media values are recorded as audio.
+#[tokio::test]
+async fn calls_to_never_seen_ids_leave_bounded_storage() {
+    const MAX_RECORDS: usize = 40;
+    let node = embedded(&["--call-invite-rate", "0", "--call-history-max-records", &MAX_RECORDS.to_string()]).await;
+    let (mut alice, _) = user(&node, "alice").await;
+    let mut calls = Vec::new();
+    for i in 0..100u64 {
+        let callees: Vec<String> = (0..16).map(|j| format!("ghost{i}x{j}")).collect();
+        let inv = CallInvite { callees, media: 7 };
+        alice.send(10 + i, client_frame::Kind::CallInvite(inv)).await;
+        let call = reply(&mut alice, 10 + i).await.expect("invite acked").call;
+        let ended = call_event(&mut alice, &call, CallState::Ended).await.call.expect("call");
+        assert_eq!(ended.outcome(), CallOutcome::Offline);
+        assert_eq!(ended.media, CallMedia::Audio as i32, "an unknown media value is recorded as audio");
+        calls.push(call);
+    }
+    // Only alice has a history, and only the newest MAX_RECORDS calls are kept.
+    let records = wait_for(WAIT, "history size metrics", || async {
+        let users = node.metric("switchboard_call_history_users").await;
+        let records = node.metric("switchboard_call_history_records").await;
+        (users == 1.0 && records == MAX_RECORDS as f64).then_some(records)
+    })
+    .await;
+    assert_eq!(records, MAX_RECORDS as f64);
+    // Nor is the live state of a call that reached nobody kept.
+    alice.send(9, client_frame::Kind::CallEnd(CallEnd { call: calls[0].clone() })).await;
+    assert_eq!(reply(&mut alice, 9).await.unwrap_err(), ErrorCode::CallNotFound);
+    assert!(history_ids(&node, "ghost0x0").await.is_empty(), "no history for an id that never connected");
+    assert!(history_ids(&node, "ghost99x15").await.is_empty());
+    let kept = history_ids(&node, "alice").await;
+    let newest: Vec<String> = calls.iter().rev().take(MAX_RECORDS).cloned().collect();
+    assert_eq!(kept, newest, "the oldest records were dropped first");
+    assert_eq!(node.metric("switchboard_call_history_skipped_total{reason=\"offline\"}").await, 1600.0);
+
+    // The byte bound: records of ~200 bytes under a 2,000-byte budget.
+    const MAX_BYTES: u64 = 2000;
+    let node = embedded(&["--call-invite-rate", "0", "--call-history-max-bytes", &MAX_BYTES.to_string()]).await;
+    let (mut alice, _) = user(&node, "alice").await;
+    let mut calls = Vec::new();
+    for i in 0..50u64 {
+        let call = invite(&mut alice, 10 + i, &[&format!("ghost{i}")]).await;
+        call_event(&mut alice, &call, CallState::Ended).await;
+        calls.push(call);
+    }
+    let kept = history_ids(&node, "alice").await;
+    assert!(kept.len() > 2 && kept.len() < 50, "{} records kept", kept.len());
+    let newest: Vec<String> = calls.iter().rev().take(kept.len()).cloned().collect();
+    assert_eq!(kept, newest, "the oldest records were dropped first");
+    let bytes = wait_for(WAIT, "history bytes metric", || async {
+        let bytes = node.metric("switchboard_call_history_bytes").await;
+        (bytes > 0.0).then_some(bytes)
+    })
+    .await;
+    assert!(bytes <= MAX_BYTES as f64, "{bytes} bytes of call history kept");
+}
+
+/// On NATS: the request/reply `create` obeys the caller's rate, and invitations to ids
+/// that never connected add no subject to the call history stream, whose limits come from
+/// the flags.
+#[tokio::test]
+async fn nats_call_history_is_bounded_and_create_is_rate_limited() {
+    let nats = NatsServer::start().await;
+    let args = ["--call-invite-rate", "3", "--call-history-max-bytes", "1000000", "--call-history-max-records", "500"];
+    let _node = TestNode::start(NodeOptions {
+        nats_url: Some(nats.url()),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    })
+    .await;
+    let client = async_nats::connect(nats.url()).await.expect("connecting to NATS");
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let callees: Vec<String> = (0..16).map(|j| format!("ghost{i}x{j}")).collect();
+        let body = serde_json::json!({"token": token("alice", &[]), "callees": callees, "media": "video"});
+        let reply = within(WAIT, "create reply", client.request("sb.calls.request.create", body.to_string().into()))
+            .await
+            .expect("request");
+        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON reply");
+        codes.push(reply["error"]["code"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(codes, ["ok", "ok", "ok", "RATE_LIMITED", "RATE_LIMITED"]);
+    let js = async_nats::jetstream::new(client);
+    let info = wait_for(WAIT, "three call records stored", || {
+        let js = js.clone();
+        async move {
+            let info = js.get_stream("sb_callhist").await.ok()?.info().await.ok()?.clone();
+            (info.state.messages == 3).then_some(info)
+        }
+    })
+    .await;
+    assert_eq!(info.state.subjects_count, 1, "only the caller has a history subject");
+    assert_eq!((info.config.max_bytes, info.config.max_messages), (1_000_000, 500));
+    let mut calls = js.get_stream("KV_sb_calls").await.expect("calls bucket");
+    assert_eq!(calls.info().await.expect("info").state.messages, 0, "calls that reached nobody are not kept");
 }

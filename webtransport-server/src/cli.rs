@@ -82,6 +82,17 @@ pub struct NodeArgs {
     /// Days a call record is kept.
     #[arg(long, env = "SWITCHBOARD_CALL_HISTORY_DAYS", default_value_t = 90)]
     pub call_history_days: u64,
+    /// Bytes of call history kept in all, every user together (oldest records dropped first).
+    #[arg(long, env = "SWITCHBOARD_CALL_HISTORY_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(i64).range(1..))]
+    pub call_history_max_bytes: i64,
+    /// Call records kept in all, every user together (oldest dropped first); also bounds
+    /// the number of users with a call history.
+    #[arg(long, env = "SWITCHBOARD_CALL_HISTORY_MAX_RECORDS", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub call_history_max_records: i64,
+    /// Call invitations per caller per minute on a node, as a burst, then one every
+    /// 60 s / rate (0: unlimited); over it: `RATE_LIMITED`.
+    #[arg(long, env = "SWITCHBOARD_CALL_INVITE_RATE", default_value_t = 30)]
+    pub call_invite_rate: u32,
     /// Seconds an unanswered call rings before it ends as missed.
     #[arg(long, env = "SWITCHBOARD_CALL_RING_TIMEOUT", default_value_t = 30)]
     pub call_ring_timeout: u64,
@@ -171,6 +182,8 @@ pub fn store_limits(args: &NodeArgs) -> StoreLimits {
         history_in_memory: args.history_storage == "memory",
         call_history_max: args.call_history_max.max(1),
         call_history_max_age: Duration::from_secs(args.call_history_days.max(1) * 86_400),
+        call_history_max_bytes: args.call_history_max_bytes,
+        call_history_max_records: args.call_history_max_records,
         ..StoreLimits::default()
     }
 }
@@ -222,6 +235,7 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
         request_rate: switchboard_relay::config::Rate { per_sec: args.request_rate, burst: args.request_rate * 2.0 },
         history: args.history_max_msgs > 0,
         ring_timeout: Duration::from_secs(args.call_ring_timeout.max(1)),
+        call_invite_rate: args.call_invite_rate,
         max_participants: args.max_participants,
         max_connections_per_ip: args.max_connections_per_ip,
         presence_events_max: args.presence_events_max,

@@ -260,6 +260,8 @@ spec:
           value: {{ $v.node.nodeTimeout | quote }}
         - name: SWITCHBOARD_REQUEST_RATE
           value: {{ $v.node.requestRate | quote }}
+        - name: SWITCHBOARD_CALL_INVITE_RATE
+          value: {{ $v.node.callInviteRate | quote }}
         - name: SWITCHBOARD_MAX_ROOMS_PER_SESSION
           value: {{ $v.node.maxRoomsPerSession | quote }}
         {{- if and .http (not (kindIs "invalid" $v.node.httpWorkers)) }}

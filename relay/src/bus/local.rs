@@ -1,6 +1,8 @@
 //! The in-process bus of the embedded single node.
 
-use super::{Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, StoreLimits, Subscription};
+use super::{
+    Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits, Subscription,
+};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::StreamExt;
@@ -120,9 +122,10 @@ impl LogState {
         }
     }
 
-    /// Drop the oldest entries of the whole log while it exceeds `max_bytes`.
-    fn trim_bytes(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+    /// Drop the oldest entries of the whole log while it exceeds `max_bytes` or holds more
+    /// than `max_entries`.
+    fn trim_total(&mut self, max_bytes: usize, max_entries: usize) {
+        while self.bytes > max_bytes || self.index.len() > max_entries {
             let Some((seq, key)) = self.index.pop_first() else { break };
             if let Some(key_log) = self.keys.get_mut(&key) {
                 if key_log.entries.front().is_some_and(|(s, _, _)| *s == seq) {
@@ -142,9 +145,44 @@ impl LogState {
 pub struct LocalBus {
     subs: Arc<Mutex<Subscribers>>,
     presence: Arc<Mutex<HashMap<String, BTreeMap<String, Participant>>>>,
-    kv: Arc<Mutex<HashMap<(Bucket, String), KvEntry>>>,
+    kv: Arc<Mutex<Kv>>,
     logs: Arc<Mutex<HashMap<Log, LogState>>>,
     limits: StoreLimits,
+}
+
+/// The key-value buckets, with each entry's last write time, so the `Calls` bucket forgets
+/// entries after `call_state_ttl` like the JetStream bucket's `max_age` (a call record per
+/// invitation would otherwise stay in memory for the life of the process).
+#[derive(Default)]
+struct Kv {
+    entries: HashMap<(Bucket, String), (KvEntry, Instant)>,
+    /// Sweep expired entries when there are more than this (doubles after each sweep).
+    sweep_at: usize,
+}
+
+impl Kv {
+    fn expired(&self, bucket: Bucket, at: Instant, limits: &StoreLimits) -> bool {
+        bucket == Bucket::Calls && at.elapsed() > limits.call_state_ttl
+    }
+
+    /// The live entry under `key`.
+    fn get(&mut self, bucket: Bucket, key: &str, limits: &StoreLimits) -> Option<&mut KvEntry> {
+        let k = (bucket, key.to_owned());
+        if self.entries.get(&k).is_some_and(|(_, at)| self.expired(bucket, *at, limits)) {
+            self.entries.remove(&k);
+        }
+        self.entries.get_mut(&k).map(|(e, _)| e)
+    }
+
+    /// Forget expired entries; amortised: when the entry count doubled since the last sweep.
+    fn sweep(&mut self, limits: &StoreLimits) {
+        if self.entries.len() <= self.sweep_at {
+            return;
+        }
+        let ttl = limits.call_state_ttl;
+        self.entries.retain(|(b, _), (_, at)| *b != Bucket::Calls || at.elapsed() <= ttl);
+        self.sweep_at = (self.entries.len() * 2).max(1024);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,20 +200,28 @@ impl LocalBus {
         Self { limits, ..Self::default() }
     }
 
-    fn log_bounds(&self, log: Log) -> (i64, Duration, usize) {
+    /// Per key: entries and age; in all: bytes and entries.
+    fn log_bounds(&self, log: Log) -> (i64, Duration, usize, usize) {
+        let size = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
         match log {
             Log::RoomHistory => (
                 self.limits.history_max_msgs,
                 self.limits.history_max_age,
-                usize::try_from(self.limits.history_max_bytes).unwrap_or(usize::MAX),
+                size(self.limits.history_max_bytes),
+                usize::MAX,
             ),
-            Log::CallHistory => (self.limits.call_history_max, self.limits.call_history_max_age, usize::MAX),
+            Log::CallHistory => (
+                self.limits.call_history_max,
+                self.limits.call_history_max_age,
+                size(self.limits.call_history_max_bytes),
+                size(self.limits.call_history_max_records),
+            ),
         }
     }
 
     /// Run `f` on `key`'s log (trimmed to its bounds) and the log's state.
     fn with_log<R>(&self, log: Log, key: &str, f: impl FnOnce(&mut LogState, &str) -> R) -> R {
-        let (max_msgs, max_age, _) = self.log_bounds(log);
+        let (max_msgs, max_age, _, _) = self.log_bounds(log);
         let mut logs = lock(&self.logs);
         let state = logs.entry(log).or_insert_with(|| LogState { next: 1, sweep_at: 1024, ..LogState::default() });
         state.trim_key(key, max_msgs, max_age);
@@ -249,34 +295,44 @@ impl Bus for LocalBus {
     }
 
     fn kv_get(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<Option<KvEntry>, BusError>> {
-        let entry = lock(&self.kv).get(&(bucket, key.to_owned())).cloned();
+        let entry = lock(&self.kv).get(bucket, key, &self.limits).cloned();
         async move { Ok(entry) }.boxed()
     }
 
     fn kv_create(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
         let mut kv = lock(&self.kv);
-        let r = match kv.entry((bucket, key.to_owned())) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(BusError::Conflict(format!("key {key} exists"))),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(KvEntry { value, revision: 1 });
-                Ok(1)
-            }
+        let r = if kv.get(bucket, key, &self.limits).is_some() {
+            Err(BusError::Conflict(format!("key {key} exists")))
+        } else {
+            kv.sweep(&self.limits);
+            kv.entries.insert((bucket, key.to_owned()), (KvEntry { value, revision: 1 }, Instant::now()));
+            Ok(1)
         };
         async move { r }.boxed()
     }
 
     fn kv_keys(&self, bucket: Bucket) -> BoxFuture<'_, Result<Vec<String>, BusError>> {
-        let keys = lock(&self.kv).keys().filter(|(b, _)| *b == bucket).map(|(_, k)| k.clone()).collect();
+        let kv = lock(&self.kv);
+        let keys = kv
+            .entries
+            .iter()
+            .filter(|((b, _), (_, at))| *b == bucket && !kv.expired(bucket, *at, &self.limits))
+            .map(|((_, k), _)| k.clone())
+            .collect();
         async move { Ok(keys) }.boxed()
     }
 
     fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>> {
         let mut kv = lock(&self.kv);
-        let entry = kv.entry((bucket, key.to_owned())).or_insert(KvEntry { value: Bytes::new(), revision: 0 });
-        entry.revision += 1;
-        entry.value = value;
-        let revision = entry.revision;
+        let revision = kv.get(bucket, key, &self.limits).map_or(0, |e| e.revision) + 1;
+        kv.sweep(&self.limits);
+        kv.entries.insert((bucket, key.to_owned()), (KvEntry { value, revision }, Instant::now()));
         async move { Ok(revision) }.boxed()
+    }
+
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        lock(&self.kv).entries.remove(&(bucket, key.to_owned()));
+        async { Ok(()) }.boxed()
     }
 
     fn kv_update(
@@ -287,11 +343,11 @@ impl Bus for LocalBus {
         revision: u64,
     ) -> BoxFuture<'_, Result<u64, BusError>> {
         let mut kv = lock(&self.kv);
-        let r = match kv.get_mut(&(bucket, key.to_owned())) {
+        let r = match kv.get(bucket, key, &self.limits) {
             Some(e) if e.revision == revision => {
-                e.revision += 1;
-                e.value = value;
-                Ok(e.revision)
+                let entry = KvEntry { value, revision: revision + 1 };
+                kv.entries.insert((bucket, key.to_owned()), (entry, Instant::now()));
+                Ok(revision + 1)
             }
             _ => Err(BusError::Conflict(format!("key {key} is not at revision {revision}"))),
         };
@@ -305,7 +361,7 @@ impl Bus for LocalBus {
         payload: Bytes,
         _dedupe_id: Option<String>,
     ) -> BoxFuture<'_, Result<LogAck, BusError>> {
-        let (max_msgs, max_age, max_bytes) = self.log_bounds(log);
+        let (max_msgs, max_age, max_bytes, max_entries) = self.log_bounds(log);
         let seq = self.with_log(log, key, |state, key| {
             let seq = state.next;
             state.next += 1;
@@ -317,7 +373,7 @@ impl Bus for LocalBus {
             // A follower that fell this far behind is cut off; it re-follows from its seq.
             key_log.followers.retain(|tx| tx.try_send(Ok(LogEntry { seq, payload: payload.clone() })).is_ok());
             state.trim_key(key, max_msgs, max_age);
-            state.trim_bytes(max_bytes);
+            state.trim_total(max_bytes, max_entries);
             seq
         });
         let ack: LogAck = async move { Ok(seq) }.boxed();
@@ -361,6 +417,15 @@ impl Bus for LocalBus {
         });
         let live = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         async move { Ok(futures_util::stream::iter(retained).chain(live).boxed()) }.boxed()
+    }
+
+    fn log_usage(&self, log: Log) -> BoxFuture<'_, Result<LogUsage, BusError>> {
+        let usage = lock(&self.logs).get(&log).map_or_else(LogUsage::default, |state| LogUsage {
+            entries: state.index.len() as u64,
+            bytes: state.bytes as u64,
+            keys: state.keys.values().filter(|k| !k.entries.is_empty()).count() as u64,
+        });
+        async move { Ok(usage) }.boxed()
     }
 
     fn presence_put(&self, room: &str, participant: &Participant) -> BoxFuture<'_, Result<(), BusError>> {
@@ -427,6 +492,46 @@ mod tests {
         assert_eq!(bus.subscription_count("sb.room.a.>"), 1);
         drop(sub);
         assert_eq!(bus.subscription_count("sb.room.a.>"), 0);
+    }
+
+    #[tokio::test]
+    async fn call_history_is_bounded_in_all_oldest_first() {
+        let limits = StoreLimits { call_history_max_records: 5, call_history_max_bytes: 40, ..StoreLimits::default() };
+        let bus = LocalBus::with_limits(limits);
+        for i in 0..20u8 {
+            let ack =
+                bus.log_append(Log::CallHistory, &format!("user{i}"), Bytes::from(vec![i; 4]), None).await.unwrap();
+            ack.await.unwrap();
+        }
+        let usage = bus.log_usage(Log::CallHistory).await.unwrap();
+        assert_eq!((usage.entries, usage.bytes, usage.keys), (5, 20, 5), "the record bound holds");
+        assert!(bus.log_read(Log::CallHistory, "user14", 0, 10).await.unwrap().is_empty(), "oldest dropped");
+        assert_eq!(bus.log_read(Log::CallHistory, "user15", 0, 10).await.unwrap().len(), 1);
+        // Big records: the byte bound holds.
+        for i in 0..3u8 {
+            bus.log_append(Log::CallHistory, "big", Bytes::from(vec![i; 15]), None).await.unwrap().await.unwrap();
+        }
+        let usage = bus.log_usage(Log::CallHistory).await.unwrap();
+        assert!(usage.bytes <= 40, "{usage:?}");
+        let big = bus.log_read(Log::CallHistory, "big", 0, 10).await.unwrap();
+        assert_eq!(big.iter().map(|e| e.payload[0]).collect::<Vec<_>>(), [1, 2], "the newest kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_state_expires_and_purges() {
+        let limits = StoreLimits { call_state_ttl: Duration::from_secs(60), ..StoreLimits::default() };
+        let bus = LocalBus::with_limits(limits);
+        bus.kv_create(Bucket::Calls, "c1", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_create(Bucket::Calls, "c2", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_create(Bucket::Users, "u", Bytes::from_static(b"x")).await.unwrap();
+        bus.kv_purge(Bucket::Calls, "c2").await.unwrap();
+        assert!(bus.kv_get(Bucket::Calls, "c2").await.unwrap().is_none());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(bus.kv_get(Bucket::Calls, "c1").await.unwrap().is_none(), "expired like the bucket's max_age");
+        assert!(bus.kv_keys(Bucket::Calls).await.unwrap().is_empty());
+        assert!(bus.kv_get(Bucket::Users, "u").await.unwrap().is_some(), "other buckets do not expire");
+        // An expired key can be created again.
+        assert_eq!(bus.kv_create(Bucket::Calls, "c1", Bytes::from_static(b"y")).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -86,6 +86,17 @@ pub struct LogEntry {
     pub payload: Bytes,
 }
 
+/// What a log holds right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogUsage {
+    /// Entries retained.
+    pub entries: u64,
+    /// Bytes retained (payloads; JetStream also counts its per-message overhead).
+    pub bytes: u64,
+    /// Keys with at least one entry retained.
+    pub keys: u64,
+}
+
 /// Resolves with an appended entry's sequence once the log stored it.
 pub type LogAck = BoxFuture<'static, Result<u64, BusError>>;
 
@@ -109,6 +120,11 @@ pub struct StoreLimits {
     pub call_history_max: i64,
     /// Age after which call records are dropped.
     pub call_history_max_age: std::time::Duration,
+    /// Bytes of call history kept in all (oldest records dropped first).
+    pub call_history_max_bytes: i64,
+    /// Call records kept in all, every user together (oldest dropped first). Also bounds
+    /// the number of users with a history: each holds at least one record.
+    pub call_history_max_records: i64,
     /// Age after which a call's live state is forgotten.
     pub call_state_ttl: std::time::Duration,
 }
@@ -122,6 +138,8 @@ impl Default for StoreLimits {
             history_in_memory: false,
             call_history_max: 1000,
             call_history_max_age: std::time::Duration::from_secs(90 * 24 * 3600),
+            call_history_max_bytes: 64 << 20,
+            call_history_max_records: 100_000,
             call_state_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
@@ -171,6 +189,8 @@ pub trait Bus: Send + Sync + 'static {
     fn kv_keys(&self, bucket: Bucket) -> BoxFuture<'_, Result<Vec<String>, BusError>>;
     /// Set `key` whatever its revision. Returns the new revision.
     fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>>;
+    /// Forget `key` without a trace (no tombstone); idempotent.
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// Replace `key` if its revision is still `revision`; else [`BusError::Conflict`].
     fn kv_update(&self, bucket: Bucket, key: &str, value: Bytes, revision: u64)
         -> BoxFuture<'_, Result<u64, BusError>>;
@@ -196,6 +216,8 @@ pub trait Bus: Send + Sync + 'static {
         -> BoxFuture<'_, Result<Vec<LogEntry>, BusError>>;
     /// Follow `key`: its retained entries after `after`, then live ones.
     fn log_follow(&self, log: Log, key: &str, after: u64) -> BoxFuture<'_, Result<LogStream, BusError>>;
+    /// How much `log` holds (for metrics).
+    fn log_usage(&self, log: Log) -> BoxFuture<'_, Result<LogUsage, BusError>>;
     /// Record `participant` as present in `room`, cluster-wide.
     fn presence_put(&self, room: &str, participant: &Participant) -> BoxFuture<'_, Result<(), BusError>>;
     /// Remove a session's presence record in `room` (idempotent).

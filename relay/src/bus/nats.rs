@@ -1,7 +1,9 @@
 //! The NATS bus: core pub/sub and request/reply for traffic, JetStream key-value buckets
 //! for presence, calls and accounts, JetStream streams for room and call history.
 
-use super::{Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, StoreLimits, Subscription};
+use super::{
+    Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits, Subscription,
+};
 use async_nats::jetstream::{self, consumer::push, consumer::DeliverPolicy, kv};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -62,11 +64,11 @@ async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::
 }
 
 /// A log stream's configuration: one subject per key under `<prefix>.<log>.`, bounded per
-/// key, by age and by bytes, oldest dropped first.
+/// key, by age, by bytes and by messages in all (-1: unbounded), oldest dropped first.
 fn log_config(
     prefix: &str,
     log: Log,
-    (max_per_key, max_age, max_bytes): (i64, Duration, i64),
+    (max_per_key, max_age, max_bytes, max_messages): (i64, Duration, i64, i64),
     storage: jetstream::stream::StorageType,
     replicas: usize,
 ) -> jetstream::stream::Config {
@@ -76,6 +78,7 @@ fn log_config(
         max_messages_per_subject: max_per_key.max(1),
         max_age,
         max_bytes,
+        max_messages,
         storage,
         num_replicas: replicas,
         discard: jetstream::stream::DiscardPolicy::Old,
@@ -182,7 +185,7 @@ impl NatsBus {
         let room_history_config = log_config(
             &opts.prefix,
             Log::RoomHistory,
-            (l.history_max_msgs, l.history_max_age, l.history_max_bytes),
+            (l.history_max_msgs, l.history_max_age, l.history_max_bytes, -1),
             storage,
             replicas,
         );
@@ -190,7 +193,7 @@ impl NatsBus {
         let call_history_config = log_config(
             &opts.prefix,
             Log::CallHistory,
-            (l.call_history_max, l.call_history_max_age, -1),
+            (l.call_history_max, l.call_history_max_age, l.call_history_max_bytes, l.call_history_max_records),
             jetstream::stream::StorageType::File,
             replicas,
         );
@@ -409,6 +412,14 @@ impl Bus for NatsBus {
         async move { self.bucket(bucket).put(key, value).await.map_err(other) }.boxed()
     }
 
+    fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        // A stream purge of the key's subject, like `presence_remove`: a KV delete or purge
+        // would leave a marker per key.
+        let store = self.bucket(bucket);
+        let subject = format!("{}{key}", store.prefix);
+        async move { store.stream.purge().filter(subject).await.map(|_| ()).map_err(other) }.boxed()
+    }
+
     fn kv_update(
         &self,
         bucket: Bucket,
@@ -514,6 +525,15 @@ impl Bus for NatsBus {
                     Ok(LogEntry { seq, payload: msg.payload.clone() })
                 })
                 .boxed())
+        }
+        .boxed()
+    }
+
+    fn log_usage(&self, log: Log) -> BoxFuture<'_, Result<LogUsage, BusError>> {
+        let mut stream = self.stream(log).clone();
+        async move {
+            let state = stream.info().await.map_err(other)?.state.clone();
+            Ok(LogUsage { entries: state.messages, bytes: state.bytes, keys: state.subjects_count })
         }
         .boxed()
     }

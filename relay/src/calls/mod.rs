@@ -17,6 +17,7 @@
 //!    '--no callee online-------> ENDED(offline)
 //! ```
 
+pub(crate) mod bounds;
 pub mod inbox;
 pub mod json;
 pub mod service;
@@ -68,6 +69,9 @@ pub enum CallError {
     /// The token does not grant calls.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller invites too often.
+    #[error("{0}")]
+    RateLimited(String),
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -81,6 +85,7 @@ impl CallError {
             CallError::State(_) => ErrorCode::CallState,
             CallError::Invalid(_) => ErrorCode::InvalidArgument,
             CallError::Forbidden(_) => ErrorCode::Forbidden,
+            CallError::RateLimited(_) => ErrorCode::RateLimited,
             CallError::Bus(_) => ErrorCode::Unavailable,
         }
     }
@@ -127,7 +132,9 @@ fn nobody_left(call: &Call) -> bool {
 
 /// Start a call from `actor` to `callees`: rings every connected device of every callee.
 /// Returns the call as it stands after ringing (callees with no device are `OFFLINE`; if
-/// none had one, the call has already ended with outcome `OFFLINE`).
+/// none had one, the call has already ended with outcome `OFFLINE`). Counts against the
+/// caller's invitation rate (`RATE_LIMITED` over it). `media` `UNSPECIFIED` (unset, or a
+/// value this node does not know) means audio: the call records `AUDIO`.
 pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: CallMedia) -> Result<Call, CallError> {
     let mut unique: Vec<String> = Vec::new();
     for c in callees {
@@ -142,6 +149,11 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
     if unique.is_empty() || unique.len() > MAX_CALLEES {
         return Err(CallError::Invalid(format!("a call needs 1 to {MAX_CALLEES} callees")));
     }
+    bounds::check_invite(node, &actor.user)?;
+    let media = match media {
+        CallMedia::Video => CallMedia::Video,
+        CallMedia::Audio | CallMedia::Unspecified => CallMedia::Audio,
+    };
     let id = crate::ids::random_id(16);
     let now = now_ms();
     let mut parties = vec![CallParty {
@@ -198,8 +210,8 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
             }
         })
         .collect();
-    schedule_timeout(node, &call);
     if offline.is_empty() {
+        schedule_timeout(node, &call);
         return Ok(call);
     }
     let system = Actor { user: String::new(), session: String::new(), name: String::new() };
@@ -219,6 +231,15 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
         Ok(events)
     })
     .await?;
+    if call.state() == CallState::Ended {
+        // Nobody was reached: nothing can happen to this call any more, so its live state
+        // is not kept (what an invitation to unknown ids stores is the caller's record).
+        if let Err(e) = node.bus.kv_purge(Bucket::Calls, &id).await {
+            tracing::debug!(call = %id, error = %e, "forgetting an offline call failed (it expires)");
+        }
+    } else {
+        schedule_timeout(node, &call);
+    }
     Ok(call)
 }
 
@@ -428,10 +449,10 @@ async fn publish_event(node: &Node, user: &str, call: &Call, state: CallState, b
     }
 }
 
-/// Append the ended call to every party's call history.
+/// Append the ended call to its parties' call history (not every callee's: see [`bounds`]).
 async fn record_history(node: &Node, call: &Call) {
     let record = Bytes::from(call.encode_to_vec());
-    for party in &call.parties {
+    for party in call.parties.iter().filter(|p| bounds::records_for(node, call, p)) {
         let appended = match node
             .bus
             .log_append(Log::CallHistory, &party.user, record.clone(), Some(format!("{}:{}", call.id, party.user)))

@@ -1,4 +1,5 @@
-//! A keyed rate limiter with bounded memory, for login and registration attempts.
+//! A keyed rate limiter with bounded memory: login and registration attempts (accounts),
+//! call invitations per caller.
 //!
 //! Each key (a username, a client address) allows `limit` attempts per `period`, as a
 //! burst, then one more every `period / limit` (GCRA: one instant per key, the
@@ -69,9 +70,13 @@ impl RateLimiter {
     }
 
     /// Keys currently remembered.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).tat.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
