@@ -502,6 +502,11 @@ impl Session {
                 self.publish_or_error(subject, bus_envelope::Kind::KeyframeRequest(req), id).await;
             }
             client_frame::Kind::CallInvite(inv) => {
+                // Unset is audio (documented); a value the protocol does not define is refused.
+                if switchboard_protocol::pb::CallMedia::try_from(inv.media).is_err() {
+                    self.error(ErrorCode::InvalidArgument, format!("unknown call media {}", inv.media), id);
+                    return Ok(());
+                }
                 let media = inv.media();
                 self.call_op(id, |node, actor| async move { calls::invite(&node, &actor, &inv.callees, media).await })
                     .await

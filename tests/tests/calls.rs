@@ -432,21 +432,24 @@ async fn invite_flood_is_rate_limited_and_does_not_spam_the_victim() {
 
 /// Invitations to ids that never connected store one record (the caller's), no per-callee
 /// history; the history store is bounded by records in all and by bytes, oldest first.
-/// Unknown media values are recorded as audio.
+/// An unset media value is recorded as audio; a value the protocol does not define is refused.
 #[tokio::test]
 async fn calls_to_never_seen_ids_leave_bounded_storage() {
     const MAX_RECORDS: usize = 40;
     let node = embedded(&["--call-invite-rate", "0", "--call-history-max-records", &MAX_RECORDS.to_string()]).await;
     let (mut alice, _) = user(&node, "alice").await;
+    let unknown = CallInvite { callees: vec!["bob".into()], media: 7 };
+    alice.send(9, client_frame::Kind::CallInvite(unknown)).await;
+    assert_eq!(reply(&mut alice, 9).await.unwrap_err(), ErrorCode::InvalidArgument);
     let mut calls = Vec::new();
     for i in 0..100u64 {
         let callees: Vec<String> = (0..16).map(|j| format!("ghost{i}x{j}")).collect();
-        let inv = CallInvite { callees, media: 7 };
+        let inv = CallInvite { callees, media: 0 };
         alice.send(10 + i, client_frame::Kind::CallInvite(inv)).await;
         let call = reply(&mut alice, 10 + i).await.expect("invite acked").call;
         let ended = call_event(&mut alice, &call, CallState::Ended).await.call.expect("call");
         assert_eq!(ended.outcome(), CallOutcome::Offline);
-        assert_eq!(ended.media, CallMedia::Audio as i32, "an unknown media value is recorded as audio");
+        assert_eq!(ended.media, CallMedia::Audio as i32, "an unset media value is recorded as audio");
         calls.push(call);
     }
     // Only alice has a history, and only the newest MAX_RECORDS calls are kept.
