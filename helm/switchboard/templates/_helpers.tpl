@@ -264,6 +264,12 @@ spec:
           value: {{ $v.node.callInviteRate | quote }}
         - name: SWITCHBOARD_MAX_ROOMS_PER_SESSION
           value: {{ $v.node.maxRoomsPerSession | quote }}
+        - name: SWITCHBOARD_MAX_PENDING_CONNECTIONS
+          value: {{ $v.node.maxPendingConnections | quote }}
+        - name: SWITCHBOARD_MAX_PENDING_PER_IP
+          value: {{ $v.node.maxPendingPerIp | quote }}
+        - name: SWITCHBOARD_HELLO_TIMEOUT
+          value: {{ $v.node.helloTimeout | quote }}
         {{- if and .http (not (kindIs "invalid" $v.node.httpWorkers)) }}
         - name: SWITCHBOARD_HTTP_WORKERS
           value: {{ $v.node.httpWorkers | quote }}
