@@ -178,7 +178,8 @@ async fn a_websocket_ping_flood_is_cut_off_not_buffered() {
     let rss_before = node.rss_kib().expect("node RSS");
     let ping = Bytes::from(vec![7u8; 125]);
     // 200,000 pings would make 25 MB of pongs. Bounded in count and time: the flood ends when
-    // the node closes the connection (or stops reading it).
+    // the node has closed the connection (what arrives after its close is read and dropped
+    // for actix-http's linger, so the sends may all succeed) or stops reading it.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut sent = 0u64;
     while sent < 200_000 && tokio::time::Instant::now() < deadline {
@@ -201,7 +202,6 @@ async fn a_websocket_ping_flood_is_cut_off_not_buffered() {
     };
     eprintln!("sent {sent} pings, {pongs} pongs back, closed with {close:?}; node RSS {rss_before} -> {rss_after} KiB");
     assert_eq!(close, Some(close_code(ErrorCode::RateLimited)));
-    assert!(sent < 200_000, "the node kept reading a ping flood ({sent} pings)");
     assert!(pongs <= 100, "{pongs} pongs answered to a flood");
     assert!(growth < 8 * 1024, "node RSS grew by {growth} KiB");
 }
