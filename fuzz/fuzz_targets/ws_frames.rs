@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bytes::Bytes;
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use switchboard_protocol::websocket::{frame_header, FrameSplitter, SplitError, MAX_HEADER_LEN};
 
@@ -23,7 +23,7 @@ fuzz_target!(|input: Input| {
     let mut taken = Vec::new();
     let mut handed_out = Vec::new();
     for chunk in &input.chunks {
-        let mut rest = Bytes::copy_from_slice(chunk);
+        let mut rest = BytesMut::from(&chunk[..]);
         loop {
             let before = rest.len();
             let result = splitter.next_frame(&mut rest);

@@ -6,7 +6,7 @@
 //! frame (header and payload, within the limit) at a time; decoding a whole frame (opcode,
 //! unmasking, control-frame rules) is left to the WebSocket codec.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 /// The longest frame header: 2 bytes, an 8-byte extended length and a 4-byte mask key.
 pub const MAX_HEADER_LEN: usize = 14;
@@ -88,8 +88,9 @@ impl FrameSplitter {
     }
 
     /// Take from `input` what the current frame needs (advancing it), and return the frame,
-    /// header included, once it is whole. `Ok(None)` means `input` is used up.
-    pub fn next_frame(&mut self, input: &mut Bytes) -> Result<Option<BytesMut>, SplitError> {
+    /// header included, once it is whole. `Ok(None)` means `input` is used up. A frame that
+    /// lies whole in `input` is split off it without a copy.
+    pub fn next_frame(&mut self, input: &mut BytesMut) -> Result<Option<BytesMut>, SplitError> {
         loop {
             let needed = match self.whole_len(&self.buf) {
                 Ok(Some(total)) if self.buf.len() >= total => return Ok(Some(std::mem::take(&mut self.buf))),
@@ -104,13 +105,9 @@ impl FrameSplitter {
                 return Ok(None);
             }
             if self.buf.is_empty() {
-                // The common case: a whole frame at the start of the input, taken without a
-                // copy when the input is not shared.
                 if let Some(total) = self.whole_len(input)? {
                     if input.len() >= total {
-                        // A frame that is the whole input leaves no other owner of it behind.
-                        let frame = if input.len() == total { std::mem::take(input) } else { input.split_to(total) };
-                        return Ok(Some(frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))));
+                        return Ok(Some(input.split_to(total)));
                     }
                 }
             }
@@ -147,7 +144,7 @@ mod tests {
     fn split_all(splitter: &mut FrameSplitter, wire: &[u8], chunk: usize) -> Result<Vec<usize>, SplitError> {
         let mut out = Vec::new();
         for piece in wire.chunks(chunk) {
-            let mut input = Bytes::copy_from_slice(piece);
+            let mut input = BytesMut::from(piece);
             while let Some(f) = splitter.next_frame(&mut input)? {
                 out.push(f.len());
             }
@@ -187,7 +184,7 @@ mod tests {
         let mut s = FrameSplitter::new(1000);
         let mut wire = frame(&[1; 1000]);
         wire.extend(frame(&[2; 1000]));
-        let mut input = Bytes::from(wire[..1500].to_vec());
+        let mut input = BytesMut::from(&wire[..1500]);
         let first = s.next_frame(&mut input).unwrap().expect("first frame");
         assert_eq!(first.len(), 1008);
         assert_eq!(s.next_frame(&mut input).unwrap(), None);
@@ -197,10 +194,10 @@ mod tests {
     #[test]
     fn the_limit_can_change_between_frames() {
         let mut s = FrameSplitter::new(10);
-        let mut input = Bytes::from(frame(&[0; 10]));
+        let mut input = BytesMut::from(&frame(&[0; 10])[..]);
         assert!(s.next_frame(&mut input).unwrap().is_some());
         s.set_max_payload(100);
-        let mut input = Bytes::from(frame(&[0; 100]));
+        let mut input = BytesMut::from(&frame(&[0; 100])[..]);
         assert!(s.next_frame(&mut input).unwrap().is_some());
     }
 }

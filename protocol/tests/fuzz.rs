@@ -86,7 +86,7 @@ proptest! {
         let mut cut = cuts.iter().cycle();
         'stream: while at < bytes.len() {
             let end = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
-            let mut chunk = Bytes::copy_from_slice(&bytes[at..end]);
+            let mut chunk = bytes::BytesMut::from(&bytes[at..end]);
             loop {
                 let before = chunk.len();
                 let result = splitter.next_frame(&mut chunk);

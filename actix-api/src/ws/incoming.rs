@@ -7,7 +7,7 @@
 
 use actix_codec::Decoder;
 use actix_http::ws::{Codec, Frame, ProtocolError};
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,8 +35,9 @@ pub enum ReadError {
 /// Frames from the client, decoded from the upgraded request's payload.
 pub struct Incoming {
     payload: actix_web::dev::Payload,
-    /// The part of the last chunk read that the current frame has not taken yet.
-    chunk: Bytes,
+    /// The part of the last chunk read that the frames have not taken yet (frames are split
+    /// off it without a copy).
+    chunk: BytesMut,
     splitter: FrameSplitter,
     codec: Codec,
     ended: bool,
@@ -47,7 +48,7 @@ impl Incoming {
     pub fn new(payload: actix_web::dev::Payload, max_frame: usize) -> Self {
         Self {
             payload,
-            chunk: Bytes::new(),
+            chunk: BytesMut::new(),
             splitter: FrameSplitter::new(max_frame),
             // The splitter enforces the limit; the codec's must not be lower.
             codec: Codec::new().max_size(usize::MAX),
@@ -68,7 +69,7 @@ impl Incoming {
 
     fn fail(&mut self, e: ReadError) -> Poll<Option<Result<Frame, ReadError>>> {
         self.ended = true;
-        self.chunk = Bytes::new();
+        self.chunk = BytesMut::new();
         Poll::Ready(Some(Err(e)))
     }
 
@@ -90,12 +91,13 @@ impl Incoming {
             }
             // The chunk is used up: let go of its allocation (an idle connection holds no
             // read buffer; frames handed out keep what they need alive).
-            self.chunk = Bytes::new();
+            self.chunk = BytesMut::new();
             if self.ended {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut self.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.chunk = chunk,
+                // Without a copy when the chunk is not shared (actix-http hands out its own).
+                Poll::Ready(Some(Ok(chunk))) => self.chunk = BytesMut::from(chunk),
                 Poll::Ready(Some(Err(e))) => return self.fail(ReadError::Lost(e.to_string())),
                 // The TCP connection ended without a close frame (a close frame ends the
                 // session before the payload does).
