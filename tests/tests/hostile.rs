@@ -399,7 +399,7 @@ async fn keyframe_requests_need_media_and_signal_kinds_must_be_known() {
 
 /// What a connection that has not authenticated makes the node hold (upgraded WebSocket with
 /// no `Hello`; WebTransport session with no control stream): printed, and bounded. Run with
-/// `SWITCHBOARD_BIN_DIR=target/release` for the release figure in RELIABILITY.md.
+/// `SWITCHBOARD_BIN_DIR=$PWD/target/release` (after `cargo build --release -p switchboard`) for the release figure in RELIABILITY.md.
 #[tokio::test]
 async fn a_connection_that_has_not_authenticated_holds_little() {
     let node = TestNode::start(node_with(&[
