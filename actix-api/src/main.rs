@@ -23,6 +23,16 @@ use switchboard_webtransport::cli::{build_node, init_logging, NodeArgs};
 use switchboard_webtransport::WtServer;
 use switchboard_webtransport::{WtArgs, WtConfig};
 
+/// Time a client has to send its request line and headers (a slow client is answered 408 and
+/// closed).
+const HTTP_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to complete a TLS handshake on the HTTP listener.
+const HTTP_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Open HTTP connections per worker thread; beyond it new ones wait in the kernel's backlog.
+const HTTP_MAX_CONNECTIONS_PER_WORKER: usize = 25_000;
+/// TLS handshakes in progress per worker thread.
+const HTTP_MAX_TLS_HANDSHAKES_PER_WORKER: usize = 256;
+
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "Switchboard relay node", args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -143,7 +153,13 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         }
     })
     .disable_signals()
-    .shutdown_timeout(5);
+    .shutdown_timeout(5)
+    // What a connection may hold before its request (and so before the WebSocket admission):
+    // stated here rather than left to actix-web's defaults, which these are.
+    .client_request_timeout(HTTP_REQUEST_HEAD_TIMEOUT)
+    .tls_handshake_timeout(HTTP_TLS_HANDSHAKE_TIMEOUT)
+    .max_connections(HTTP_MAX_CONNECTIONS_PER_WORKER)
+    .max_connection_rate(HTTP_MAX_TLS_HANDSHAKES_PER_WORKER);
     let tls = match (&args.http_tls_cert, &args.http_tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert.clone(), key.clone())?),
         _ => None,

@@ -456,3 +456,31 @@ async fn nobody_may_speak_as_the_server() {
     }
     assert_eq!(ws.closed().await, Some(close_code(ErrorCode::Forbidden)));
 }
+
+/// A client that opens a TCP connection to the HTTP listener and sends its request head a
+/// byte at a time, never finishing it (slowloris), is closed by the node: what a connection
+/// holds before its request is bounded in time as well.
+#[tokio::test]
+async fn a_request_head_that_never_ends_is_closed() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", node.http_port)).await.expect("connect");
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.expect("request line");
+    // Bounded: one header byte at a time until the node closes, at most WAIT.
+    let closed = within(WAIT, "the node to close a request head that never ends", async {
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                read = tcp.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 answer, then the close
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if tcp.write_all(b"X").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    closed.await;
+}
