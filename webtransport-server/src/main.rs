@@ -29,7 +29,12 @@ async fn main() -> anyhow::Result<()> {
     let server = WtServer::bind(config).await.context("starting WebTransport")?;
     tracing::info!(addr = %server.local_addr()?, node = node.id(), "WebTransport listening");
     let listener = probe::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
-    tokio::spawn(probe::serve(listener, node.clone(), server.generated_certificate_sha256_hex()));
+    tokio::spawn(probe::serve(
+        listener,
+        node.clone(),
+        server.generated_certificate_sha256_hex(),
+        args.node.allowed_origins(),
+    ));
     let serving = tokio::spawn(server.serve(node.clone()));
     shutdown_signal().await;
     tracing::info!("shutdown signal: draining");

@@ -251,7 +251,13 @@ async fn probe_listener() {
     let server = Server::start(Duration::from_secs(10)).await;
     let listener = switchboard_webtransport::probe::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind");
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(switchboard_webtransport::probe::serve(listener, server.node.clone(), Some(server.hash.clone())));
+    let origins = switchboard_relay::AllowedOrigins::new(["https://app.example.com"]);
+    tokio::spawn(switchboard_webtransport::probe::serve(
+        listener,
+        server.node.clone(),
+        Some(server.hash.clone()),
+        origins,
+    ));
     assert_eq!(http(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await, (200, "ok\n".into()));
     assert_eq!(http(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.0, 200);
     let (status, metrics) = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
@@ -259,6 +265,24 @@ async fn probe_listener() {
     assert!(metrics.contains("switchboard_"), "{metrics}");
     assert_eq!(http(addr, b"GET /certificate.sha256 HTTP/1.1\r\n\r\n").await, (200, format!("{}\n", server.hash)));
     assert_eq!(http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await.0, 404);
+    // CORS: only the certificate hash is for browsers, and only for allowed origins.
+    let head = |request: &'static [u8]| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8(response).expect("utf-8").to_ascii_lowercase()
+    };
+    let allowed = head(b"GET /certificate.sha256 HTTP/1.1\r\nOrigin: https://app.example.com\r\n\r\n").await;
+    assert!(allowed.contains("access-control-allow-origin: https://app.example.com\r\n"), "{allowed}");
+    for refused in [
+        &b"GET /certificate.sha256 HTTP/1.1\r\nOrigin: https://evil.example.net\r\n\r\n"[..],
+        b"GET /certificate.sha256 HTTP/1.1\r\nOrigin: https://app.example.com\r\nOrigin: https://evil.example.net\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nOrigin: https://app.example.com\r\n\r\n",
+    ] {
+        let answer = head(refused).await;
+        assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+    }
     assert_eq!(http(addr, b"POST /healthz HTTP/1.1\r\n\r\n").await.0, 405);
     // One byte over the request limit, without an end of headers (all of it is read, so the
     // close is clean).
