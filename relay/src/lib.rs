@@ -34,5 +34,5 @@ pub use bus::{Bus, BusError, LocalBus, NatsBus, NatsOptions};
 pub use config::RelayConfig;
 pub use node::Node;
 pub use origin::{AllowedOrigins, OriginRefused};
-pub use session::{refuse as refuse_connection, run as run_session};
+pub use session::run as run_session;
 pub use transport::{Transport, TransportError, TransportKind};

@@ -49,7 +49,7 @@ struct Session {
 }
 
 /// Whatever the session holds in the node is given back on every exit path: the normal one
-/// awaits [`Session::release`]; a panic (or a cancelled task) drops the session here, which
+/// awaits [`release`]; a panic (or a cancelled task) drops the session here, which
 /// hands the same work to a task of its own. The admission ticket and the user's slot are
 /// guards of their own.
 impl Drop for Session {
@@ -144,15 +144,10 @@ fn refusal_tolerance(requests: crate::config::Rate) -> crate::config::Rate {
     crate::config::Rate { per_sec: requests.per_sec, burst: (4.0 * requests.burst).max(1000.0) }
 }
 
-/// The fatal frame telling a client why its connection was not admitted.
+/// The fatal frame telling a client why its connection was not admitted (an edge that
+/// refuses before any session runs sends it itself).
 pub fn refusal_frame(why: Refused) -> Bytes {
     error_frame(why.code(), why.to_string(), 0, true)
-}
-
-/// Tell a connection that was not admitted why (bounded in time), and close it.
-pub async fn refuse<T: Transport>(mut transport: T, why: Refused) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(refusal_frame(why))).await;
-    transport.close(why.code(), &why.to_string()).await;
 }
 
 /// Drive one admitted connection until it ends. Whatever it holds in the node (rooms,
