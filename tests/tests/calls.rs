@@ -181,9 +181,13 @@ async fn a_call_rings_every_device_on_both_nodes_and_is_answered_once() {
 
     // Alice hangs up: everyone hears ENDED (completed, with a duration); the room empties.
     alice.send(9, client_frame::Kind::CallEnd(CallEnd { call: call.clone() })).await;
+    // Whoever hears ENDED finds the call in their history at once (apps refresh it then).
+    let heard = call_event(&mut bob1, &call, CallState::Ended).await.call.unwrap();
+    let (_, body) = http_get(&n1, "/api/calls?user=bob", ADMIN_KEY).await;
+    assert_eq!(body["calls"][0]["id"].as_str(), Some(call.as_str()), "history when ENDED is heard: {body}");
     reply(&mut alice, 9).await.expect("end acked");
-    for ws in [&mut alice, &mut bob1] {
-        let ended = call_event(ws, &call, CallState::Ended).await.call.unwrap();
+    let ended = call_event(&mut alice, &call, CallState::Ended).await.call.unwrap();
+    for ended in [heard, ended] {
         assert_eq!(ended.outcome(), CallOutcome::Completed);
         assert!(ended.answered_at_ms > 0 && ended.ended_at_ms >= ended.answered_at_ms);
     }

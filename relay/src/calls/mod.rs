@@ -411,6 +411,11 @@ async fn transition(
         }
         match node.bus.kv_update(Bucket::Calls, call_id, Bytes::from(call.encode_to_vec()), entry.revision).await {
             Ok(_) => {
+                // Recorded before anyone hears it ended: a client that reads its history on
+                // the ENDED event finds the call there.
+                if call.state() == CallState::Ended {
+                    record_history(node, &call).await;
+                }
                 let by = if actor.user.is_empty() { Sender::default() } else { sender(node, actor) };
                 for state in &events {
                     let kind = json::state_name(*state);
@@ -419,9 +424,6 @@ async fn transition(
                     for party in &call.parties {
                         publish_event(node, &party.user, &call, *state, &by).await;
                     }
-                }
-                if call.state() == CallState::Ended {
-                    record_history(node, &call).await;
                 }
                 return Ok((call, events));
             }
