@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod nats;
+pub mod netns;
 pub mod node;
 pub mod proxy;
 
