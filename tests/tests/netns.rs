@@ -7,12 +7,14 @@
 //! Needs root (network namespaces, iptables, tc); elsewhere each test prints `SKIPPED: <why>`
 //! and returns. All traffic stays between the lab's own namespace addresses (10.77.0.0/16).
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_tests::netns::{Host, Lab, Profile};
-use switchboard_tests::within;
+use switchboard_client::{Client, ClientConfig, Event, Events};
+use switchboard_tests::netns::{self, Host, Lab, Profile};
+use switchboard_tests::{binary, token, wait_for, within, TEST_SECRET};
 use tokio::net::UdpSocket;
 
 /// A lab, or `SKIPPED: <reason>` and return.
@@ -234,4 +236,282 @@ async fn emulated_rtt_and_loss_match_each_profile() {
         }
     }
     assert!(failures.is_empty(), "the emulator does not match its profiles:\n{}", failures.join("\n"));
+}
+
+/// Seconds of transfer at the profile's rate for a throughput measurement.
+const BULK_SECONDS: u64 = 3;
+
+/// Bytes per second of TCP payload that `from` → `to` carries in a bulk transfer of
+/// `BULK_SECONDS` at `rate_bps`, timed from the first 10 % received to the end (so the
+/// bucket's initial burst and slow start are left out).
+async fn tcp_goodput(from: &Host, to: &Host, port: u16, rate_bps: u64) -> f64 {
+    let total = (rate_bps / 8 * BULK_SECONDS) as usize;
+    let listen_at = SocketAddr::from((to.addr(), port));
+    let listener = to.within(|| std::net::TcpListener::bind(listen_at)).expect("listening on a lab host");
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let sender = from.within(|| std::net::TcpStream::connect_timeout(&listen_at, Duration::from_secs(5)));
+    let sender = sender.expect("connecting between lab hosts");
+    sender.set_nonblocking(true).unwrap();
+    let mut sender = tokio::net::TcpStream::from_std(sender).unwrap();
+    let (mut receiver, _) = listener.accept().await.unwrap();
+    let send = async move {
+        use tokio::io::AsyncWriteExt;
+        let chunk = vec![7u8; 64 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            sender.write_all(&chunk[..n]).await.expect("sending");
+            left -= n;
+        }
+        sender.shutdown().await.expect("closing");
+    };
+    let receive = async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut got, mut from_mark) = (0usize, None);
+        while got < total {
+            let n = receiver.read(&mut buf).await.expect("receiving");
+            assert!(n > 0, "the transfer ended early at {got} bytes");
+            got += n;
+            if from_mark.is_none() && got >= total / 10 {
+                from_mark = Some((Instant::now(), got));
+            }
+        }
+        let (t0, at) = from_mark.expect("the mark is passed before the end");
+        (got - at) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let ((), rate) = within(Duration::from_secs(60), "a bulk transfer", async { tokio::join!(send, receive) }).await;
+    rate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tbf_rate_matches_profile() {
+    let mut lab = lab_or_skip!("rate");
+    let server = lab.host("server").unwrap();
+    // The profiles' rates alone: their loss and delay would make TCP, not the link, the limit.
+    let mut runs = Vec::new();
+    for (i, base) in [Profile::mobile(), Profile::bad()].into_iter().enumerate() {
+        let host = lab.host(base.name).unwrap();
+        let rate = base.rate_bps.expect("a rate");
+        lab.shape(&host, Profile { rate_bps: Some(rate), ..Profile::clean() }).unwrap();
+        let server = server.clone();
+        runs.push(tokio::spawn(async move {
+            let down = tcp_goodput(&server, &host, 9000 + 2 * i as u16, rate).await;
+            let up = tcp_goodput(&host, &server, 9001 + 2 * i as u16, rate).await;
+            (base.name, rate, down, up)
+        }));
+    }
+    let mut failures = Vec::new();
+    for run in runs {
+        let (name, rate, down, up) = run.await.expect("a transfer task");
+        // tbf counts whole frames: 1448 bytes of TCP payload per 1514-byte frame.
+        let expected = rate as f64 / 8.0 * 1448.0 / 1514.0;
+        for (dir, got) in [("down", down), ("up", up)] {
+            eprintln!(
+                "netns rate {name:>6} {dir:>4}: {:.2} Mbit/s of TCP payload, expected {:.2} ({:.1} %)",
+                got * 8.0 / 1e6,
+                expected * 8.0 / 1e6,
+                got / expected * 100.0
+            );
+            if !(0.85 * expected..=1.15 * expected).contains(&got) {
+                failures.push(format!("{name} {dir}: {got:.0} B/s vs {expected:.0} B/s"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "tbf does not give the profile's rate:\n{}", failures.join("\n"));
+}
+
+/// Whether a datagram from `from` reaches `to` within 500 ms (5 tries).
+async fn passes(from: &UdpSocket, to: &UdpSocket) -> bool {
+    let target = to.local_addr().unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..5 {
+        from.send_to(b"ping", target).await.expect("send");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), to.recv_from(&mut buf)).await {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn partition_and_link_down_cut_traffic_and_heal_restores_it() {
+    let mut lab = lab_or_skip!("faults");
+    let (a, b) = (lab.host("a").unwrap(), lab.host("b").unwrap());
+    let (sa, sb) = (udp_on(&a, 7100), udp_on(&b, 7100));
+    assert!(passes(&sa, &sb).await && passes(&sb, &sa).await, "a fresh lab passes traffic");
+
+    lab.partition(&a, &b).unwrap();
+    assert!(!passes(&sa, &sb).await && !passes(&sb, &sa).await, "a partition drops both ways");
+    lab.heal(&a, &b).unwrap();
+    wait_for(Duration::from_secs(5), "traffic after heal", || async { passes(&sa, &sb).await.then_some(()) }).await;
+
+    lab.link_down(&a).unwrap();
+    assert!(!passes(&sa, &sb).await && !passes(&sb, &sa).await, "a link down passes nothing");
+    lab.link_up(&a).unwrap();
+    wait_for(Duration::from_secs(10), "traffic after link up", || async {
+        (passes(&sa, &sb).await && passes(&sb, &sa).await).then_some(())
+    })
+    .await;
+}
+
+/// Nothing of the harness in the machine's own namespace: no rule, no qdisc.
+fn assert_root_namespace_untouched() {
+    for table in ["filter", "mangle"] {
+        let out = std::process::Command::new("iptables").args(["-w", "5", "-t", table, "-S"]).output().unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout);
+        assert!(!rules.contains("sb-") && !rules.contains("NFQUEUE"), "rules in the root namespace:\n{rules}");
+    }
+    let out = std::process::Command::new("tc").args(["qdisc", "show"]).output().unwrap();
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    assert!(!qdiscs.contains("tbf"), "a tbf qdisc in the root namespace:\n{qdiscs}");
+}
+
+fn gone(pid: u32) -> bool {
+    // Absent, or a zombie waiting for its (new) parent to reap it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn teardown_is_complete_even_when_the_test_panics() {
+    drop(lab_or_skip!("probe"));
+    let seen: std::sync::Mutex<Option<(String, Vec<u32>)>> = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::start("panics").unwrap();
+        let (a, b) = (lab.host("a").unwrap(), lab.host("b").unwrap());
+        lab.shape(&a, Profile::mobile()).unwrap();
+        lab.shape(&b, Profile::bad()).unwrap();
+        lab.partition(&a, &b).unwrap();
+        *seen.lock().unwrap() = Some((lab.tag().to_owned(), lab.helper_pids()));
+        panic!("a test body fails with its lab up");
+    }));
+    assert!(outcome.is_err());
+    let (tag, helpers) = seen.lock().unwrap().take().expect("the lab was up");
+    assert_eq!(helpers.len(), 4, "two helpers per delayed link");
+    assert_eq!(netns::namespaces_with_prefix(&tag), Vec::<String>::new(), "namespaces left");
+    assert!(helpers.iter().all(|p| gone(*p)), "sb-netem helpers left: {helpers:?}");
+    assert_root_namespace_untouched();
+}
+
+#[tokio::test]
+async fn a_killed_labs_namespaces_are_removed_by_the_next_lab() {
+    drop(lab_or_skip!("probe"));
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_netns-lab"))
+        .args(["--name", "killed", "--host", "a", "--host", "b=wifi"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting netns-lab");
+    let prefix = format!("{}-{}-", netns::PREFIX, child.id().unwrap());
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    within(Duration::from_secs(30), "netns-lab ready", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("ready:") {
+                return;
+            }
+        }
+        panic!("netns-lab exited before it was ready");
+    })
+    .await;
+    let spaces = netns::namespaces_with_prefix(&prefix);
+    assert_eq!(spaces.len(), 3, "router and two hosts: {spaces:?}");
+    let router = spaces.iter().find(|n| n.ends_with("-router")).unwrap();
+    let out = std::process::Command::new("ip").args(["netns", "pids", router]).output().unwrap();
+    let helpers: Vec<u32> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(helpers.len(), 2, "the wifi link's two sb-netem helpers");
+
+    // Killed: no Drop runs, everything stays...
+    child.kill().await.unwrap();
+    assert_eq!(netns::namespaces_with_prefix(&prefix).len(), 3);
+    // ...until the next lab starts.
+    let _next = Lab::start("next").unwrap();
+    assert_eq!(netns::namespaces_with_prefix(&prefix), Vec::<String>::new(), "a dead process's namespaces");
+    assert!(helpers.iter().all(|p| gone(*p)), "sb-netem helpers of the dead lab left: {helpers:?}");
+    assert_root_namespace_untouched();
+}
+
+/// The next chat message in `events` (other events skipped).
+async fn next_message(events: &mut Events) -> Bytes {
+    loop {
+        match within(Duration::from_secs(10), "a message", events.recv()).await.expect("events ended") {
+            Event::Message(m) => return m.payload,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_websocket_and_webtransport_clients_over_the_wifi_profile() {
+    let mut lab = lab_or_skip!("smoke");
+    let (server, client) = (lab.host("server").unwrap(), lab.host("client").unwrap());
+    let profile = Profile::wifi();
+    lab.shape(&client, profile).unwrap();
+    let _node = server
+        .command(binary("switchboard"))
+        .args(["serve", "--http-addr", "0.0.0.0:8080", "--wt-addr", "0.0.0.0:4433"])
+        .env("SWITCHBOARD_JWT_SECRET", TEST_SECRET)
+        .env("RUST_LOG", "warn")
+        .env_remove("SWITCHBOARD_NATS_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting switchboard in the server namespace");
+    let in_server = |path: &'static str| {
+        let server = server.clone();
+        async move { server.run(move || switchboard_tests::http::get(8080, path)).await.ok() }
+    };
+    wait_for(Duration::from_secs(30), "the node ready", || async {
+        in_server("/readyz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let (_, cert_hash) = in_server("/certificate.sha256").await.expect("the certificate hash");
+    let ws_url = format!("ws://{}:8080/ws", server.addr());
+    let wt_url = format!("https://{}:4433/wt", server.addr());
+
+    // Alice (WebSocket) publishes, Bob (WebSocket) and Carol (WebTransport) receive; all on
+    // the shaped client host, so each message crosses the link up and back down: one RTT.
+    let rounds = client
+        .run(move || async move {
+            let (alice, _a) =
+                Client::connect(ClientConfig::new(ws_url.clone(), token("alice", &["lab"]))).await.unwrap();
+            let (bob, mut bob_events) =
+                Client::connect(ClientConfig::new(ws_url, token("bob", &["lab"]))).await.unwrap();
+            let carol_config =
+                ClientConfig::new(wt_url, token("carol", &["lab"])).with_cert_hash(cert_hash.trim().to_owned());
+            let (carol, mut carol_events) = Client::connect(carol_config).await.unwrap();
+            for c in [&alice, &bob, &carol] {
+                c.join("lab").await.unwrap();
+            }
+            let mut rounds = Vec::new();
+            for i in 0..5u8 {
+                let sent = Instant::now();
+                alice.publish("lab", Bytes::from(vec![i; 8]), true, "chat").await.unwrap();
+                let (b, c) = tokio::join!(async { (next_message(&mut bob_events).await, sent.elapsed()) }, async {
+                    (next_message(&mut carol_events).await, sent.elapsed())
+                });
+                assert_eq!((&b.0[..], &c.0[..]), (&[i; 8][..], &[i; 8][..]), "message {i}");
+                rounds.push((b.1, c.1));
+            }
+            rounds
+        })
+        .await;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (ws, wt) in &rounds {
+        eprintln!(
+            "netns smoke (wifi): publish to delivery {:.1} ms over WebSocket, {:.1} ms over WebTransport",
+            ms(*ws),
+            ms(*wt)
+        );
+    }
+    // Every message crossed the shaped link both ways: never faster than the RTT less jitter.
+    let floor = 0.95 * ms(profile.rtt - profile.jitter);
+    assert!(
+        rounds.iter().all(|(ws, wt)| ms(*ws) >= floor && ms(*wt) >= floor),
+        "faster than the link allows: {rounds:?}"
+    );
 }

@@ -304,7 +304,12 @@ impl Lab {
 
     /// Start an `sb-netem` for `queue` and wait until it has bound the queue (its first line).
     fn spawn_helper(&self, queue: u16, profile: Profile) -> anyhow::Result<Child> {
-        let bin = crate::binary("sb-netem");
+        // Beside the running program (a binary of this package), else where tests find binaries.
+        let beside = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("sb-netem")));
+        let bin = match beside.filter(|p| p.exists() && std::env::var_os("SWITCHBOARD_BIN_DIR").is_none()) {
+            Some(path) => path,
+            None => crate::binary("sb-netem"),
+        };
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.router])
             .arg(bin)
