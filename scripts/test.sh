@@ -14,6 +14,14 @@ if ! command -v haproxy >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy
 fi
+# iptables for the impaired-network lab (tests/tests/netns.rs: loss and NFQUEUE delay rules
+# inside its network namespaces).
+if ! command -v iptables >/dev/null 2>&1; then
+  echo "==> installing iptables"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iptables
+fi
 echo "==> using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

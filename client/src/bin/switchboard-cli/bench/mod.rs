@@ -24,7 +24,7 @@ mod scenarios;
 mod stats;
 mod targets;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 pub use targets::TargetKind;
 
@@ -90,14 +90,25 @@ pub struct BenchArgs {
 impl BenchArgs {
     fn target(&self, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<targets::Target> {
         let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
+        let mut lab_targets = false;
         for u in urls.iter().chain(&self.metrics_url) {
             let host = u.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or_default();
+            let lab = in_lab_net(host);
+            lab_targets |= lab;
             anyhow::ensure!(
-                matches!(host, "127.0.0.1" | "localhost") || host.starts_with("127.") || u.contains("://[::1]"),
-                "bench targets loopback only, not {u}"
+                matches!(host, "127.0.0.1" | "localhost") || host.starts_with("127.") || u.contains("://[::1]") || lab,
+                "bench targets loopback (or the netns lab's {}/{}) only, not {u}",
+                LAB_NET.0,
+                LAB_NET.1
             );
         }
-        let source_ips = (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        // In a lab the kernel picks the source (the client host's own address).
+        anyhow::ensure!(!lab_targets || self.source_addrs <= 1, "--source-addrs is for loopback targets");
+        let source_ips = if lab_targets {
+            Vec::new()
+        } else {
+            (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect()
+        };
         Ok(targets::Target {
             kind: self.target,
             urls,
@@ -132,4 +143,30 @@ pub async fn run(args: BenchArgs, url: &str, token: &str, cert_hash: Option<Stri
     let report = scenarios::run(&args, &target).await?;
     report.print();
     Ok(())
+}
+
+/// The impaired-network lab's private range (`switchboard_tests::netns::LAB_NET`,
+/// `deploy/netns-lab`): its addresses exist only inside the lab's network namespaces on this
+/// machine, so bench admits them besides loopback (and nothing else).
+pub const LAB_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 77, 0, 0), 16);
+
+/// Whether `host` is an IPv4 address inside [`LAB_NET`].
+fn in_lab_net(host: &str) -> bool {
+    let shift = 32 - u32::from(LAB_NET.1);
+    host.parse::<Ipv4Addr>().is_ok_and(|ip| u32::from(ip) >> shift == u32::from(LAB_NET.0) >> shift)
+}
+
+#[cfg(test)]
+mod lab_net_tests {
+    use super::in_lab_net;
+
+    #[test]
+    fn only_the_lab_range_is_admitted_besides_loopback() {
+        for host in ["10.77.0.1", "10.77.1.2", "10.77.255.254"] {
+            assert!(in_lab_net(host), "{host}");
+        }
+        for host in ["10.76.1.2", "10.78.0.1", "10.0.0.1", "192.168.1.1", "8.8.8.8", "localhost", "10.77.1", "", "::1"] {
+            assert!(!in_lab_net(host), "{host}");
+        }
+    }
 }
