@@ -5,6 +5,8 @@ use crate::ClientError;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use switchboard_protocol::codes::error_from_close_code;
 use switchboard_protocol::limits::MAX_FRAME_BYTES;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -14,8 +16,14 @@ use tokio_tungstenite::tungstenite::Message;
 /// A WebSocket connection.
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub(crate) struct WsReader(SplitStream<Ws>);
-pub(crate) struct WsWriter(SplitSink<Ws, Message>);
+/// The receiving half, and whether this side started the close (shared with the writer).
+pub(crate) struct WsReader(SplitStream<Ws>, Arc<AtomicBool>);
+/// The sending half, and whether this side started the close (shared with the reader).
+pub(crate) struct WsWriter(SplitSink<Ws, Message>, Arc<AtomicBool>);
+
+/// After the server starts a close, how long the reader keeps reading to get tungstenite's
+/// queued answer onto the wire.
+const ANSWER_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Open a raw WebSocket to `url` (optionally from a chosen local address), with the
 /// protocol's frame-size limits. Used by the client and by load generators.
@@ -98,7 +106,8 @@ pub(crate) async fn connect(
         None => websocket_connect(url, bind_ip).await?,
     };
     let (sink, stream) = ws.split();
-    Ok((WsReader(stream), WsWriter(sink)))
+    let we_closed = Arc::new(AtomicBool::new(false));
+    Ok((WsReader(stream, we_closed.clone()), WsWriter(sink, we_closed)))
 }
 
 impl WsReader {
@@ -107,14 +116,17 @@ impl WsReader {
             match self.0.next().await {
                 Some(Ok(Message::Binary(b))) => return Ok(b),
                 Some(Ok(Message::Close(frame))) => {
-                    // Reading on answers the server's close (tungstenite queues the reply and
-                    // flushes it on the next read) and waits for the server to end TCP, as the
-                    // closing handshake has it (RFC 6455 7.1.1); bounded, for a server that
-                    // never does.
-                    let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, async {
-                        while let Some(Ok(_)) = self.0.next().await {}
-                    })
-                    .await;
+                    // The closing handshake: when this side started it, the server's close is
+                    // the answer and the handshake is complete (dropping the connection ends
+                    // TCP, which also ends the server's wait for it at once). When the server
+                    // started it, tungstenite queued our answer and sends it on the next
+                    // read: read on, briefly.
+                    if !self.1.load(Ordering::Acquire) {
+                        let _ = tokio::time::timeout(ANSWER_FLUSH, async {
+                            while let Some(Ok(_)) = self.0.next().await {}
+                        })
+                        .await;
+                    }
                     return Err(match frame {
                         Some(f) => {
                             Ended { code: error_from_close_code(u16::from(f.code)), reason: f.reason.to_string() }
@@ -135,9 +147,10 @@ impl WsWriter {
         self.0.send(Message::Binary(frame)).await.map_err(|e| ClientError::Closed { code: None, reason: e.to_string() })
     }
 
-    /// Send a close frame (1000, normal closure) and flush it. The server's answer and its
-    /// end of TCP arrive on the reading half ([`WsReader::next`]).
+    /// Send a close frame (1000, normal closure) and flush it. The server's answer arrives
+    /// on the reading half ([`WsReader::next`]).
     pub async fn close(&mut self) {
+        self.1.store(true, Ordering::Release);
         let frame = CloseFrame { code: CloseCode::Normal, reason: "client closed".into() };
         let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, async {
             let _ = self.0.send(Message::Close(Some(frame))).await;
