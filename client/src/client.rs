@@ -433,8 +433,8 @@ impl Client {
     }
 
     /// Close the connection normally, for every clone, and wait until the close is done:
-    /// over WebSocket a close frame (1000) answered by the server and the server's end of
-    /// TCP, over WebTransport the session closed (1000) and the QUIC close sent. Each step
+    /// over WebSocket a close frame (1000) answered by the server's close frame, over
+    /// WebTransport the session closed (1000) and the QUIC close sent. Each step
     /// is bounded (a few seconds in all against a server that does not answer).
     pub async fn close(&self) {
         self.inner.closing.send_replace(true);
@@ -479,8 +479,8 @@ async fn write_loop(
     }
     writer.close().await;
     if !reader_done {
-        // The reader ends once the server answered the close (and, over WebSocket, ended
-        // TCP); a process exiting before that would leave the server an abrupt end.
+        // The reader ends once the server answered the close; a process exiting before that
+        // would leave the server an abrupt end.
         let _ = tokio::time::timeout(transport::CLOSE_TIMEOUT, stop).await;
     }
 }

@@ -109,10 +109,9 @@ pub fn admit(node: &Arc<Node>, transport: TransportKind, peer: Option<SocketAddr
             } else {
                 None
             };
+            // Only an address with open connections can be over a cap (caps are at least 1),
+            // so a refusal never leaves an empty entry behind.
             if let Some(why) = verdict {
-                if counts.open == 0 {
-                    state.by_ip.remove(&ip);
-                }
                 drop(state);
                 return Err(refused(node, why));
             }

@@ -333,6 +333,13 @@ fn nats_message(m: async_nats::Message) -> BusMessage {
     BusMessage { subject: m.subject.to_string(), payload: m.payload, reply: m.reply.map(|r| r.to_string()) }
 }
 
+/// Forget `key` of `store` without a trace: a purge of the key's subject in the bucket's
+/// stream (a KV delete or purge leaves a marker per key, which every later listing streams).
+fn purge_key(store: &kv::Store, key: &str) -> impl std::future::Future<Output = Result<(), BusError>> + Send {
+    let (stream, subject) = (store.stream.clone(), format!("{}{key}", store.prefix));
+    async move { stream.purge().filter(subject).await.map(|_| ()).map_err(other) }
+}
+
 impl Bus for NatsBus {
     fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
         async move { self.client.publish(subject, payload).await.map_err(|e| BusError::Unavailable(e.to_string())) }
@@ -413,11 +420,7 @@ impl Bus for NatsBus {
     }
 
     fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        // A stream purge of the key's subject, like `presence_remove`: a KV delete or purge
-        // would leave a marker per key.
-        let store = self.bucket(bucket);
-        let subject = format!("{}{key}", store.prefix);
-        async move { store.stream.purge().filter(subject).await.map(|_| ()).map_err(other) }.boxed()
+        purge_key(self.bucket(bucket), key).boxed()
     }
 
     fn kv_update(
@@ -545,11 +548,9 @@ impl Bus for NatsBus {
     }
 
     fn presence_remove(&self, room: &str, session: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        // Purge the key's subject instead of a KV delete: a delete leaves a tombstone per
-        // key, and session ids are unique, so a busy room would pile up one tombstone per
-        // past visit, all streamed to every later join's snapshot.
-        let subject = format!("{}{}", self.presence.prefix, Self::key(room, session));
-        async move { self.presence.stream.purge().filter(subject).await.map(|_| ()).map_err(other) }.boxed()
+        // Purged, not deleted: session ids are unique, so a busy room would otherwise pile up
+        // one tombstone per past visit, all streamed to every later join's snapshot.
+        purge_key(&self.presence, &Self::key(room, session)).boxed()
     }
 
     fn presence_list(&self, room: &str) -> BoxFuture<'_, Result<Vec<Participant>, BusError>> {
