@@ -148,6 +148,7 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             token: config.token.clone(),
             client: config.client_name.clone(),
+            media_lanes: false,
         };
         writer.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Hello(hello)) })).await?;
         let first = tokio::time::timeout(config.connect_timeout, reader.next())

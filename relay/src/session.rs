@@ -307,6 +307,7 @@ async fn accept_hello<T: Transport>(
         heartbeat_ms: node.config.client_heartbeat.as_millis() as u32,
         token_expires_at: session.claims.exp,
         max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
+        media_lanes: false,
     };
     session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
     Ok(session)

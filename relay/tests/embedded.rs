@@ -79,7 +79,7 @@ impl Peer {
         let token = Minter::hmac(SECRET).mint(&claims).unwrap();
         p.send(
             1,
-            client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "test".into() }),
+            client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "test".into(), ..Default::default() }),
         )
         .await;
         assert!(matches!(p.next().await, server_frame::Kind::Welcome(_)));
@@ -336,7 +336,7 @@ async fn a_full_room_refuses_the_next_join() {
     let claims = Claims { max_participants: Some(1), ..Claims::new("d", &["*"], 600) };
     let mut d = Peer::connect(&node);
     let token = Minter::hmac(SECRET).mint(&claims).unwrap();
-    d.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into() })).await;
+    d.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into(), ..Default::default() })).await;
     assert!(matches!(d.next().await, server_frame::Kind::Welcome(_)));
     d.send(2, join("solo")).await;
     d.until(|f| matches!(f, server_frame::Kind::Joined(_)).then_some(())).await;
@@ -345,7 +345,7 @@ async fn a_full_room_refuses_the_next_join() {
     let mut e = Peer::connect(&node);
     let token =
         Minter::hmac(SECRET).mint(&Claims { max_participants: Some(1), ..Claims::new("e", &["*"], 600) }).unwrap();
-    e.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into() })).await;
+    e.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into(), ..Default::default() })).await;
     assert!(matches!(e.next().await, server_frame::Kind::Welcome(_)));
     e.send(2, join("other")).await;
     assert_eq!(e.reply(2).await.unwrap_err(), ErrorCode::RoomFull, "limit 1 from the token, 1 already in");

@@ -82,7 +82,7 @@ impl RawWt {
 
     /// Send `Hello`.
     pub async fn hello(&mut self, token: &str) {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "raw-wt-test".into() };
+        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "raw-wt-test".into(), ..Default::default() };
         self.send(1, client_frame::Kind::Hello(hello)).await;
     }
 

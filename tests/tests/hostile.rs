@@ -108,6 +108,7 @@ async fn a_frame_header_over_the_limit_is_refused_at_the_header() {
             protocol_version: switchboard_protocol::PROTOCOL_VERSION,
             token: token("mallory", &["demo"]),
             client: "hostile".into(),
+            ..Default::default()
         })),
     });
     tcp.write_all(&masked_frame(&hello)).await.expect("hello");
