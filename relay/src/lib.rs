@@ -35,4 +35,4 @@ pub use config::RelayConfig;
 pub use node::Node;
 pub use origin::{AllowedOrigins, OriginRefused};
 pub use session::run as run_session;
-pub use transport::{Transport, TransportError, TransportKind};
+pub use transport::{Incoming, Lane, MediaOrigin, MediaTag, Outgoing, Sent, Transport, TransportError, TransportKind};

@@ -41,6 +41,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels: a WebTransport media lane and a direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// `datagram` or `stream`.
+    pub lane: &'static str,
+    /// `in` (from clients) or `out` (to clients).
+    pub direction: &'static str,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
@@ -105,6 +114,13 @@ pub struct Metrics {
     pub call_history_bytes: Gauge,
     /// Users with call history stored, cluster-wide (refreshed every few seconds).
     pub call_history_users: Gauge,
+    /// Media frames carried on WebTransport media lanes, by lane and direction.
+    pub media_lane_frames: Family<LaneLabel, Counter>,
+    /// Media frames a WebTransport lane dropped rather than wait or exceed a bound, by reason
+    /// (`blocked`, `stream_credit`, `group_bytes`, `lane_bytes`, `refused`).
+    pub media_lane_drops: Family<ReasonLabel, Counter>,
+    /// Group streams reset because a newer group started before they were acknowledged.
+    pub media_groups_superseded: Counter,
     /// Time to hand a message to the bus.
     pub bus_publish_seconds: Histogram,
     /// Time from the origin node accepting a room message to this node fanning it out.
@@ -156,6 +172,9 @@ impl Metrics {
             call_history_records: Gauge::default(),
             call_history_bytes: Gauge::default(),
             call_history_users: Gauge::default(),
+            media_lane_frames: Family::default(),
+            media_lane_drops: Family::default(),
+            media_groups_superseded: Counter::default(),
             bus_publish_seconds: latency_buckets(),
             delivery_latency_seconds: latency_buckets(),
             registry: Registry::default(),
@@ -190,6 +209,17 @@ impl Metrics {
             m.presence_restores.clone(),
         );
         registry.register("bytes_out", "Bytes queued to clients", m.bytes_out.clone());
+        registry.register(
+            "media_lane_frames",
+            "Media frames on WebTransport datagrams and group streams",
+            m.media_lane_frames.clone(),
+        );
+        registry.register("media_lane_drops", "Media frames a WebTransport lane dropped", m.media_lane_drops.clone());
+        registry.register(
+            "media_groups_superseded",
+            "Media group streams reset because a newer group started",
+            m.media_groups_superseded.clone(),
+        );
         registry.register("room_joins", "Joins of local sessions to rooms", m.room_joins.clone());
         registry.register(
             "presence_resyncs",

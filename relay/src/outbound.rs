@@ -8,6 +8,7 @@
 //! * reliable data, signaling, control: the queue closes with `SLOW_CONSUMER`: the session
 //!   is disconnected with a clear reason instead of growing memory.
 
+use crate::transport::{MediaTag, Outgoing};
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -100,14 +101,14 @@ pub enum Popped {
     /// A command for the session itself.
     Command(SessionCommand),
     /// The next frame to send.
-    Frame(Bytes),
+    Frame(Outgoing),
     /// The queue was closed: send the reason and end the session.
     Closed(CloseReason),
 }
 
 struct State {
     commands: VecDeque<SessionCommand>,
-    queues: [VecDeque<Bytes>; 4],
+    queues: [VecDeque<Outgoing>; 4],
     bytes: [usize; 4],
     closed: Option<CloseReason>,
     /// (sender session, track) pairs whose media is skipped until a keyframe.
@@ -166,14 +167,15 @@ impl Outbound {
             return Pushed::Overflow;
         }
         st.bytes[i] += frame.len();
-        st.queues[i].push_back(frame);
+        st.queues[i].push_back(frame.into());
         drop(st);
         self.notify.notify_one();
         Pushed::Queued
     }
 
-    /// Queue a media frame from `(source session, track)`.
-    pub fn push_media(&self, frame: Bytes, source: &str, track: u32, keyframe: bool) -> Pushed {
+    /// Queue a media frame; `tag` names its sender and track.
+    pub fn push_media(&self, frame: Bytes, tag: &MediaTag) -> Pushed {
+        let (source, track, keyframe) = (tag.origin.session.as_str(), tag.track, tag.keyframe);
         let mut st = self.lock();
         if st.closed.is_some() {
             return Pushed::Closed;
@@ -194,17 +196,20 @@ impl Outbound {
             st.bytes[i] = 0;
             // Bounded: senders choose track numbers. Past the bound the set is reset, so the
             // worst case is a few undecodable frames, never unbounded memory.
-            if st.awaiting_keyframe.len() >= MAX_AWAITING_KEYFRAME {
-                st.awaiting_keyframe.clear();
-            }
-            st.awaiting_keyframe.insert((source.to_owned(), track));
+            await_keyframe(&mut st, source, track);
             return Pushed::NeedKeyframe;
         }
         st.bytes[i] += frame.len();
-        st.queues[i].push_back(frame);
+        st.queues[i].push_back(Outgoing { frame, media: Some(tag.clone()) });
         drop(st);
         self.notify.notify_one();
         Pushed::Queued
+    }
+
+    /// Skip the media of `(source, track)` up to its next keyframe: the transport dropped one
+    /// of its frames, so what follows cannot be decoded.
+    pub fn skip_to_keyframe(&self, source: &str, track: u32) {
+        await_keyframe(&mut self.lock(), source, track);
     }
 
     /// Queue a command for the session (bounded like the control class).
@@ -243,10 +248,9 @@ impl Outbound {
         self.lock().bytes.iter().sum()
     }
 
-    /// Wait for the next frame in priority order, or for the close. Cancel-safe.
     /// Move up to `max` more queued frames (priority order) into `out`, without waiting;
     /// stops at a pending command or close, which the next [`Outbound::pop`] returns.
-    pub fn pop_frames(&self, max: usize, out: &mut Vec<Bytes>) {
+    pub fn pop_frames(&self, max: usize, out: &mut Vec<Outgoing>) {
         let mut st = self.lock();
         if st.closed.is_some() || !st.commands.is_empty() {
             return;
@@ -255,13 +259,14 @@ impl Outbound {
         for i in 0..4 {
             while taken < max {
                 let Some(frame) = st.queues[i].pop_front() else { break };
-                st.bytes[i] -= frame.len();
+                st.bytes[i] -= frame.frame.len();
                 out.push(frame);
                 taken += 1;
             }
         }
     }
 
+    /// Wait for the next frame in priority order, or for the close. Cancel-safe.
     pub async fn pop(&self) -> Popped {
         loop {
             {
@@ -274,7 +279,7 @@ impl Outbound {
                 }
                 for i in 0..4 {
                     if let Some(frame) = st.queues[i].pop_front() {
-                        st.bytes[i] -= frame.len();
+                        st.bytes[i] -= frame.frame.len();
                         return Popped::Frame(frame);
                     }
                 }
@@ -282,6 +287,16 @@ impl Outbound {
             self.notify.notified().await;
         }
     }
+}
+
+/// Mark `(source, track)` as waiting for a keyframe. Bounded: senders choose track numbers;
+/// past the bound the set is reset, so the worst case is a few undecodable frames, never
+/// unbounded memory.
+fn await_keyframe(st: &mut State, source: &str, track: u32) {
+    if st.awaiting_keyframe.len() >= MAX_AWAITING_KEYFRAME {
+        st.awaiting_keyframe.clear();
+    }
+    st.awaiting_keyframe.insert((source.to_owned(), track));
 }
 
 #[cfg(test)]
@@ -292,9 +307,18 @@ mod tests {
         Outbound::new(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] })
     }
 
+    fn tag(source: &str, track: u32, keyframe: bool) -> MediaTag {
+        let origin = std::sync::Arc::new(crate::transport::MediaOrigin { room: "r".into(), session: source.into() });
+        MediaTag { origin, track, keyframe }
+    }
+
+    fn media(q: &Outbound, frame: &'static [u8], source: &str, track: u32, keyframe: bool) -> Pushed {
+        q.push_media(Bytes::from_static(frame), &tag(source, track, keyframe))
+    }
+
     async fn next(q: &Outbound) -> Bytes {
         match q.pop().await {
-            Popped::Frame(b) => b,
+            Popped::Frame(b) => b.frame,
             other => panic!("expected a frame: {other:?}"),
         }
     }
@@ -302,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn priority_order() {
         let q = small();
-        q.push_media(Bytes::from_static(b"m"), "s", 1, true);
+        media(&q, b"m", "s", 1, true);
         q.push(Class::Data, Bytes::from_static(b"d"), false);
         q.push(Class::Signal, Bytes::from_static(b"s"), false);
         q.push(Class::Control, Bytes::from_static(b"c"), false);
@@ -317,14 +341,15 @@ mod tests {
         q.push(Class::Control, Bytes::from_static(b"c"), false);
         q.push(Class::Signal, Bytes::from_static(b"s"), false);
         let mut out = Vec::new();
+        let frames = |out: &Vec<Outgoing>| out.iter().map(|o| o.frame.clone()).collect::<Vec<_>>();
         q.pop_frames(2, &mut out);
-        assert_eq!(out, vec!["c", "s"]);
+        assert_eq!(frames(&out), vec!["c", "s"]);
         q.push_command(SessionCommand::LeaveRoom { room: "r".into(), reason: "x".into() });
         q.pop_frames(8, &mut out);
         assert_eq!(out.len(), 2, "a pending command comes first, through pop()");
         assert!(matches!(q.pop().await, Popped::Command(_)));
         q.pop_frames(8, &mut out);
-        assert_eq!(out, vec!["c", "s", "d"]);
+        assert_eq!(frames(&out), vec!["c", "s", "d"]);
     }
 
     #[tokio::test]
@@ -344,23 +369,41 @@ mod tests {
     #[tokio::test]
     async fn media_overflow_skips_to_next_keyframe() {
         let q = small();
-        assert_eq!(q.push_media(Bytes::from_static(b"k1"), "a", 1, true), Pushed::Queued);
-        assert_eq!(q.push_media(Bytes::from_static(b"d1"), "a", 1, false), Pushed::Queued);
-        assert_eq!(q.push_media(Bytes::from_static(b"d2"), "a", 1, false), Pushed::NeedKeyframe);
+        assert_eq!(media(&q, b"k1", "a", 1, true), Pushed::Queued);
+        assert_eq!(media(&q, b"d1", "a", 1, false), Pushed::Queued);
+        assert_eq!(media(&q, b"d2", "a", 1, false), Pushed::NeedKeyframe);
         assert_eq!(q.queued_bytes(), 0);
-        assert_eq!(q.push_media(Bytes::from_static(b"d3"), "a", 1, false), Pushed::Dropped);
+        assert_eq!(media(&q, b"d3", "a", 1, false), Pushed::Dropped);
         // Another sender's track is unaffected.
-        assert_eq!(q.push_media(Bytes::from_static(b"o1"), "b", 1, false), Pushed::Queued);
-        assert_eq!(q.push_media(Bytes::from_static(b"k2"), "a", 1, true), Pushed::Queued);
+        assert_eq!(media(&q, b"o1", "b", 1, false), Pushed::Queued);
+        assert_eq!(media(&q, b"k2", "a", 1, true), Pushed::Queued);
         assert_eq!(next(&q).await, "o1");
         assert_eq!(next(&q).await, "k2");
+    }
+
+    #[tokio::test]
+    async fn a_transport_drop_skips_that_track_to_its_next_keyframe() {
+        let q = small();
+        q.skip_to_keyframe("a", 1);
+        assert_eq!(media(&q, b"d1", "a", 1, false), Pushed::Dropped);
+        assert_eq!(media(&q, b"d1", "a", 2, false), Pushed::Queued, "other tracks flow");
+        assert_eq!(media(&q, b"k1", "a", 1, true), Pushed::Queued);
+        assert_eq!(next(&q).await, "d1");
+        match q.pop().await {
+            Popped::Frame(o) => {
+                assert_eq!(o.frame, "k1");
+                let tag = o.media.expect("media frames keep their tag");
+                assert_eq!((tag.origin.session.as_str(), tag.track, tag.keyframe), ("a", 1, true));
+            }
+            other => panic!("expected a frame: {other:?}"),
+        }
     }
 
     #[tokio::test]
     async fn keyframe_waits_are_bounded_whatever_tracks_senders_use() {
         let q = Outbound::new(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (0, 0)] });
         for track in 0..10_000u32 {
-            assert_eq!(q.push_media(Bytes::from_static(b"d"), "a", track, false), Pushed::NeedKeyframe);
+            assert_eq!(media(&q, b"d", "a", track, false), Pushed::NeedKeyframe);
         }
         assert!(q.lock().awaiting_keyframe.len() <= MAX_AWAITING_KEYFRAME);
     }

@@ -22,6 +22,7 @@
 use crate::bus::{BusError, BusMessage, Log, LogAck, LogEntry, Subscription};
 use crate::node::Node;
 use crate::outbound::{Class, Outbound, Pushed};
+use crate::transport::{MediaOrigin, MediaTag};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use prost::Message as _;
@@ -697,21 +698,23 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
                 tally.flush(node, "signal", Class::Signal);
             }
             bus_envelope::Kind::Media(media) => {
-                let (from, track, keyframe) =
-                    (media.from.as_ref().map(|f| f.session.clone()).unwrap_or_default(), media.track, media.keyframe);
+                let origin = Arc::new(MediaOrigin {
+                    room: room.id.clone(),
+                    session: media.from.as_ref().map(|f| f.session.clone()).unwrap_or_default(),
+                });
+                let tag = MediaTag { origin, track: media.track, keyframe: media.keyframe };
                 let bytes = frame(server_frame::Kind::Media(media));
                 let mut tally = Tally::default();
                 let mut lost = false;
                 for (sid, member) in &st.local {
-                    if *sid != from {
-                        lost |= tally
-                            .add(member.outbound.push_media(bytes.clone(), &from, track, keyframe), bytes.len())
+                    if *sid != tag.origin.session {
+                        lost |= tally.add(member.outbound.push_media(bytes.clone(), &tag), bytes.len())
                             == Pushed::NeedKeyframe;
                     }
                 }
                 tally.flush(node, "media", Class::Media);
                 if lost {
-                    keyframe_requests.push((from, track));
+                    keyframe_requests.push((tag.origin.session.clone(), tag.track));
                 }
             }
             bus_envelope::Kind::KeyframeRequest(req) => {
@@ -731,16 +734,20 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
         drop(st);
     }
     for (to_session, track) in keyframe_requests {
-        let event = switchboard_protocol::pb::KeyframeRequestEvent {
-            room: room.id.clone(),
-            from: Some(switchboard_protocol::pb::Sender { node: node.config.node_id.clone(), ..Default::default() }),
-            track,
-        };
-        let req = BusKeyframeRequest { to_session, event: Some(event) };
-        let _ = node
-            .publish(node.subjects.room(&room.id, RoomChannel::Media), bus_envelope::Kind::KeyframeRequest(req))
-            .await;
+        request_keyframe(node, &room.id, to_session, track).await;
     }
+}
+
+/// Ask a media sender for a keyframe on behalf of this node (its receivers lost frames of
+/// `track`). Best effort: the next loss asks again.
+pub(crate) async fn request_keyframe(node: &Node, room: &str, to_session: String, track: u32) {
+    let event = switchboard_protocol::pb::KeyframeRequestEvent {
+        room: room.to_owned(),
+        from: Some(switchboard_protocol::pb::Sender { node: node.config.node_id.clone(), ..Default::default() }),
+        track,
+    };
+    let req = BusKeyframeRequest { to_session, event: Some(event) };
+    let _ = node.publish(node.subjects.room(room, RoomChannel::Media), bus_envelope::Kind::KeyframeRequest(req)).await;
 }
 
 /// Send `RoomStats` to the members of large rooms whose count changed since the last time.

@@ -16,7 +16,7 @@ use crate::node::Node;
 use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Lane, MediaTag, Outgoing, Sent, Transport, TransportError};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::BTreeSet;
@@ -208,7 +208,7 @@ async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T, ticket: &T
             node.metrics.error(code);
             // Best effort: the connection is closed right after.
             let bytes = error_frame(code, message.clone(), ref_id, true);
-            let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(bytes)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(bytes.into())).await;
             Err(Fatal(code, message))
         }
     }
@@ -243,7 +243,8 @@ async fn accept_hello<T: Transport>(
             return Err(Refusal::Silent(Fatal(ErrorCode::Unspecified, format!("connection lost before Hello: {e}"))));
         }
         Some(Err(e)) => return Err(Refusal::Error(transport_error_code(&e), e.to_string(), 0)),
-        Some(Ok(b)) => b,
+        // Lanes open only after Welcome: before it, everything comes on the control stream.
+        Some(Ok(incoming)) => incoming.frame,
     };
     node.metrics.bytes_in.inc_by(bytes.len() as u64);
     let frame = decode_client_frame(&bytes).map_err(|e| Refusal::Error(e.code(), e.to_string(), 0))?;
@@ -298,6 +299,7 @@ async fn accept_hello<T: Transport>(
         live: false,
         claims,
     };
+    let media_lanes = transport.open_media_lanes(hello.media_lanes);
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
         session_id: session.id.clone(),
@@ -307,7 +309,7 @@ async fn accept_hello<T: Transport>(
         heartbeat_ms: node.config.client_heartbeat.as_millis() as u32,
         token_expires_at: session.claims.exp,
         max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
-        media_lanes: false,
+        media_lanes,
     };
     session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
     Ok(session)
@@ -355,8 +357,9 @@ impl Session {
         let mut idle_deadline = Instant::now() + idle_limit;
         let mut drain = self.node.drain_signal();
         let mut told_to_move = false;
-        // Grows on the first burst only: an idle connection holds no batch buffer.
-        let mut batch: Vec<Bytes> = Vec::new();
+        // Grow on the first burst only: an idle connection holds no batch buffer.
+        let mut batch: Vec<Outgoing> = Vec::new();
+        let mut dropped: Vec<MediaTag> = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -368,7 +371,9 @@ impl Session {
                         self.outbound.pop_frames(WRITE_BATCH - 1, &mut batch);
                         let write = async {
                             for frame in batch.drain(..) {
-                                transport.send(frame).await?;
+                                if let Sent::MediaDropped(tag) = transport.send(frame).await? {
+                                    dropped.push(tag);
+                                }
                             }
                             Ok::<(), TransportError>(())
                         };
@@ -381,6 +386,9 @@ impl Session {
                             }
                         }
                         batch.clear();
+                        if !dropped.is_empty() {
+                            Box::pin(self.media_dropped(&mut dropped)).await;
+                        }
                     }
                     Popped::Closed(reason) => return Box::pin(self.fatal(transport, reason.code, &reason.message)).await,
                     Popped::Command(SessionCommand::LeaveRoom { room, reason }) => {
@@ -391,7 +399,7 @@ impl Session {
                     }
                 },
                 received = transport.recv() => {
-                    let bytes = match received {
+                    let incoming = match received {
                         None => return (ErrorCode::Unspecified, "client closed".into()),
                         Some(Err(TransportError::Io(e))) => {
                             self.node.metrics.abrupt_closes.get_or_create(&crate::metrics::TransportLabel { transport: transport.kind().as_str() }).inc();
@@ -402,13 +410,13 @@ impl Session {
                             self.node.metrics.error(code);
                             return Box::pin(self.fatal(transport, code, &e.to_string())).await;
                         }
-                        Some(Ok(bytes)) => bytes,
+                        Some(Ok(incoming)) => incoming,
                     };
                     idle_deadline = Instant::now() + idle_limit;
-                    self.node.metrics.bytes_in.inc_by(bytes.len() as u64);
+                    self.node.metrics.bytes_in.inc_by(incoming.frame.len() as u64);
                     // Boxed: handling a frame (joins, calls, history) is a large future that
                     // would otherwise sit inline in every idle session's task.
-                    if let Err(Fatal(code, msg)) = Box::pin(self.handle(bytes)).await {
+                    if let Err(Fatal(code, msg)) = Box::pin(self.handle(incoming.frame, incoming.lane)).await {
                         return Box::pin(self.fatal(transport, code, &msg)).await;
                     }
                 }
@@ -433,13 +441,33 @@ impl Session {
         }
     }
 
+    /// The transport dropped media frames rather than wait: skip each of those tracks to its
+    /// next keyframe and ask its sender for one (once per track per batch).
+    async fn media_dropped(&self, dropped: &mut Vec<MediaTag>) {
+        let mut asked: Vec<MediaTag> = Vec::new();
+        for tag in dropped.drain(..) {
+            if asked.iter().any(|a| a.origin == tag.origin && a.track == tag.track) {
+                continue;
+            }
+            self.node
+                .metrics
+                .queue_drops
+                .get_or_create(&crate::metrics::ClassLabel { class: Class::Media.as_str() })
+                .inc();
+            self.outbound.skip_to_keyframe(&tag.origin.session, tag.track);
+            rooms::request_keyframe(&self.node, &tag.origin.room, tag.origin.session.clone(), tag.track).await;
+            asked.push(tag);
+        }
+    }
+
     /// Send a fatal error (best effort, bounded in time) and report the close.
     async fn fatal<T: Transport>(&self, transport: &mut T, code: ErrorCode, msg: &str) -> (ErrorCode, String) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(error_frame(code, msg, 0, true))).await;
+        let frame = error_frame(code, msg, 0, true).into();
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(frame)).await;
         (code, msg.to_owned())
     }
 
-    async fn handle(&mut self, bytes: Bytes) -> Result<(), Fatal> {
+    async fn handle(&mut self, bytes: Bytes, lane: Lane) -> Result<(), Fatal> {
         let frame: ClientFrame = match decode_client_frame(&bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -452,8 +480,21 @@ impl Session {
         let Some(kind) = frame.kind else { return Ok(()) };
         let name = kind_name(&kind);
         self.node.metrics.frames_in.get_or_create(&crate::metrics::KindLabel { kind: name }).inc();
+        let on_lane = lane == Lane::Media;
+        if on_lane && !matches!(kind, client_frame::Kind::Media(_) | client_frame::Kind::KeyframeRequest(_)) {
+            self.error(
+                ErrorCode::InvalidArgument,
+                format!("{name} may not use a media lane (datagrams and unidirectional streams carry Media and KeyframeRequest only)"),
+                id,
+            );
+            return Ok(());
+        }
         let limited = match &kind {
-            client_frame::Kind::Media(m) => !self.media_bytes.take(m.payload.len() as f64),
+            // On a lane every frame also counts as a request: datagrams and streams are cheap
+            // to send, so their number is bounded as well as their bytes.
+            client_frame::Kind::Media(m) => {
+                (on_lane && !self.requests.take(1.0)) || !self.media_bytes.take(m.payload.len() as f64)
+            }
             client_frame::Kind::Ping(_) => !self.pings.take(1.0),
             client_frame::Kind::RefreshToken(_) => false,
             _ => !self.requests.take(1.0),

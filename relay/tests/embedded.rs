@@ -25,15 +25,16 @@ impl Transport for MemTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::WebSocket
     }
-    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+    async fn recv(&mut self) -> Option<Result<switchboard_relay::Incoming, TransportError>> {
         let frame = self.rx.recv().await?;
         // Fault injection: a bug anywhere in the session's task.
         assert!(frame != PANIC, "injected panic");
-        Some(Ok(frame))
+        Some(Ok(frame.into()))
     }
     fn set_max_frame(&mut self, _bytes: usize) {}
-    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        self.tx.send(frame).await.map_err(|e| TransportError::Io(e.to_string()))
+    async fn send(&mut self, frame: switchboard_relay::Outgoing) -> Result<switchboard_relay::Sent, TransportError> {
+        self.tx.send(frame.frame).await.map_err(|e| TransportError::Io(e.to_string()))?;
+        Ok(switchboard_relay::Sent::Written)
     }
     async fn close(self, code: ErrorCode, _reason: &str) {
         let _ = self.closed.send(code).await;
@@ -79,7 +80,12 @@ impl Peer {
         let token = Minter::hmac(SECRET).mint(&claims).unwrap();
         p.send(
             1,
-            client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "test".into(), ..Default::default() }),
+            client_frame::Kind::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                token,
+                client: "test".into(),
+                ..Default::default()
+            }),
         )
         .await;
         assert!(matches!(p.next().await, server_frame::Kind::Welcome(_)));
@@ -336,7 +342,16 @@ async fn a_full_room_refuses_the_next_join() {
     let claims = Claims { max_participants: Some(1), ..Claims::new("d", &["*"], 600) };
     let mut d = Peer::connect(&node);
     let token = Minter::hmac(SECRET).mint(&claims).unwrap();
-    d.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into(), ..Default::default() })).await;
+    d.send(
+        1,
+        client_frame::Kind::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token,
+            client: "t".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
     assert!(matches!(d.next().await, server_frame::Kind::Welcome(_)));
     d.send(2, join("solo")).await;
     d.until(|f| matches!(f, server_frame::Kind::Joined(_)).then_some(())).await;
@@ -345,7 +360,16 @@ async fn a_full_room_refuses_the_next_join() {
     let mut e = Peer::connect(&node);
     let token =
         Minter::hmac(SECRET).mint(&Claims { max_participants: Some(1), ..Claims::new("e", &["*"], 600) }).unwrap();
-    e.send(1, client_frame::Kind::Hello(Hello { protocol_version: PROTOCOL_VERSION, token, client: "t".into(), ..Default::default() })).await;
+    e.send(
+        1,
+        client_frame::Kind::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token,
+            client: "t".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
     assert!(matches!(e.next().await, server_frame::Kind::Welcome(_)));
     e.send(2, join("other")).await;
     assert_eq!(e.reply(2).await.unwrap_err(), ErrorCode::RoomFull, "limit 1 from the token, 1 already in");

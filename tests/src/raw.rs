@@ -47,7 +47,12 @@ impl RawWs {
 
     /// Send `Hello` with `token`.
     pub async fn hello(&mut self, token: &str) {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "raw-test".into(), ..Default::default() };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.into(),
+            client: "raw-test".into(),
+            ..Default::default()
+        };
         self.send(1, client_frame::Kind::Hello(hello)).await;
     }
 

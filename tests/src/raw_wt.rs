@@ -82,8 +82,61 @@ impl RawWt {
 
     /// Send `Hello`.
     pub async fn hello(&mut self, token: &str) {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "raw-wt-test".into(), ..Default::default() };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.into(),
+            client: "raw-wt-test".into(),
+            ..Default::default()
+        };
         self.send(1, client_frame::Kind::Hello(hello)).await;
+    }
+
+    /// Send `Hello` asking for media lanes.
+    pub async fn hello_lanes(&mut self, token: &str) {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.into(),
+            client: "raw-wt-test".into(),
+            media_lanes: true,
+        };
+        self.send(1, client_frame::Kind::Hello(hello)).await;
+    }
+
+    /// The session.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Send one client frame as a datagram.
+    pub fn send_datagram(&self, kind: client_frame::Kind) {
+        let frame = encode(&ClientFrame { id: 0, kind: Some(kind) });
+        self.connection.send_datagram(&frame).expect("datagram sent");
+    }
+
+    /// Open a unidirectional stream and write `frames` on it as records (not finished).
+    pub async fn send_on_stream(&self, frames: &[client_frame::Kind]) -> SendStream {
+        let mut stream = within_wait("opening a stream", async {
+            self.connection.open_uni().await.expect("open uni").await.expect("uni stream")
+        })
+        .await;
+        for kind in frames {
+            let frame = encode(&ClientFrame { id: 0, kind: Some(kind.clone()) });
+            stream.write_all(&encode_record(&frame)).await.expect("writing a record");
+        }
+        stream
+    }
+
+    /// The next datagram from the node, decoded.
+    pub async fn datagram(&self) -> server_frame::Kind {
+        let datagram = within_wait("a datagram", self.connection.receive_datagram()).await.expect("datagram");
+        let ServerFrame { kind } = decode_server_frame(&datagram.payload()).expect("datagram decodes");
+        kind.expect("kind")
+    }
+
+    /// The next unidirectional stream the node opens.
+    pub async fn group(&self) -> LaneStream {
+        let recv = within_wait("a unidirectional stream", self.connection.accept_uni()).await.expect("uni stream");
+        LaneStream { recv, decoder: RecordDecoder::new(MAX_FRAME_BYTES) }
     }
 
     /// The next frame or the close.
@@ -124,6 +177,34 @@ impl RawWt {
             other => panic!("expected Welcome, got {other:?}"),
         }
     }
+}
+
+/// A unidirectional stream from the node: records of `ServerFrame`s.
+pub struct LaneStream {
+    recv: RecvStream,
+    decoder: RecordDecoder,
+}
+
+impl LaneStream {
+    /// The next frame on this stream.
+    pub async fn frame(&mut self) -> server_frame::Kind {
+        within_wait("a frame on a unidirectional stream", async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Some(record) = self.decoder.next_record().expect("well-formed records") {
+                    let ServerFrame { kind } = decode_server_frame(&record).expect("server frame decodes");
+                    return kind.expect("kind");
+                }
+                let n = self.recv.read(&mut buf).await.expect("reading the stream").expect("the stream goes on");
+                self.decoder.extend(&buf[..n]);
+            }
+        })
+        .await
+    }
+}
+
+async fn within_wait<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    crate::within(WAIT, what, fut).await
 }
 
 fn app_code(err: &wtransport::error::ConnectionError) -> Option<u64> {

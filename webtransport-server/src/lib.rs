@@ -6,6 +6,7 @@
 //! binary runs it alone (a QUIC-only node with a small HTTP listener for probes).
 
 pub mod cli;
+mod lanes;
 pub mod probe;
 mod server;
 mod transport;
@@ -29,6 +30,11 @@ pub struct WtArgs {
     /// Most WebTransport connections at once; more are refused.
     #[arg(long, env = "SWITCHBOARD_WT_MAX_SESSIONS", default_value_t = WtConfig::default().max_sessions)]
     pub wt_max_sessions: usize,
+    /// Send media to WebTransport clients that ask for it on QUIC datagrams and one
+    /// unidirectional stream per group instead of the control stream (`on` or `off`; `off`
+    /// keeps every frame on the control stream, as WebSocket does).
+    #[arg(long, env = "SWITCHBOARD_WT_MEDIA_LANES", default_value = "on", value_parser = ["on", "off"])]
+    pub wt_media_lanes: String,
 }
 
 impl WtArgs {
@@ -39,6 +45,7 @@ impl WtArgs {
             cert_pem: self.tls_cert.clone(),
             key_pem: self.tls_key.clone(),
             max_sessions: self.wt_max_sessions,
+            media_lanes: self.wt_media_lanes == "on",
             ..WtConfig::default()
         }
     }

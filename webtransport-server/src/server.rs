@@ -12,7 +12,7 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::quinn::{TransportConfig, VarInt as QuicVarInt};
 use wtransport::tls::Certificate;
-use wtransport::{Connection, Endpoint, Identity, ServerConfig, VarInt};
+use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
 /// The path WebTransport sessions must use: `https://HOST:PORT/wt`.
 pub const WT_PATH: &str = "/wt";
@@ -30,8 +30,9 @@ const CERT_POLL: Duration = Duration::from_secs(5);
 /// Concurrent bidirectional streams a client may open: the HTTP/3 CONNECT stream, the control
 /// stream, and a little slack (extra streams are refused as they arrive).
 const MAX_BIDI_STREAMS: u32 = 8;
-/// Concurrent unidirectional streams: HTTP/3 control and QPACK streams, and slack.
-const MAX_UNI_STREAMS: u32 = 8;
+/// Concurrent unidirectional streams: HTTP/3's control and QPACK streams, and the client's
+/// media streams.
+const MAX_UNI_STREAMS: u32 = 3 + crate::lanes::MAX_MEDIA_STREAMS;
 /// Flow-control window of one stream.
 const STREAM_RECEIVE_WINDOW: u32 = 2 * MAX_FRAME_BYTES as u32;
 /// Flow-control window of a whole connection: the most a client can make us buffer,
@@ -40,8 +41,12 @@ const RECEIVE_WINDOW: u32 = 4 * MAX_FRAME_BYTES as u32;
 /// Unacknowledged bytes buffered towards one client (the relay's queues hold the rest and
 /// detect slow consumers).
 const SEND_WINDOW: u64 = 2 << 20;
-/// Datagrams are not used; the few a client may send are kept in a small buffer.
+/// Media datagrams from a client not yet read by its session (quinn drops the oldest past it).
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+/// Media datagrams towards a client waiting for its congestion window: quinn drops the
+/// oldest past it, so a receiver on a slow link gets fresh frames rather than a backlog
+/// (~0.5 s at 2 Mbit/s).
+const DATAGRAM_SEND_BUFFER: usize = 128 * 1024;
 
 /// WebTransport listener configuration.
 #[derive(Debug, Clone)]
@@ -66,6 +71,8 @@ pub struct WtConfig {
     /// Origins allowed to open sessions from a browser (the CONNECT request's `Origin`);
     /// empty allows any, no `Origin` (native clients) is always allowed.
     pub allowed_origins: AllowedOrigins,
+    /// Send media on lanes (datagrams, group streams) to clients that ask for it.
+    pub media_lanes: bool,
 }
 
 impl Default for WtConfig {
@@ -79,6 +86,7 @@ impl Default for WtConfig {
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 50_000,
             allowed_origins: AllowedOrigins::default(),
+            media_lanes: true,
         }
     }
 }
@@ -145,7 +153,8 @@ fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, 
         .stream_receive_window(QuicVarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(QuicVarInt::from_u32(RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
-        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     Ok(ServerConfig::builder()
         .with_bind_address(config.addr)
         .with_custom_transport(identity, transport)
@@ -251,7 +260,14 @@ impl WtServer {
                 }
             };
             let origins = self.config.allowed_origins.clone();
-            tokio::spawn(accept_session(node.clone(), incoming, ticket, slot, self.config.handshake_timeout, origins));
+            tokio::spawn(accept_session(
+                node.clone(),
+                incoming,
+                ticket,
+                slot,
+                (self.config.handshake_timeout, self.config.media_lanes),
+                origins,
+            ));
         }
         tracing::info!("WebTransport: draining, refusing new connections");
         loop {
@@ -336,13 +352,14 @@ fn accept_session(
     incoming: IncomingSession,
     ticket: Ticket,
     slot: Slot,
-    handshake_timeout: Duration,
+    (handshake_timeout, media_lanes): (Duration, bool),
     origins: AllowedOrigins,
 ) -> impl std::future::Future<Output = ()> + Send {
     let establishing = Box::pin(establish(node.clone(), incoming, ticket.hello_deadline(), handshake_timeout, origins));
     async move {
         let _slot = slot;
-        let Some(transport) = establishing.await else { return };
+        let Some((connection, send, recv)) = establishing.await else { return };
+        let transport = WtTransport::new(connection, send, recv, node.clone(), media_lanes);
         switchboard_relay::run_session(node, transport, ticket).await;
     }
 }
@@ -355,7 +372,7 @@ async fn establish(
     hello_deadline: tokio::time::Instant,
     handshake_timeout: Duration,
     origins: AllowedOrigins,
-) -> Option<WtTransport> {
+) -> Option<(Connection, SendStream, RecvStream)> {
     let addr = incoming.remote_address();
     // Dual-stack sockets report IPv4 peers as IPv4-mapped IPv6 addresses.
     let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port());
@@ -399,7 +416,7 @@ async fn establish(
         }
     };
     tracing::debug!(%peer, "WebTransport session established");
-    Some(WtTransport::new(connection, send, recv))
+    Some((connection, send, recv))
 }
 
 fn generate_identity() -> Result<Identity, WtError> {

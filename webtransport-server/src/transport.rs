@@ -1,11 +1,17 @@
-//! A WebTransport session's control stream adapted to the relay's [`Transport`]: one
-//! bidirectional stream carrying length-prefixed records.
+//! A WebTransport session adapted to the relay's [`Transport`]: one bidirectional control
+//! stream carrying length-prefixed records, and media lanes ([`crate::lanes`]) once the
+//! session is authenticated.
 
+use crate::lanes::{LaneReader, MediaSender, CONTROL_PRIORITY};
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::framing::{FramingError, RecordDecoder};
-use switchboard_protocol::{close_code, limits::MAX_HELLO_FRAME_BYTES, ErrorCode};
-use switchboard_relay::{Transport, TransportError, TransportKind};
+use switchboard_protocol::limits::{MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES};
+use switchboard_protocol::{close_code, ErrorCode};
+use switchboard_relay::metrics::LaneLabel;
+use switchboard_relay::Node;
+use switchboard_relay::{Incoming, Lane, Outgoing, Sent, Transport, TransportError, TransportKind};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 /// Most bytes taken from the stream per read (quinn hands out its own buffers: no copy and
@@ -19,72 +25,67 @@ const MAX_REASON: usize = 256;
 /// before closing the connection, which would discard them.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Stream error code for streams beyond the control stream (reset / stop-sending).
-fn extra_stream_code() -> VarInt {
-    VarInt::from_u32(close_code(ErrorCode::InvalidArgument).into())
-}
-
-/// A WebTransport session's control stream.
+/// A WebTransport session: its control stream, and its media lanes once authenticated.
 pub struct WtTransport {
     connection: Connection,
     send: SendStream,
-    recv: RecvStream,
-    decoder: RecordDecoder,
-    eof: bool,
-    /// The task refusing further streams; ends with the session.
-    refuser: tokio::task::AbortHandle,
+    control: ControlReader,
+    node: Arc<Node>,
+    /// Whether the node may send media on lanes (`--wt-media-lanes`).
+    lanes_allowed: bool,
+    /// The client's extra streams: refused until the session is authenticated, then its
+    /// unidirectional streams are read as media lanes.
+    streams: LaneReader,
+    /// Whether datagrams from the client are read (after authentication).
+    datagrams_in: bool,
+    /// Set when media goes to the client on lanes.
+    media_out: Option<MediaSender>,
 }
 
 impl WtTransport {
-    /// Wrap an accepted session and its control stream. Streams the client opens later
-    /// are refused for as long as this value lives.
-    pub fn new(connection: Connection, send: SendStream, recv: RecvStream) -> Self {
-        let refuser = tokio::spawn(refuse_extra_streams(connection.clone())).abort_handle();
-        Self { connection, send, recv, decoder: RecordDecoder::new(MAX_HELLO_FRAME_BYTES), eof: false, refuser }
-    }
-}
-
-impl Drop for WtTransport {
-    fn drop(&mut self) {
-        self.refuser.abort();
-    }
-}
-
-/// Accept and immediately stop every stream after the control stream, so they neither
-/// queue in wtransport nor hold flow-control credit.
-async fn refuse_extra_streams(connection: Connection) {
-    loop {
-        tokio::select! {
-            bi = connection.accept_bi() => match bi {
-                Ok((mut send, recv)) => {
-                    tracing::debug!(stream = %recv.id(), "WebTransport: refusing an extra bidirectional stream");
-                    let _ = send.reset(extra_stream_code());
-                    recv.stop(extra_stream_code());
-                }
-                Err(_) => return,
-            },
-            uni = connection.accept_uni() => match uni {
-                Ok(recv) => {
-                    tracing::debug!(stream = %recv.id(), "WebTransport: refusing a unidirectional stream");
-                    recv.stop(extra_stream_code());
-                }
-                Err(_) => return,
-            },
+    /// Wrap an accepted session and its control stream. Streams the client opens are refused
+    /// until [`Transport::open_media_lanes`]. `lanes_allowed`: whether media may be sent to
+    /// the client on lanes when it asks.
+    pub fn new(
+        connection: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        node: Arc<Node>,
+        lanes_allowed: bool,
+    ) -> Self {
+        let _ = send.quic_stream().set_priority(CONTROL_PRIORITY);
+        Self {
+            streams: LaneReader::refusing(connection.clone()),
+            connection,
+            send,
+            control: ControlReader { recv, decoder: RecordDecoder::new(MAX_HELLO_FRAME_BYTES), eof: false },
+            node,
+            lanes_allowed,
+            datagrams_in: false,
+            media_out: None,
         }
     }
+
+    fn lane_in(&self, lane: &'static str, frame: Bytes) -> Option<Result<Incoming, TransportError>> {
+        self.node.metrics().media_lane_frames.get_or_create(&LaneLabel { lane, direction: "in" }).inc();
+        Some(Ok(Incoming { frame, lane: Lane::Media }))
+    }
 }
 
-impl Transport for WtTransport {
-    fn kind(&self) -> TransportKind {
-        TransportKind::WebTransport
-    }
+/// The receiving half of the control stream.
+struct ControlReader {
+    recv: RecvStream,
+    decoder: RecordDecoder,
+    eof: bool,
+}
 
-    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+impl ControlReader {
+    /// The next record of the control stream. Cancel-safe: a chunk read is in the decoder
+    /// before anything else awaits, and quinn's read_chunk is itself cancel-safe.
+    async fn next(&mut self) -> Option<Result<Incoming, TransportError>> {
         loop {
-            // Cancel-safe: a chunk read is in the decoder before anything else awaits, and
-            // quinn's read_chunk is itself cancel-safe.
             match self.decoder.next_record() {
-                Ok(Some(record)) => return Some(Ok(record)),
+                Ok(Some(record)) => return Some(Ok(record.into())),
                 Ok(None) => {}
                 Err(FramingError::TooLarge { len, .. }) => return Some(Err(TransportError::TooLarge(len))),
                 Err(e) => return Some(Err(TransportError::Protocol(e.to_string()))),
@@ -106,17 +107,56 @@ impl Transport for WtTransport {
             }
         }
     }
+}
 
-    fn set_max_frame(&mut self, bytes: usize) {
-        self.decoder.set_max_len(bytes);
+impl Transport for WtTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::WebTransport
     }
 
-    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
+    async fn recv(&mut self) -> Option<Result<Incoming, TransportError>> {
+        // The control stream ends the session; lanes only ever add frames.
+        let lane = tokio::select! {
+            biased;
+            control = self.control.next() => return control,
+            datagram = self.connection.receive_datagram(), if self.datagrams_in => match datagram {
+                Ok(datagram) => ("datagram", datagram.payload()),
+                // The connection is gone: the control stream reports how.
+                Err(_) => return self.control.next().await,
+            },
+            Some(frame) = self.streams.next() => ("stream", frame),
+        };
+        self.lane_in(lane.0, lane.1)
+    }
+
+    fn set_max_frame(&mut self, bytes: usize) {
+        self.control.decoder.set_max_len(bytes);
+    }
+
+    fn open_media_lanes(&mut self, send: bool) -> bool {
+        self.streams = LaneReader::reading(self.connection.clone(), MAX_FRAME_BYTES, self.node.clone());
+        self.datagrams_in = true;
+        if send && self.lanes_allowed {
+            self.media_out = Some(MediaSender::new(self.connection.clone(), self.node.clone()));
+        }
+        self.media_out.is_some()
+    }
+
+    async fn send(&mut self, frame: Outgoing) -> Result<Sent, TransportError> {
+        if let (Some(media_out), Some(tag)) = (self.media_out.as_mut(), frame.media) {
+            return Ok(if media_out.send(frame.frame, &tag).await { Sent::Written } else { Sent::MediaDropped(tag) });
+        }
+        let frame = frame.frame;
         let len = u32::try_from(frame.len()).map_err(|_| TransportError::TooLarge(frame.len()))?;
         // The prefix and the frame go out as two chunks: the frame (possibly shared by many
         // recipients) is not copied.
         let mut chunks = [Bytes::copy_from_slice(&len.to_be_bytes()), frame];
-        self.send.quic_stream_mut().write_all_chunks(&mut chunks).await.map_err(|e| TransportError::Io(e.to_string()))
+        self.send
+            .quic_stream_mut()
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(|e| TransportError::Io(e.to_string()))?;
+        Ok(Sent::Written)
     }
 
     async fn close(mut self, code: ErrorCode, reason: &str) {

@@ -95,7 +95,12 @@ impl Client {
     }
 
     async fn hello(&mut self, user: &str) -> server_frame::Kind {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, token: token(user), client: "wt-test".into(), ..Default::default() };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: token(user),
+            client: "wt-test".into(),
+            ..Default::default()
+        };
         self.send(1, client_frame::Kind::Hello(hello)).await;
         self.frame().await
     }

@@ -10,14 +10,13 @@ mod outgoing;
 use actix_http::ws::{CloseCode, CloseReason, Frame, OpCode};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use incoming::{Incoming, ReadError};
 use outgoing::Outgoing;
 use std::sync::Arc;
 use switchboard_protocol::{close_code, limits::MAX_HELLO_FRAME_BYTES, ErrorCode};
 use switchboard_relay::config::Rate;
 use switchboard_relay::rate::TokenBucket;
-use switchboard_relay::{Transport, TransportError, TransportKind};
+use switchboard_relay::{Sent, Transport, TransportError, TransportKind};
 
 use crate::http::AppState;
 
@@ -54,7 +53,7 @@ impl Transport for WsTransport {
         TransportKind::WebSocket
     }
 
-    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+    async fn recv(&mut self) -> Option<Result<switchboard_relay::Incoming, TransportError>> {
         loop {
             let frame = match self.incoming.next().await? {
                 Ok(f) => f,
@@ -65,9 +64,9 @@ impl Transport for WsTransport {
                 Err(ReadError::Lost(e)) => return Some(Err(TransportError::Io(e))),
             };
             match frame {
-                Frame::Binary(b) => return Some(Ok(b)),
+                Frame::Binary(b) => return Some(Ok(b.into())),
                 // Not protobuf: handed on so the session answers BAD_FRAME and carries on.
-                Frame::Text(t) => return Some(Ok(t)),
+                Frame::Text(t) => return Some(Ok(t.into())),
                 // Through the bounded path: a client that pings without reading the pongs
                 // stops being read (TCP pushes back) instead of growing the buffer. If this
                 // wait is cancelled, that one pong is skipped.
@@ -96,8 +95,10 @@ impl Transport for WsTransport {
         self.incoming.set_max_frame(bytes);
     }
 
-    async fn send(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        self.out.send(OpCode::Binary, &frame).await.map_err(|e| TransportError::Io(e.to_string()))
+    /// One ordered stream is all TCP has: every frame, media included, goes on it.
+    async fn send(&mut self, frame: switchboard_relay::Outgoing) -> Result<Sent, TransportError> {
+        self.out.send(OpCode::Binary, &frame.frame).await.map_err(|e| TransportError::Io(e.to_string()))?;
+        Ok(Sent::Written)
     }
 
     async fn close(self, code: ErrorCode, reason: &str) {

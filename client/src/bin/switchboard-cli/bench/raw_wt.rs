@@ -101,7 +101,12 @@ pub async fn connect(
         decoder: RecordDecoder::new(MAX_FRAME_BYTES),
         buf: vec![0u8; 64 * 1024].into_boxed_slice(),
     };
-    let hello = pb::Hello { protocol_version: PROTOCOL_VERSION, token: token.into(), client: "bench".into(), ..Default::default() };
+    let hello = pb::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: token.into(),
+        client: "bench".into(),
+        ..Default::default()
+    };
     send_frame(&mut send, 0, pb::client_frame::Kind::Hello(hello)).await?;
     let pb::server_frame::Kind::Welcome(welcome) = rx.control().await? else { bail!("expected Welcome") };
     send_frame(&mut send, 1, pb::client_frame::Kind::Join(pb::Join { room: room.into(), resume_from: None })).await?;

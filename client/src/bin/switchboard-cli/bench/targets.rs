@@ -74,7 +74,12 @@ impl Target {
             return self.connect(i, Some(room)).await;
         }
         let (mut sink, mut stream) = websocket_connect(url, ip).await?.split();
-        let hello = pb::Hello { protocol_version: PROTOCOL_VERSION, token: self.token.clone(), client: "bench".into(), ..Default::default() };
+        let hello = pb::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: self.token.clone(),
+            client: "bench".into(),
+            ..Default::default()
+        };
         send_frame(&mut sink, 0, pb::client_frame::Kind::Hello(hello)).await?;
         let welcome = match next_control(&mut stream).await? {
             Kind::Welcome(w) => w,
