@@ -206,6 +206,8 @@ spec:
           value: {{ printf "0.0.0.0:%d" $httpPort | quote }}
         - name: SWITCHBOARD_WT_ADDR
           value: "0.0.0.0:4433"
+        - name: SWITCHBOARD_WT_MEDIA_LANES
+          value: {{ ternary "on" "off" $v.webtransport.mediaLanes | quote }}
         {{- if not .wt }}
         - name: SWITCHBOARD_NO_WEBTRANSPORT
           value: "true"
