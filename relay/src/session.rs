@@ -16,7 +16,7 @@ use crate::node::Node;
 use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
-use crate::transport::{Lane, MediaTag, Outgoing, Sent, Transport, TransportError};
+use crate::transport::{Lane, MediaTag, Outgoing, Transport, TransportError};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::BTreeSet;
@@ -369,14 +369,7 @@ impl Session {
                         // costs one wake-up and one deadline, not one per frame.
                         batch.push(bytes);
                         self.outbound.pop_frames(WRITE_BATCH - 1, &mut batch);
-                        let write = async {
-                            for frame in batch.drain(..) {
-                                if let Sent::MediaDropped(tag) = transport.send(frame).await? {
-                                    dropped.push(tag);
-                                }
-                            }
-                            Ok::<(), TransportError>(())
-                        };
+                        let write = transport.send_all(&mut batch, &mut dropped);
                         match tokio::time::timeout(self.node.config.write_timeout, write).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return (ErrorCode::Unspecified, format!("write failed: {e}")),

@@ -137,6 +137,22 @@ pub trait Transport {
     }
     /// Send one frame to the client.
     fn send(&mut self, frame: Outgoing) -> impl Future<Output = Result<Sent, TransportError>>;
+    /// Send `frames` (drained) in order; the tags of media frames the transport dropped go to
+    /// `dropped`. One by one unless the edge can hand a batch to its connection at once.
+    fn send_all(
+        &mut self,
+        frames: &mut Vec<Outgoing>,
+        dropped: &mut Vec<MediaTag>,
+    ) -> impl Future<Output = Result<(), TransportError>> {
+        async move {
+            for frame in frames.drain(..) {
+                if let Sent::MediaDropped(tag) = self.send(frame).await? {
+                    dropped.push(tag);
+                }
+            }
+            Ok(())
+        }
+    }
     /// Close the connection with the close code derived from `code` and a reason.
     fn close(self, code: ErrorCode, reason: &str) -> impl Future<Output = ()>;
 }

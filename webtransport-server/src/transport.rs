@@ -3,7 +3,7 @@
 //! session is authenticated.
 
 use crate::lanes::{LaneReader, MediaSender, CONTROL_PRIORITY};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::framing::{FramingError, RecordDecoder};
@@ -11,7 +11,7 @@ use switchboard_protocol::limits::{MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES};
 use switchboard_protocol::{close_code, ErrorCode};
 use switchboard_relay::metrics::LaneLabel;
 use switchboard_relay::Node;
-use switchboard_relay::{Incoming, Lane, Outgoing, Sent, Transport, TransportError, TransportKind};
+use switchboard_relay::{Incoming, Lane, MediaTag, Outgoing, Sent, Transport, TransportError, TransportKind};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 /// Most bytes taken from the stream per read (quinn hands out its own buffers: no copy and
@@ -157,6 +157,34 @@ impl Transport for WtTransport {
             .await
             .map_err(|e| TransportError::Io(e.to_string()))?;
         Ok(Sent::Written)
+    }
+
+    /// Frames for the control stream go to quinn in one call (one lock of the connection, one
+    /// wake-up of its driver per batch rather than per frame), their length prefixes cut from
+    /// one buffer; media goes to its lanes.
+    async fn send_all(
+        &mut self,
+        frames: &mut Vec<Outgoing>,
+        dropped: &mut Vec<MediaTag>,
+    ) -> Result<(), TransportError> {
+        let mut prefixes = BytesMut::with_capacity(4 * frames.len());
+        let mut chunks = Vec::with_capacity(2 * frames.len());
+        for frame in frames.drain(..) {
+            if let (Some(media_out), Some(tag)) = (self.media_out.as_mut(), &frame.media) {
+                if !media_out.send(frame.frame, tag).await {
+                    dropped.push(tag.clone());
+                }
+                continue;
+            }
+            let len = u32::try_from(frame.frame.len()).map_err(|_| TransportError::TooLarge(frame.frame.len()))?;
+            prefixes.put_u32(len);
+            chunks.push(prefixes.split().freeze());
+            chunks.push(frame.frame);
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.send.quic_stream_mut().write_all_chunks(&mut chunks).await.map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn close(mut self, code: ErrorCode, reason: &str) {
