@@ -27,6 +27,10 @@ pub struct ClientConfig {
     /// Local address to connect from (load generators spread connections over several
     /// loopback addresses to get past the ephemeral-port limit). `None`: the OS picks.
     pub bind_ip: Option<std::net::IpAddr>,
+    /// WebTransport: carry media on QUIC datagrams and per-group unidirectional streams
+    /// ("media lanes", README) when the node agrees; `false` keeps all media on the ordered
+    /// control stream. Ignored on WebSocket. Default `true`.
+    pub media_lanes: bool,
 }
 
 impl ClientConfig {
@@ -43,12 +47,20 @@ impl ClientConfig {
             event_buffer: 1024,
             bind_ip: None,
             ca_pem: None,
+            media_lanes: true,
         }
     }
 
     /// `wss://`: trust the CA certificate(s) in `pem` instead of the public web roots.
     pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// WebTransport: use media lanes (`true`, the default) or keep media on the control
+    /// stream (`false`).
+    pub fn with_media_lanes(mut self, on: bool) -> Self {
+        self.media_lanes = on;
         self
     }
 

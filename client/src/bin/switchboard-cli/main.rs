@@ -26,6 +26,10 @@ struct Cli {
     /// WebTransport: accept any certificate (development only).
     #[arg(long, global = true)]
     insecure: bool,
+    /// WebTransport: media on QUIC datagrams and per-group streams (`on`) or on the
+    /// ordered control stream (`off`).
+    #[arg(long, global = true, env = "SWITCHBOARD_WT_LANES", default_value = "on", value_parser = ["on", "off"])]
+    wt_lanes: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,6 +143,7 @@ fn configs(cli: &Cli) -> Vec<ClientConfig> {
         .map(|url| {
             let mut config = ClientConfig::new(url, &cli.token);
             config.insecure = cli.insecure;
+            config.media_lanes = cli.wt_lanes == "on";
             config.cert_hashes.extend(cli.cert_hash.clone());
             config
         })
