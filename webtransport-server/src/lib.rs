@@ -8,6 +8,7 @@
 pub mod cli;
 mod lanes;
 pub mod probe;
+mod records;
 mod server;
 mod transport;
 

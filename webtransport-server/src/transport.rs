@@ -3,7 +3,8 @@
 //! session is authenticated.
 
 use crate::lanes::{LaneReader, MediaSender, CONTROL_PRIORITY};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::records::Records;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::framing::{FramingError, RecordDecoder};
@@ -146,29 +147,26 @@ impl Transport for WtTransport {
         if let (Some(media_out), Some(tag)) = (self.media_out.as_mut(), frame.media) {
             return Ok(if media_out.send(frame.frame, &tag).await { Sent::Written } else { Sent::MediaDropped(tag) });
         }
-        let frame = frame.frame;
-        let len = u32::try_from(frame.len()).map_err(|_| TransportError::TooLarge(frame.len()))?;
-        // The prefix and the frame go out as two chunks: the frame (possibly shared by many
-        // recipients) is not copied.
-        let mut chunks = [Bytes::copy_from_slice(&len.to_be_bytes()), frame];
+        let mut records = Records::default();
+        records.push(frame.frame)?;
+        let mut segments = records.finish();
         self.send
             .quic_stream_mut()
-            .write_all_chunks(&mut chunks)
+            .write_all_chunks(&mut segments)
             .await
             .map_err(|e| TransportError::Io(e.to_string()))?;
         Ok(Sent::Written)
     }
 
     /// Frames for the control stream go to quinn in one call (one lock of the connection, one
-    /// wake-up of its driver per batch rather than per frame), their length prefixes cut from
-    /// one buffer; media goes to its lanes.
+    /// wake-up of its driver per batch rather than per frame), laid out in few segments
+    /// ([`Records`]); media goes to its lanes.
     async fn send_all(
         &mut self,
         frames: &mut Vec<Outgoing>,
         dropped: &mut Vec<MediaTag>,
     ) -> Result<(), TransportError> {
-        let mut prefixes = BytesMut::with_capacity(4 * frames.len());
-        let mut chunks = Vec::with_capacity(2 * frames.len());
+        let mut records = Records::default();
         for frame in frames.drain(..) {
             if let (Some(media_out), Some(tag)) = (self.media_out.as_mut(), &frame.media) {
                 if !media_out.send(frame.frame, tag).await {
@@ -176,15 +174,13 @@ impl Transport for WtTransport {
                 }
                 continue;
             }
-            let len = u32::try_from(frame.frame.len()).map_err(|_| TransportError::TooLarge(frame.frame.len()))?;
-            prefixes.put_u32(len);
-            chunks.push(prefixes.split().freeze());
-            chunks.push(frame.frame);
+            records.push(frame.frame)?;
         }
-        if chunks.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
-        self.send.quic_stream_mut().write_all_chunks(&mut chunks).await.map_err(|e| TransportError::Io(e.to_string()))
+        let mut segments = records.finish();
+        self.send.quic_stream_mut().write_all_chunks(&mut segments).await.map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn close(mut self, code: ErrorCode, reason: &str) {
