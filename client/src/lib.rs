@@ -81,6 +81,7 @@
 mod client;
 mod config;
 mod error;
+mod lanes;
 mod reconnecting;
 #[cfg(test)]
 mod test_server;
@@ -89,6 +90,7 @@ mod transport;
 pub use client::{Client, Event, Events};
 pub use config::{parse_cert_hash, ClientConfig, TransportChoice};
 pub use error::ClientError;
+pub use lanes::MediaStats;
 pub use reconnecting::{is_final, ReconnectPolicy, ReconnectingClient};
 pub use switchboard_protocol::pb;
 pub use switchboard_protocol::ErrorCode;
