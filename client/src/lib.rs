@@ -20,6 +20,16 @@
 //! The URL picks the transport: `ws://` / `wss://` for WebSocket, `https://` for
 //! WebTransport (pass the server's certificate hash for a self-signed certificate).
 //!
+//! # Media lanes
+//!
+//! Over WebTransport, media leaves the ordered control stream by default
+//! ([`ClientConfig::media_lanes`]): [`Client::media`] sends a frame that fits a QUIC datagram
+//! as one, and larger frames on one unidirectional stream per group (a keyframe starts a
+//! group); media from the node's datagrams and streams arrives as [`Event::Media`] like any
+//! other, a stale frame (older than the last delivered of its track, unless a newer keyframe)
+//! dropped. [`Client::media_lanes`] says whether the node granted lanes and
+//! [`Client::media_stats`] counts what went on which lane ([`MediaStats`]).
+//!
 //! # Surviving lost connections
 //!
 //! A [`Client`] is one session: when its connection ends, [`Event::Closed`] is its last
