@@ -201,3 +201,60 @@ async fn a_node_with_lanes_off_makes_the_client_fall_back_to_the_control_stream(
     sender.close().await;
     wt.close().await;
 }
+
+#[tokio::test]
+async fn a_flooding_sender_drops_media_instead_of_waiting_and_recovers_at_a_keyframe() {
+    let node = TestNode::start(NodeOptions::default()).await;
+    let (sender, _sender_events) = Client::connect(wt_config(&node, "sender", true).await).await.unwrap();
+    let (wt, mut wt_events) = Client::connect(wt_config(&node, "wt", true).await).await.unwrap();
+    assert!(sender.media_lanes() && wt.media_lanes());
+    sender.join(ROOM).await.unwrap();
+    wt.join(ROOM).await.unwrap();
+
+    // 20 MB of one group in a loop that never gives the connection a chance to send: far past
+    // QUIC flow control. A sender that waited would block here; this one drops and counts.
+    const FLOOD: u64 = 200;
+    let big: Bytes = vec![7u8; 100_000].into();
+    within(WAIT, "the flood to be sent (a sender that waits on the network would block)", async {
+        for seq in 0..FLOOD {
+            let m = pb::Media { payload: big.clone(), keyframe: seq == 0, ..frame(seq) };
+            sender.media(m).await.expect("media never fails while connected");
+        }
+    })
+    .await;
+    let stats = sender.media_stats();
+    assert_eq!(stats.sent_streams + stats.send_dropped, FLOOD, "{stats:?}");
+    assert!(stats.send_dropped > 0, "frames no stream could take at once are dropped: {stats:?}");
+    assert_eq!(stats.sent_datagrams, 0, "none fits a datagram");
+
+    // The next group starts at a keyframe and arrives whole (the flood's stale group is
+    // finished or reset meanwhile). Retried while the flood drains: bounded.
+    const AFTER: u64 = 1_000_000;
+    let mut delivered = None;
+    for attempt in 0..20u64 {
+        let keyframe = frame(AFTER + attempt * GROUP);
+        assert!(keyframe.keyframe && keyframe.payload.len() >= 20_000);
+        sender.media(keyframe).await.unwrap();
+        // Any of the keyframes sent so far (an earlier one may arrive late).
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            loop {
+                let m = next_media(&mut wt_events).await;
+                if m.seq >= AFTER {
+                    return m;
+                }
+                assert_eq!(m.payload, big, "a flood frame, whole");
+            }
+        })
+        .await;
+        if let Ok(m) = waited {
+            assert_same(&m, &frame(m.seq), "WebTransport receiver");
+            delivered = Some(m.seq);
+            break;
+        }
+    }
+    assert!(delivered.is_some(), "a keyframe after the flood got through");
+    // The control stream was never stuck behind the media.
+    sender.publish(ROOM, Bytes::from_static(b"still here"), true, "chat").await.unwrap();
+    sender.close().await;
+    wt.close().await;
+}
