@@ -1,7 +1,8 @@
 //! The client handle, its events, and the background tasks that own the connection.
 
+use crate::lanes::{Lane, LaneReceiver, MediaState, MediaStats};
 use crate::transport::{self, Ended, Reader, Writer};
-use crate::{ClientConfig, ClientError};
+use crate::{ClientConfig, ClientError, TransportChoice};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +124,8 @@ struct Inner {
     /// Set by [`Client::close`]: the reader stops waiting for room in the event buffer
     /// (the application is no longer reading), so it can see the server's close.
     closing: watch::Sender<bool>,
+    /// Media counters, and the media lanes when in use.
+    media: Arc<MediaState>,
 }
 
 /// A connected, authenticated session. Cheap to clone; all clones share the connection,
@@ -144,11 +147,13 @@ impl Client {
         let (mut reader, mut writer) = tokio::time::timeout(config.connect_timeout, transport::connect(&config))
             .await
             .map_err(|_| ClientError::Timeout("connecting"))??;
+        // Lanes exist on WebTransport only; over WebSocket the node would say no anyway.
+        let ask_lanes = config.media_lanes && matches!(config.transport(), Ok(TransportChoice::WebTransport));
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             token: config.token.clone(),
             client: config.client_name.clone(),
-            media_lanes: false,
+            media_lanes: ask_lanes,
         };
         writer.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Hello(hello)) })).await?;
         let first = tokio::time::timeout(config.connect_timeout, reader.next())
@@ -163,6 +168,14 @@ impl Client {
                 }
                 other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
             },
+        };
+        // Lanes only if this client asked and the node agreed.
+        let (media, lanes) = match writer.wt_connection() {
+            Some(connection) if ask_lanes && welcome.media_lanes => {
+                writer.prioritize_control();
+                (MediaState::with_lanes(connection.clone()), Some(LaneReceiver::start(connection)))
+            }
+            _ => (MediaState::control_only(), None),
         };
         let (commands, command_rx) = mpsc::channel(256);
         let (event_tx, rx) = mpsc::channel(config.event_buffer.max(1));
@@ -180,6 +193,8 @@ impl Client {
         // connection (a vanished node or network) that TCP may take minutes to notice.
         tokio::spawn(read_loop(
             reader,
+            lanes,
+            media.clone(),
             pending.clone(),
             event_tx,
             stop_writer,
@@ -194,6 +209,7 @@ impl Client {
             request_timeout: config.request_timeout,
             closed,
             closing,
+            media,
         };
         Ok((Client { inner: Arc::new(inner) }, Events { rx }))
     }
@@ -206,6 +222,18 @@ impl Client {
     /// This session's id.
     pub fn session_id(&self) -> &str {
         &self.inner.welcome.session_id
+    }
+
+    /// Whether media goes on WebTransport media lanes (datagrams and group streams) on this
+    /// connection: asked for ([`ClientConfig::media_lanes`]) and granted by the node.
+    pub fn media_lanes(&self) -> bool {
+        self.inner.media.lanes()
+    }
+
+    /// This connection's media counters: frames sent and received per lane, stale frames
+    /// dropped by the lanes' ordering rule, frames dropped on send.
+    pub fn media_stats(&self) -> MediaStats {
+        self.inner.media.stats()
     }
 
     /// Whether the connection has ended (requests then fail at once).
@@ -299,7 +327,9 @@ impl Client {
 
     /// Leave `room`.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
-        self.acked(client_frame::Kind::Leave(pb::Leave { room: room.into() })).await.map(drop)
+        self.acked(client_frame::Kind::Leave(pb::Leave { room: room.into() })).await?;
+        self.inner.media.forget_room(room);
+        Ok(())
     }
 
     /// Publish a room message; resolves when the server accepted it, with the message's
@@ -413,8 +443,27 @@ impl Client {
     }
 
     /// Send a media frame (fire and forget: no acknowledgement).
+    ///
+    /// With media lanes ([`Client::media_lanes`]) the frame goes as a QUIC datagram when it
+    /// fits, else on the stream of its group (a keyframe starts a new group of its room and
+    /// track); this never waits on the network: a frame no lane can take at once is dropped
+    /// and counted ([`MediaStats::send_dropped`]). Without lanes it is queued on the
+    /// connection like any request.
     pub async fn media(&self, media: pb::Media) -> Result<(), ClientError> {
-        self.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Media(media)) })).await
+        let frame = ClientFrame { id: 0, kind: Some(client_frame::Kind::Media(media)) };
+        let bytes = encode(&frame);
+        if let Some(client_frame::Kind::Media(media)) = &frame.kind {
+            if self.inner.media.lanes() {
+                if let Some(ended) = lock(&self.inner.pending).ended.clone() {
+                    return Err(ended);
+                }
+                self.inner.media.send(bytes, media);
+                return Ok(());
+            }
+        }
+        self.send(bytes).await?;
+        self.inner.media.sent_on_control();
+        Ok(())
     }
 
     /// Ask `session` in `room` for a keyframe of `track`.
@@ -490,11 +539,14 @@ async fn write_loop(
 const SILENT_HEARTBEATS: u32 = 3;
 
 /// Owns the receiving half: answers pending requests, forwards everything else as
-/// [`Event`]s, and finally fails what is still pending, stops the writer and sends
-/// [`Event::Closed`]. A server silent for `silence_limit` ends the connection with
-/// `HEARTBEAT_TIMEOUT`.
+/// [`Event`]s (media from the `lanes` too, counted and ordered by `media`), and finally fails
+/// what is still pending, stops the writer and sends [`Event::Closed`]. A server silent on
+/// the control stream for `silence_limit` ends the connection with `HEARTBEAT_TIMEOUT`.
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     mut reader: Reader,
+    mut lanes: Option<LaneReceiver>,
+    media: Arc<MediaState>,
     pending: Arc<Pending>,
     events: mpsc::Sender<Event>,
     stop_writer: oneshot::Sender<()>,
@@ -509,9 +561,10 @@ async fn read_loop(
     let silence = tokio::time::sleep(silence_limit);
     tokio::pin!(silence);
     let ended = loop {
-        let next = tokio::select! {
+        let (lane, next) = tokio::select! {
             // Cancel-safe: both transports' `next` keep partial data in their own buffers.
-            next = reader.next() => next,
+            next = reader.next() => (Lane::Control, next),
+            (lane, frame) = next_lane(&mut lanes) => (lane, Ok(frame)),
             () = &mut silence => {
                 let deadline = last_frame + silence_limit;
                 if deadline > tokio::time::Instant::now() {
@@ -526,14 +579,20 @@ async fn read_loop(
             Ok(b) => b,
             Err(ended) => break ended,
         };
-        last_frame = tokio::time::Instant::now();
+        if lane == Lane::Control {
+            last_frame = tokio::time::Instant::now();
+        }
         let kind = match decode_server_frame(&bytes) {
             Ok(f) => f.kind,
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable server frame");
+                tracing::warn!(error = %e, ?lane, "undecodable server frame");
                 continue;
             }
         };
+        if lane != Lane::Control && !matches!(kind, Some(server_frame::Kind::Media(_))) {
+            tracing::debug!(?lane, "ignored a frame other than media on a media lane");
+            continue;
+        }
         let event = match kind {
             None | Some(server_frame::Kind::Pong(_)) | Some(server_frame::Kind::Welcome(_)) => continue,
             Some(server_frame::Kind::Ack(a)) => {
@@ -575,13 +634,26 @@ async fn read_loop(
                 }
             }
             Some(server_frame::Kind::GoAway(g)) => Event::GoAway(g),
-            Some(server_frame::Kind::Left(l)) => Event::Left(l),
+            Some(server_frame::Kind::Left(l)) => {
+                media.forget_room(&l.room);
+                Event::Left(l)
+            }
             Some(server_frame::Kind::ParticipantJoined(p)) => Event::ParticipantJoined(p),
-            Some(server_frame::Kind::ParticipantLeft(p)) => Event::ParticipantLeft(p),
+            Some(server_frame::Kind::ParticipantLeft(p)) => {
+                if let Some(who) = &p.participant {
+                    media.forget_sender(&p.room, &who.session);
+                }
+                Event::ParticipantLeft(p)
+            }
             Some(server_frame::Kind::RoomStats(r)) => Event::RoomStats(r),
             Some(server_frame::Kind::Message(m)) => Event::Message(m),
             Some(server_frame::Kind::Signal(s)) => Event::Signal(s),
-            Some(server_frame::Kind::Media(m)) => Event::Media(m),
+            Some(server_frame::Kind::Media(m)) => {
+                if !media.received(lane, &m) {
+                    continue; // stale: an older frame of its track than the last delivered
+                }
+                Event::Media(m)
+            }
             Some(server_frame::Kind::KeyframeRequest(k)) => Event::KeyframeRequest(k),
             Some(server_frame::Kind::Call(c)) => Event::Call(c),
         };
@@ -608,6 +680,18 @@ async fn read_loop(
     }
     let _ = stop_writer.send(());
     let _ = events.send(Event::Closed { code, reason: ended.reason }).await;
+}
+
+/// The next frame from the media lanes; pending for good without lanes or once they ended
+/// (the control stream then reports how the connection ended). Cancel-safe.
+async fn next_lane(lanes: &mut Option<LaneReceiver>) -> (Lane, Bytes) {
+    if let Some(receiver) = lanes {
+        if let Some(frame) = receiver.next().await {
+            return frame;
+        }
+        *lanes = None;
+    }
+    std::future::pending().await
 }
 
 fn answer(pending: &Pending, ref_id: u64, reply: Result<Reply, ClientError>) {

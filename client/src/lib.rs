@@ -20,6 +20,16 @@
 //! The URL picks the transport: `ws://` / `wss://` for WebSocket, `https://` for
 //! WebTransport (pass the server's certificate hash for a self-signed certificate).
 //!
+//! # Media lanes
+//!
+//! Over WebTransport, media leaves the ordered control stream by default
+//! ([`ClientConfig::media_lanes`]): [`Client::media`] sends a frame that fits a QUIC datagram
+//! as one, and larger frames on one unidirectional stream per group (a keyframe starts a
+//! group); media from the node's datagrams and streams arrives as [`Event::Media`] like any
+//! other, a stale frame (older than the last delivered of its track, unless a newer keyframe)
+//! dropped. [`Client::media_lanes`] says whether the node granted lanes and
+//! [`Client::media_stats`] counts what went on which lane ([`MediaStats`]).
+//!
 //! # Surviving lost connections
 //!
 //! A [`Client`] is one session: when its connection ends, [`Event::Closed`] is its last
@@ -81,6 +91,7 @@
 mod client;
 mod config;
 mod error;
+mod lanes;
 mod reconnecting;
 #[cfg(test)]
 mod test_server;
@@ -89,6 +100,7 @@ mod transport;
 pub use client::{Client, Event, Events};
 pub use config::{parse_cert_hash, ClientConfig, TransportChoice};
 pub use error::ClientError;
+pub use lanes::MediaStats;
 pub use reconnecting::{is_final, ReconnectPolicy, ReconnectingClient};
 pub use switchboard_protocol::pb;
 pub use switchboard_protocol::ErrorCode;

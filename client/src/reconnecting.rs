@@ -1,6 +1,6 @@
 //! [`ReconnectingClient`]: a session that survives lost connections.
 
-use crate::{Client, ClientConfig, ClientError, Event, Events};
+use crate::{Client, ClientConfig, ClientError, Event, Events, MediaStats};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,6 +100,8 @@ struct State {
     /// Set for good once the application closed the client or it gave up: later requests
     /// fail with it.
     ended: Option<ClientError>,
+    /// Media counters of the connections before `current`.
+    past_media: MediaStats,
 }
 
 struct Shared {
@@ -203,7 +205,14 @@ impl ReconnectingClient {
         for (at, config) in configs.iter().enumerate() {
             match Client::connect(config.clone()).await {
                 Ok((client, events)) => {
-                    let state = State { current: client, rooms: BTreeMap::new(), configs, at, ended: None };
+                    let state = State {
+                        current: client,
+                        rooms: BTreeMap::new(),
+                        configs,
+                        at,
+                        ended: None,
+                        past_media: MediaStats::default(),
+                    };
                     let shared = Arc::new(Shared {
                         state: Mutex::new(state),
                         changed: watch::Sender::new(0),
@@ -238,6 +247,19 @@ impl ReconnectingClient {
     /// The current session's id.
     pub fn session_id(&self) -> String {
         self.shared.lock().current.session_id().to_owned()
+    }
+
+    /// Whether the current connection carries media on WebTransport media lanes (see
+    /// [`Client::media_lanes`]; it can change on reconnect, e.g. to a node without lanes).
+    pub fn media_lanes(&self) -> bool {
+        self.shared.lock().current.media_lanes()
+    }
+
+    /// Media counters of this session, summed over all its connections (see
+    /// [`Client::media_stats`]).
+    pub fn media_stats(&self) -> MediaStats {
+        let s = self.shared.lock();
+        s.past_media + s.current.media_stats()
     }
 
     /// Whether the client stopped for good (closed, gave up, or a final error).
@@ -574,6 +596,8 @@ async fn reconnect(
                     if s.ended.is_some() {
                         None
                     } else {
+                        let past = s.current.media_stats();
+                        s.past_media += past;
                         s.current = client.clone();
                         Some(
                             s.rooms

@@ -60,6 +60,21 @@ impl Writer {
         }
     }
 
+    /// The WebTransport session, for its media lanes (`None` on WebSocket).
+    pub fn wt_connection(&self) -> Option<wtransport::Connection> {
+        match self {
+            Writer::Ws(_) => None,
+            Writer::Wt(w) => Some(w.connection().clone()),
+        }
+    }
+
+    /// Media lanes are in use: the control stream goes before media (WebTransport).
+    pub fn prioritize_control(&self) {
+        if let Writer::Wt(w) = self {
+            w.prioritize_control();
+        }
+    }
+
     /// Close the connection normally: the close is on the wire when this returns (or
     /// [`CLOSE_TIMEOUT`] passed).
     pub async fn close(&mut self) {

@@ -11,6 +11,9 @@ use wtransport::error::ConnectionError;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig as WtClientConfig, Connection, Endpoint, RecvStream, SendStream, VarInt};
 
+/// QUIC send priority of the control stream with media lanes (group streams keep 0).
+const CONTROL_PRIORITY: i32 = 1;
+
 pub(crate) struct WtReader {
     connection: Connection,
     recv: RecvStream,
@@ -30,7 +33,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<(WtReader, WtWriter
         Some(ip) => WtClientConfig::builder().with_bind_address(std::net::SocketAddr::new(ip, 0)),
         None => WtClientConfig::builder().with_bind_default(),
     };
-    let wt_config = if config.insecure {
+    let mut wt_config = if config.insecure {
         builder.with_no_cert_validation().build()
     } else if !config.cert_hashes.is_empty() {
         let hashes = config
@@ -42,6 +45,9 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<(WtReader, WtWriter
     } else {
         builder.with_native_certs().build()
     };
+    if config.media_lanes {
+        wt_config.quic_config_mut().transport_config(std::sync::Arc::new(crate::lanes::transport_config()));
+    }
     let endpoint = Endpoint::client(wt_config).map_err(|e| ClientError::Connect(e.to_string()))?;
     let connection =
         endpoint.connect(&config.url).await.map_err(|e| ClientError::Connect(format!("{}: {e}", config.url)))?;
@@ -86,6 +92,17 @@ impl WtReader {
 }
 
 impl WtWriter {
+    /// The session (for its media lanes).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Give the control stream a higher QUIC send priority than media streams, so a media
+    /// burst never delays a request.
+    pub fn prioritize_control(&self) {
+        self.send.set_priority(CONTROL_PRIORITY);
+    }
+
     pub async fn send(&mut self, frame: Bytes) -> Result<(), ClientError> {
         self.send
             .write_all(&encode_record(&frame))

@@ -156,7 +156,9 @@ async fn main() -> anyhow::Result<()> {
     // Placeholder swapped in so `cli` can still be borrowed for its connection settings.
     let command = std::mem::replace(&mut cli.command, Command::Call(CallCommand::Listen));
     let command = match command {
-        Command::Bench(args) => return bench::run(*args, &cli.url, &cli.token, cli.cert_hash).await,
+        Command::Bench(args) => {
+            return bench::run(*args, &cli.url, &cli.token, cli.cert_hash, cli.wt_lanes == "on").await;
+        }
         other => other,
     };
     anyhow::ensure!(!cli.token.is_empty(), "--token (or SWITCHBOARD_TOKEN) is required");
@@ -224,7 +226,8 @@ async fn run(command: Command, session: &Session, events: &mut Events) -> anyhow
         Command::Join { rooms, count, .. } => {
             let w = session.welcome();
             print(json!({"event": "welcome", "session": w.session_id, "node": w.node, "user": w.user,
-                         "heartbeat_ms": w.heartbeat_ms, "token_expires_at": w.token_expires_at}));
+                         "heartbeat_ms": w.heartbeat_ms, "token_expires_at": w.token_expires_at,
+                         "media_lanes": w.media_lanes}));
             for room in &rooms {
                 let joined = session.join(room).await.with_context(|| format!("joining {room}"))?;
                 print(json!({"event": "joined", "room": joined.room,

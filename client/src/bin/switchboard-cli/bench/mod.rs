@@ -88,7 +88,13 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn target(&self, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<targets::Target> {
+    fn target(
+        &self,
+        url: &str,
+        token: &str,
+        cert_hash: Option<String>,
+        lanes: bool,
+    ) -> anyhow::Result<targets::Target> {
         let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
         let mut lab_targets = false;
         for u in urls.iter().chain(&self.metrics_url) {
@@ -114,6 +120,7 @@ impl BenchArgs {
             urls,
             token: token.to_owned(),
             cert_hash,
+            media_lanes: lanes,
             source_ips,
             publish_subject: String::new(),
         })
@@ -136,10 +143,16 @@ impl BenchArgs {
 }
 
 /// Run a benchmark and print its report.
-pub async fn run(args: BenchArgs, url: &str, token: &str, cert_hash: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    args: BenchArgs,
+    url: &str,
+    token: &str,
+    cert_hash: Option<String>,
+    lanes: bool,
+) -> anyhow::Result<()> {
     anyhow::ensure!(args.size >= 8, "--size must be at least 8 bytes (the timestamp)");
     anyhow::ensure!(args.clients >= 1 && args.clients <= 100_000, "--clients must be 1..=100000");
-    let target = args.target(url, token, cert_hash)?;
+    let target = args.target(url, token, cert_hash, lanes)?;
     let report = scenarios::run(&args, &target).await?;
     report.print();
     Ok(())

@@ -29,6 +29,8 @@ pub struct Target {
     pub urls: Vec<String>,
     pub token: String,
     pub cert_hash: Option<String>,
+    /// WebTransport: media lanes on (the global `--wt-lanes`).
+    pub media_lanes: bool,
     pub source_ips: Vec<IpAddr>,
     /// nats-ws: the subject a publisher-only connection publishes to.
     pub publish_subject: String,
@@ -114,6 +116,7 @@ impl Target {
             TargetKind::Switchboard => {
                 let mut config = ClientConfig::new(url, &self.token);
                 config.cert_hashes.extend(self.cert_hash.clone());
+                config.media_lanes = self.media_lanes;
                 config.bind_ip = ip;
                 config.event_buffer = 4096;
                 let (client, events) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
