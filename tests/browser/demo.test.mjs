@@ -215,6 +215,45 @@ describe("web client and demo in Chromium", () => {
       await alice.uncheck("#force-relay");
     }));
 
+  test("media lanes: the WebTransport page's relayed media goes on datagrams and streams, the WebSocket page's on its socket", () =>
+    diagnose(async () => {
+      // The counters as each page shows them (#media-stats, refreshed twice a second), since
+      // the page signed in: take them now and compare after this call.
+      const ZERO = { inDatagrams: 0, inStreams: 0, inControl: 0, outDatagrams: 0, outStreams: 0, outControl: 0, staleDropped: 0, sendDropped: 0 };
+      const shown = async (page) => ({ ...ZERO, ...(await page.evaluate(() => JSON.parse(document.getElementById("media-stats").dataset.stats ?? "{}"))) });
+      const delta = (now, then) => Object.fromEntries(Object.keys(ZERO).map((k) => [k, now[k] - then[k]]));
+      const [a0, b0] = [await shown(alice), await shown(bob)];
+      await alice.check("#force-relay");
+      await callAndAccept(alice, "bob", bob, [bob2]);
+      const N = 30;
+      const decoded = (page) =>
+        waitFor(`more than ${N} relayed video frames decoded`, async () => {
+          const s = await page.evaluate(() => window.demo.relayStats());
+          return s && s.framesDecoded > N && s;
+        }, WAIT, 250);
+      const [ra, rb] = await Promise.all([decoded(alice), decoded(bob)]);
+      // Bob (WebTransport, node B): everything he decoded came on lanes, and he sent on lanes.
+      const db = await waitFor("Bob's page to show his lanes", async () => {
+        const s = await shown(bob);
+        const d = delta(s, b0);
+        return s.lanes && d.inDatagrams + d.inStreams > N && d.outDatagrams + d.outStreams > N && { ...d, lanes: s.lanes };
+      }, WAIT, 250);
+      // Alice (WebSocket, node A): no lanes; her media came and went on the socket.
+      const da = await waitFor("Alice's page to show her socket's media", async () => {
+        const s = await shown(alice);
+        const d = delta(s, a0);
+        return s.lanes === false && d.inControl > N && d.outControl > N && { ...d, lanes: s.lanes };
+      }, WAIT, 250);
+      console.log(`lanes: bob (WT) ${JSON.stringify(db)} decoded ${rb.framesDecoded}\nlanes: alice (WS) ${JSON.stringify(da)} decoded ${ra.framesDecoded}`);
+      assert.equal(db.inControl, 0, "no media for Bob on his control stream: " + JSON.stringify(db));
+      assert.equal(db.outControl, 0, "Bob sent no media on his control stream: " + JSON.stringify(db));
+      assert.deepEqual([da.inDatagrams, da.inStreams, da.outDatagrams, da.outStreams], [0, 0, 0, 0], JSON.stringify(da));
+      assert.match(await bob.textContent("#media-stats"), /^media lanes: on/);
+      assert.match(await alice.textContent("#media-stats"), /^media lanes: off/);
+      await hangUp(bob, [alice]);
+      await alice.uncheck("#force-relay");
+    }));
+
   test("token refresh: a short-lived token is replaced over the open session", () =>
     diagnose(async () => {
       const page = await openDemo("Erin", nodeB, { nodes: [nodeB], transport: "webtransport", room: "refresh", ttl: 10 });

@@ -48,6 +48,10 @@ const demo = {
   async p2pStats() {
     return active ? active.p2pStats() : { connectionState: "none", framesDecoded: 0 };
   },
+  /** The client's media counters by lane (`client.mediaStats()`), as shown in `#media-stats`. */
+  mediaStats() {
+    return session?.client.mediaStats();
+  },
   /** Relayed media counters: video (`framesDecoded`…) and audio (`audioFramesDecoded`…). */
   relayStats() {
     if (!active?.relay) return undefined;
@@ -83,6 +87,27 @@ async function fetchToken(name: string): Promise<{ token: string; user: string; 
   throw new Error(last);
 }
 
+/**
+ * Relayed media by lane, refreshed twice a second: on WebTransport with media lanes, frames
+ * go on datagrams and streams; otherwise on the control stream (or WebSocket). The element
+ * carries the counters as JSON in `data-stats` for tests.
+ */
+function showMediaStats(client: SwitchboardClient): void {
+  const el = $("media-stats");
+  let shown = "";
+  setInterval(() => {
+    const s = client.mediaStats();
+    const json = JSON.stringify(s);
+    if (json === shown) return;
+    shown = json;
+    el.dataset.stats = json;
+    el.dataset.lanes = String(s.lanes);
+    const lanes = s.lanes ? "media lanes: on" : "media lanes: off";
+    const total = s.inDatagrams + s.inStreams + s.inControl + s.outDatagrams + s.outStreams + s.outControl;
+    el.textContent = total === 0 && !s.lanes ? "" : `${lanes} · in: ${s.inDatagrams} datagrams, ${s.inStreams} on streams, ${s.inControl} on the control stream · out: ${s.outDatagrams} datagrams, ${s.outStreams} on streams, ${s.outControl} on the control stream · dropped: ${s.staleDropped} stale, ${s.sendDropped} unsent`;
+  }, 500);
+}
+
 async function signIn(name: string, room: string, transport: string): Promise<void> {
   $("signin-error").textContent = "";
   const first = await fetchToken(name);
@@ -93,6 +118,7 @@ async function signIn(name: string, room: string, transport: string): Promise<vo
   });
   session = { client, user: first.user, name: first.name, room };
   wire(client);
+  showMediaStats(client);
   await client.connect();
   const joined = await client.join(room);
   $("signin").hidden = true;

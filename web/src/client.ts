@@ -33,6 +33,8 @@ import { backoffDelay, type BackoffOptions } from "./backoff";
 import { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
 import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo, type Transport, type TransportKind } from "./transport";
 import { Emitter } from "./emitter";
+import type { LaneKind, MediaLanes } from "./lanes";
+import { MediaOrder } from "./media-order";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -56,6 +58,32 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Time allowed for a request's answer (default 10 000 ms). */
   requestTimeoutMs?: number;
+  /**
+   * Over WebTransport, ask for media lanes (default true): media on QUIC datagrams and
+   * per-group streams instead of the control stream, when the node agrees
+   * (`Welcome.media_lanes`). The API is the same either way; see `mediaStats()`.
+   */
+  mediaLanes?: boolean;
+}
+
+/**
+ * Relayed media counters (`client.mediaStats()`), since the client was created. `lanes`:
+ * whether the current session has media lanes.
+ */
+export interface MediaStats {
+  lanes: boolean;
+  /** Media frames received on datagrams, on streams, on the control stream (or WebSocket). */
+  inDatagrams: number;
+  inStreams: number;
+  inControl: number;
+  /** Media frames sent on datagrams, on streams, on the control stream (or WebSocket). */
+  outDatagrams: number;
+  outStreams: number;
+  outControl: number;
+  /** Received frames not delivered: older than what was already delivered of their track. */
+  staleDropped: number;
+  /** Frames `sendMedia` dropped: their lane could not take them at once. */
+  sendDropped: number;
 }
 
 export type ConnectionStatus = "idle" | "connecting" | "connected" | "reconnecting" | "closed";
@@ -224,6 +252,20 @@ export class SwitchboardClient {
   private loop?: Promise<void>;
   /** Why the client closed for good (what `connect()` rejects with). */
   private closeCause?: SwitchboardError;
+  /** The current session's media lanes, if it has them. */
+  private lanes?: MediaLanes;
+  /** The ordering rule for media that can arrive out of order (sessions with lanes). */
+  private mediaOrder?: MediaOrder;
+  private readonly stats: Omit<MediaStats, "lanes"> = {
+    inDatagrams: 0,
+    inStreams: 0,
+    inControl: 0,
+    outDatagrams: 0,
+    outStreams: 0,
+    outControl: 0,
+    staleDropped: 0,
+    sendDropped: 0,
+  };
 
   constructor(options: ClientOptions) {
     if (options.nodes.length === 0) throw new Error("at least one node is required");
@@ -233,6 +275,7 @@ export class SwitchboardClient {
       reconnect: true,
       connectTimeoutMs: 5000,
       requestTimeoutMs: 10_000,
+      mediaLanes: true,
       backoff: {},
       ...options,
     };
@@ -266,6 +309,11 @@ export class SwitchboardClient {
   get joinedRooms(): string[] {
     return [...this.rooms.keys()];
   }
+  /** Relayed media counters: which lanes media came and went on, and what was dropped. */
+  mediaStats(): MediaStats {
+    return { lanes: this.lanes !== undefined, ...this.stats };
+  }
+
   /** The last reliable offset seen in a room. */
   lastOffset(room: string): bigint | undefined {
     return this.rooms.get(room)?.lastOffset;
@@ -382,12 +430,28 @@ export class SwitchboardClient {
     await this.request({ case: "callEnd", value: { call } });
   }
 
-  /** Send a relayed media frame (unacknowledged, droppable). False when not connected. */
+  /**
+   * Send a relayed media frame (unacknowledged, droppable). With media lanes it goes as a
+   * datagram when it fits, else on its group's stream (a keyframe starts a group). False when
+   * not connected, or dropped because its lane could not take it at once.
+   */
   sendMedia(m: MediaFrame): boolean {
-    return this.sendNow(0n, {
-      case: "media",
-      value: { ...m, seq: BigInt(m.seq), timestamp: BigInt(m.timestamp) },
+    if (!this.transport || this.stateValue.status !== "connected") return false;
+    const frame = create(ClientFrameSchema, {
+      id: 0n,
+      kind: { case: "media", value: { ...m, seq: BigInt(m.seq), timestamp: BigInt(m.timestamp) } },
     });
+    const bytes = toBinary(ClientFrameSchema, frame);
+    if (this.lanes) {
+      const lane = this.lanes.send(bytes, m);
+      if (lane === "datagram") this.stats.outDatagrams++;
+      else if (lane === "stream") this.stats.outStreams++;
+      else this.stats.sendDropped++;
+      return lane !== undefined;
+    }
+    this.transport.send(bytes);
+    this.stats.outControl++;
+    return true;
   }
 
   /** Ask `toSession` for a keyframe on `track` in `room`. */
@@ -602,7 +666,11 @@ export class SwitchboardClient {
       closed.then((info) => reject(fatal ?? closeError(info, "closed before Welcome")));
     });
     this.setState({ status: this.welcomeInfo ? "reconnecting" : "connecting", url: transport.url, transport: transport.kind });
-    this.sendFrame({ id: 0n, kind: { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, token, client: this.opts.client } } });
+    const mediaLanes = this.opts.mediaLanes && transport.openMediaLanes !== undefined;
+    this.sendFrame({
+      id: 0n,
+      kind: { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, token, client: this.opts.client, mediaLanes } },
+    });
     let w: Welcome;
     try {
       w = await new Promise<Welcome>((resolve, reject) => {
@@ -619,6 +687,10 @@ export class SwitchboardClient {
     }
     this.welcomeInfo = w;
     this.lastReceived = Date.now();
+    if (mediaLanes && w.mediaLanes && transport.openMediaLanes) {
+      this.mediaOrder = new MediaOrder();
+      this.lanes = transport.openMediaLanes((bytes, lane) => this.onLaneFrame(bytes, lane));
+    }
     this.startHeartbeat(transport, w.heartbeatMs || 15_000);
     this.scheduleRefresh(Number(w.tokenExpiresAt));
     this.setState({ status: "connected", transport: transport.kind, node: w.node, url: transport.url, session: w.sessionId });
@@ -633,6 +705,9 @@ export class SwitchboardClient {
     const info = await closed;
     this.stopTimers();
     this.transport = undefined;
+    this.lanes?.close();
+    this.lanes = undefined;
+    this.mediaOrder = undefined;
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(new SwitchboardError(ErrorCode.UNAVAILABLE, "connection lost"));
@@ -693,6 +768,31 @@ export class SwitchboardClient {
     return true;
   }
 
+  /** A frame from a media lane: media only (anything else has no business there). */
+  private onLaneFrame(bytes: Uint8Array, lane: LaneKind): void {
+    let f: ServerFrame;
+    try {
+      f = fromBinary(ServerFrameSchema, bytes);
+    } catch {
+      return; // not a frame we can read: ignore
+    }
+    if (f.kind.case !== "media") return;
+    this.lastReceived = Date.now();
+    if (lane === "datagram") this.stats.inDatagrams++;
+    else this.stats.inStreams++;
+    this.deliverMedia(f.kind.value);
+  }
+
+  /** Deliver a media event, unless the ordering rule finds it stale (lanes only). */
+  private deliverMedia(m: MediaEvent): void {
+    const order = this.mediaOrder;
+    if (order && !order.accept({ ...m, session: m.from?.session ?? "" }, Date.now())) {
+      this.stats.staleDropped++;
+      return;
+    }
+    this.events.emit("media", m);
+  }
+
   private dispatch(f: ServerFrame): void {
     const k = f.kind;
     switch (k.case) {
@@ -736,7 +836,8 @@ export class SwitchboardClient {
         this.events.emit("call", k.value);
         break;
       case "media":
-        this.events.emit("media", k.value);
+        this.stats.inControl++;
+        this.deliverMedia(k.value);
         break;
       case "keyframeRequest":
         this.events.emit("keyframeRequest", k.value);

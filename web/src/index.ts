@@ -14,5 +14,7 @@ export * from "./client";
 export { backoffDelay, type BackoffOptions } from "./backoff";
 export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
 export { encodeRecord, RecordDecoder } from "./framing";
+export { MediaLanes, MAX_LANE_RECORD, MAX_INCOMING_STREAMS, MAX_OUTGOING_GROUPS, MAX_GROUP_BACKLOG, MAX_TOTAL_BACKLOG, type LaneFrame, type LaneKind, type LaneSession } from "./lanes";
+export { MediaOrder, type OrderedFrame } from "./media-order";
 export { webTransportSupported, type TransportKind } from "./transport";
 export * from "./gen/switchboard_pb";

@@ -3,6 +3,7 @@
  * length-prefixed frames) and WebSocket (one binary message per frame).
  */
 import { encodeRecord, RecordDecoder } from "./framing";
+import { MediaLanes, type LaneKind, type LaneSession } from "./lanes";
 
 export type TransportKind = "webtransport" | "websocket";
 
@@ -21,6 +22,11 @@ export interface Transport {
   onframe: (frame: Uint8Array) => void;
   /** Set by the client: called once when the transport is gone. */
   onclose: (info: CloseInfo) => void;
+  /**
+   * WebTransport only: start the session's media lanes (after `Welcome.media_lanes`);
+   * `onframe` gets each frame received on them. They close with the transport.
+   */
+  openMediaLanes?(onframe: (frame: Uint8Array, lane: LaneKind) => void): MediaLanes;
 }
 
 /** The largest frame accepted from the server (the protocol's limit is 256 KiB). */
@@ -141,10 +147,18 @@ export async function openWebTransport(url: string, certHash: string | undefined
     },
     onframe: () => {},
     onclose: () => {},
+    openMediaLanes: (onframe) => {
+      lanes?.close();
+      lanes = new MediaLanes(wt as unknown as LaneSession, onframe);
+      if (closed) lanes.close();
+      return lanes;
+    },
   };
+  let lanes: MediaLanes | undefined;
   const finish = (info: CloseInfo) => {
     if (closed) return;
     closed = true;
+    lanes?.close();
     try {
       wt.close();
     } catch {

@@ -141,3 +141,172 @@ test("connect() rejects with the server's ErrorCode", async () => {
   assert.ok(e instanceof lib.SwitchboardError, String(e));
   assert.equal(e.code, lib.ErrorCode.UNAVAILABLE);
 });
+
+test("media ordering: stale frames are dropped, a newer keyframe always passes, state is bounded", () => {
+  const order = new lib.MediaOrder(4, 5000);
+  const f = (seq, keyframe = false, over = {}) => ({ room: "r", session: "s1", track: 1, seq: BigInt(seq), keyframe, ...over });
+  const accept = (frame, now = 0) => order.accept(frame, now);
+  assert.equal(accept(f(10, true)), true, "the first frame of a track");
+  assert.equal(accept(f(12)), true);
+  assert.equal(accept(f(11)), false, "older than the last delivered (a datagram overtook it)");
+  assert.equal(accept(f(12)), false, "the same frame again");
+  assert.equal(accept(f(13)), true);
+  // A keyframe newer than the last delivered keyframe passes even when it is late (a small
+  // delta on a datagram overtook the large keyframe on its stream); an older one does not.
+  assert.equal(accept(f(20)), true);
+  assert.equal(accept(f(19, true)), true, "late keyframe, newer than keyframe 10");
+  assert.equal(accept(f(9, true)), false, "keyframe older than keyframe 19");
+  assert.equal(accept(f(19, true)), false, "keyframe 19 again");
+  assert.equal(accept(f(21)), true);
+  // Tracks are told apart by room, sender session and track.
+  assert.equal(accept(f(1, false, { track: 2 })), true);
+  assert.equal(accept(f(1, false, { session: "s2" })), true);
+  assert.equal(accept(f(1, false, { room: "other" })), true);
+  assert.equal(order.size, 4);
+  // Bounded: a fifth track evicts the least recently delivered one (room r, s1, track 1),
+  // which then starts over.
+  assert.equal(accept(f(1, false, { track: 3 })), true);
+  assert.equal(order.size, 4);
+  assert.equal(accept(f(5)), true, "forgotten track starts over");
+  // A track with nothing delivered for longer than the idle time starts over too (a sender
+  // whose encoder restarted at seq 0).
+  assert.equal(accept(f(100), 1000), true);
+  assert.equal(accept(f(3), 2000), false);
+  assert.equal(accept(f(4), 5999), false, "stale frames do not keep a track alive, but it is not idle yet");
+  assert.equal(accept(f(4), 6001), true, "idle for more than 5 s since the last delivery: starts over");
+  assert.equal(accept(f(3), 6002), false);
+});
+
+/** Let queued promise callbacks and stream operations run (bounded, no timers). */
+async function until(what, cond) {
+  for (let i = 0; i < 1000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+// A WebTransport stand-in for the lanes: real web streams, recording what is written.
+function fakeLaneSession(maxDatagramSize = 100, { blockWrites = false } = {}) {
+  const out = { datagrams: [], streams: [] };
+  const blocked = [];
+  let datagramsIn;
+  let streamsIn;
+  const session = {
+    datagrams: {
+      maxDatagramSize,
+      readable: new ReadableStream({ start: (c) => void (datagramsIn = c) }),
+      writable: new WritableStream({ write: (chunk) => void out.datagrams.push(chunk) }),
+    },
+    incomingUnidirectionalStreams: new ReadableStream({ start: (c) => void (streamsIn = c) }),
+    async createUnidirectionalStream() {
+      const s = { bytes: [], writing: false, closed: false, aborted: false };
+      out.streams.push(s);
+      return new WritableStream({
+        write: (chunk) => {
+          s.writing = true;
+          return blockWrites ? new Promise((r) => blocked.push(r)) : void s.bytes.push(...chunk);
+        },
+        close: () => void (s.closed = true),
+        abort: () => void (s.aborted = true),
+      });
+    },
+  };
+  /** An incoming stream the test feeds; `cancelled` tells whether the reader gave it up. */
+  const incoming = () => {
+    const s = { cancelled: false };
+    streamsIn.enqueue(new ReadableStream({ start: (c) => void (s.controller = c), cancel: () => void (s.cancelled = true) }, { highWaterMark: 0 }));
+    return s;
+  };
+  const release = () => blocked.splice(0).forEach((r) => r());
+  return { session, out, pushDatagram: (b) => datagramsIn.enqueue(b), incoming, release };
+}
+
+test("media lanes send: datagrams when a frame fits, else one stream per group; a keyframe starts a group", async () => {
+  const fake = fakeLaneSession(100);
+  const lanes = new lib.MediaLanes(fake.session, () => {});
+  const bytes = (n, v) => new Uint8Array(n).fill(v);
+  const media = (keyframe, track = 1) => ({ room: "r", track, keyframe });
+  assert.equal(lanes.send(bytes(100, 1), media(true)), "datagram", "fits exactly");
+  assert.equal(lanes.send(bytes(300, 2), media(true)), "stream");
+  assert.equal(lanes.send(bytes(50, 3), media(false)), "datagram");
+  assert.equal(lanes.send(bytes(200, 4), media(false)), "stream", "same group");
+  assert.equal(lanes.send(bytes(200, 5), media(false, 2)), "stream", "another track: its own group");
+  await until("group 1 written", () => fake.out.streams[0]?.bytes.length === 508);
+  assert.equal(lanes.send(bytes(400, 6), media(true)), "stream", "a keyframe: a new group");
+  await until("every write", () => fake.out.datagrams.length === 2 && fake.out.streams.length === 3 && fake.out.streams[0].closed && fake.out.streams[2].bytes.length > 0);
+  assert.deepEqual(fake.out.datagrams.map((d) => [d.length, d[0]]), [[100, 1], [50, 3]], "datagrams carry the frame, no prefix");
+  const records = (s) => {
+    const dec = new lib.RecordDecoder(1 << 20);
+    return dec.push(new Uint8Array(s.bytes)).map((r) => [r.length, r[0]]);
+  };
+  assert.deepEqual(records(fake.out.streams[0]), [[300, 2], [200, 4]], "group 1: its keyframe, then its delta, in order");
+  assert.deepEqual(records(fake.out.streams[1]), [[200, 5]]);
+  assert.deepEqual(records(fake.out.streams[2]), [[400, 6]]);
+  assert.equal(fake.out.streams[0].aborted, false, "a group whose frames were all taken is closed, not aborted");
+  assert.equal(fake.out.streams[2].closed, false, "the current group stays open");
+  assert.equal(lanes.outgoingGroups, 2);
+  lanes.close();
+  assert.equal(lanes.send(bytes(10, 7), media(false)), undefined, "nothing after close");
+});
+
+test("media lanes send: a group stream that cannot keep up drops frames and is aborted; backlogs are bounded", async () => {
+  const fake = fakeLaneSession(100, { blockWrites: true });
+  const lanes = new lib.MediaLanes(fake.session, () => {});
+  const frame = new Uint8Array(100_000);
+  const record = frame.length + 4;
+  const send = (track, keyframe) => lanes.send(frame, { room: "r", track, keyframe });
+  const results = [];
+  for (let i = 0; i < 7; i++) results.push(send(1, i === 0));
+  // The group's backlog takes five records; the sixth is dropped with its group (aborted:
+  // stale), and the next frame opens a new group.
+  const groupFits = Math.floor(lib.MAX_GROUP_BACKLOG / record);
+  assert.equal(groupFits, 5);
+  assert.deepEqual(results, ["stream", "stream", "stream", "stream", "stream", undefined, "stream"]);
+  await until("both groups writing", () => fake.out.streams.length === 2 && fake.out.streams.every((s) => s.writing));
+  // Group streams open at once are bounded.
+  for (let t = 2; t < 2 + lib.MAX_OUTGOING_GROUPS + 3; t++) send(t, true);
+  assert.equal(lanes.outgoingGroups, lib.MAX_OUTGOING_GROUPS);
+  // So is what all of them hold, ended groups included (their writes are still stuck).
+  let accepted = results.filter(Boolean).length + lib.MAX_OUTGOING_GROUPS + 3;
+  for (let i = 0; i < 40; i++) if (send(100 + i, true)) accepted++;
+  assert.ok(accepted * record <= lib.MAX_TOTAL_BACKLOG, `${accepted} records held`);
+  assert.equal(send(200, true), undefined, "full");
+  // Once the browser takes the stuck writes, the stale group's abort goes through.
+  fake.release();
+  await until("the stale group aborted", () => fake.out.streams[0].aborted);
+  assert.equal(fake.out.streams.at(-1).aborted, false, "the newest group is still open");
+  lanes.close();
+});
+
+test("media lanes receive: datagrams whole, stream records across chunks, bounded records and streams", async () => {
+  const fake = fakeLaneSession();
+  const got = [];
+  const lanes = new lib.MediaLanes(fake.session, (frame, lane) => got.push([lane, [...frame]]));
+  fake.pushDatagram(new Uint8Array([1, 2, 3]));
+  const s = fake.incoming();
+  await until("the stream is read", () => lanes.incomingStreams === 1 && s.controller);
+  const stream = new Uint8Array([...lib.encodeRecord(new Uint8Array([4, 5])), ...lib.encodeRecord(new Uint8Array([6]))]);
+  s.controller.enqueue(stream.slice(0, 3));
+  s.controller.enqueue(stream.slice(3));
+  await until("three frames", () => got.length === 3);
+  assert.deepEqual(got, [["datagram", [1, 2, 3]], ["stream", [4, 5]], ["stream", [6]]]);
+  // A reset stream (the node superseded the group) ends quietly.
+  s.controller.error(new Error("reset"));
+  await until("the reset stream forgotten", () => lanes.incomingStreams === 0);
+  // A record over 256 KiB stops its stream.
+  const big = fake.incoming();
+  await until("the big stream is read", () => lanes.incomingStreams === 1 && big.controller);
+  const header = new Uint8Array(4);
+  new DataView(header.buffer).setUint32(0, lib.MAX_LANE_RECORD + 1);
+  big.controller.enqueue(header);
+  await until("the oversized stream cancelled", () => big.cancelled && lanes.incomingStreams === 0);
+  // At most MAX_INCOMING_STREAMS are read at once: the oldest is given up.
+  const many = [];
+  for (let i = 0; i < lib.MAX_INCOMING_STREAMS + 2; i++) many.push(fake.incoming());
+  await until("the oldest two cancelled", () => many[0].cancelled && many[1].cancelled && lanes.incomingStreams === lib.MAX_INCOMING_STREAMS);
+  assert.equal(many[2].cancelled, false);
+  assert.equal(got.length, 3);
+  lanes.close();
+  await until("every stream cancelled on close", () => many.every((m) => m.cancelled));
+});
