@@ -159,6 +159,10 @@ fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, 
         .with_bind_address(config.addr)
         .with_custom_transport(identity, transport)
         .keep_alive_interval(Some(config.keep_alive))
+        // A client whose address changes (NAT rebinding, a phone moving between networks)
+        // keeps its connection and session: quinn validates the new path and moves to it
+        // (on by default; explicit because `tests/tests/migration.rs` depends on it).
+        .allow_migration(true)
         .max_idle_timeout(Some(config.idle_timeout))
         .map_err(|e| WtError::Config(format!("idle timeout: {e}")))?
         .build())

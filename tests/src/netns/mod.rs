@@ -31,9 +31,11 @@
 //! [`Lab::start`] returns [`Unavailable`] with the reason, and tests report themselves skipped.
 
 mod inside;
+mod node;
 mod profile;
 mod rebind;
 
+pub use node::LabNode;
 pub use profile::Profile;
 pub use rebind::MAX_REBINDS;
 
