@@ -361,7 +361,7 @@ async fn partition_and_link_down_cut_traffic_and_heal_restores_it() {
 
 /// Nothing of the harness in the machine's own namespace: no rule, no qdisc.
 fn assert_root_namespace_untouched() {
-    for table in ["filter", "mangle"] {
+    for table in ["filter", "mangle", "nat", "raw"] {
         let out = std::process::Command::new("iptables").args(["-w", "5", "-t", table, "-S"]).output().unwrap();
         let rules = String::from_utf8_lossy(&out.stdout);
         assert!(!rules.contains("sb-") && !rules.contains("NFQUEUE"), "rules in the root namespace:\n{rules}");
@@ -387,6 +387,7 @@ fn teardown_is_complete_even_when_the_test_panics() {
         lab.shape(&a, Profile::mobile()).unwrap();
         lab.shape(&b, Profile::bad()).unwrap();
         lab.partition(&a, &b).unwrap();
+        lab.rebind(&a).unwrap();
         *seen.lock().unwrap() = Some((lab.tag().to_owned(), lab.helper_pids()));
         panic!("a test body fails with its lab up");
     }));
