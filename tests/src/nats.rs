@@ -38,7 +38,8 @@ mod tempdir {
     }
 }
 
-fn nats_binary() -> String {
+/// The `nats-server` binary: `NATS_SERVER_BIN`, else `nats-server` on `PATH`.
+pub fn nats_binary() -> String {
     std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
 }
 

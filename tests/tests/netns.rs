@@ -361,7 +361,7 @@ async fn partition_and_link_down_cut_traffic_and_heal_restores_it() {
 
 /// Nothing of the harness in the machine's own namespace: no rule, no qdisc.
 fn assert_root_namespace_untouched() {
-    for table in ["filter", "mangle"] {
+    for table in ["filter", "mangle", "nat", "raw"] {
         let out = std::process::Command::new("iptables").args(["-w", "5", "-t", table, "-S"]).output().unwrap();
         let rules = String::from_utf8_lossy(&out.stdout);
         assert!(!rules.contains("sb-") && !rules.contains("NFQUEUE"), "rules in the root namespace:\n{rules}");
@@ -387,6 +387,7 @@ fn teardown_is_complete_even_when_the_test_panics() {
         lab.shape(&a, Profile::mobile()).unwrap();
         lab.shape(&b, Profile::bad()).unwrap();
         lab.partition(&a, &b).unwrap();
+        lab.rebind(&a).unwrap();
         *seen.lock().unwrap() = Some((lab.tag().to_owned(), lab.helper_pids()));
         panic!("a test body fails with its lab up");
     }));
@@ -516,5 +517,69 @@ async fn a_node_serves_websocket_and_webtransport_clients_over_the_wifi_profile(
     assert!(
         rounds.iter().all(|(ws, wt)| ms(*ws) >= floor && ms(*wt) >= floor),
         "faster than the link allows: {rounds:?}"
+    );
+}
+
+/// The next datagram on `sock` within 500 ms, with its source.
+async fn recv_within(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => Some((buf[..n].to_vec(), from)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn rebind_moves_a_hosts_flows_to_a_new_address_and_drops_the_old_mapping() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut lab = lab_or_skip!("rebind");
+    let (a, b) = (lab.host("a").unwrap(), lab.host("b").unwrap());
+    let (sa, sb) = (udp_on(&a, 7200), udp_on(&b, 7200));
+    let b_addr = sb.local_addr().unwrap();
+    // A TCP connection from a to b, open before the rebinding.
+    let listen_at = SocketAddr::from((b.addr(), 7201));
+    let listener = b.within(|| std::net::TcpListener::bind(listen_at)).unwrap();
+    let tcp = a.within(|| std::net::TcpStream::connect_timeout(&listen_at, Duration::from_secs(5))).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let mut tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    tcp.write_all(b"before").await.unwrap();
+    let mut got = [0u8; 6];
+    accepted.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Read::read_exact(&mut &accepted, &mut got).unwrap();
+    assert_eq!(&got, b"before");
+
+    let old = SocketAddr::from((a.addr(), 7200));
+    sa.send_to(b"1", b_addr).await.unwrap();
+    assert_eq!(recv_within(&sb).await.map(|(_, from)| from), Some(old), "b sees a's own address first");
+
+    let mut seen = vec![old];
+    for round in 0..2 {
+        let public = lab.rebind(&a).unwrap();
+        // The same socket (the same flow) now arrives from the public address and another port.
+        sa.send_to(b"2", b_addr).await.unwrap();
+        let (_, from) = recv_within(&sb).await.expect("a's datagram after the rebinding");
+        eprintln!("netns rebind {round}: a's flow {old} now arrives at b from {from}");
+        assert_eq!(from.ip(), std::net::IpAddr::V4(public), "the new public address");
+        assert!(!seen.contains(&from), "a new address and port: {from} (before: {seen:?})");
+        // Replies to it reach a; replies to every earlier address and port are dropped.
+        sb.send_to(b"to-new", from).await.unwrap();
+        assert_eq!(recv_within(&sa).await.map(|(p, _)| p), Some(b"to-new".to_vec()), "reply to the new mapping");
+        for stale in &seen {
+            sb.send_to(b"to-old", *stale).await.unwrap();
+        }
+        assert_eq!(recv_within(&sa).await, None, "replies to an old mapping ({seen:?}) are dropped");
+        seen.push(from);
+    }
+
+    // TCP cannot follow: b does not know the new 4-tuple and resets it; what b sends to the
+    // old one is dropped.
+    let _ = tcp.write_all(b"after").await;
+    let mut buf = [0u8; 16];
+    let read = within(Duration::from_secs(10), "the TCP connection to end", tcp.read(&mut buf)).await;
+    eprintln!("netns rebind: a's TCP connection after the rebinding: {read:?}");
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the old TCP connection is reset: {read:?}"
     );
 }

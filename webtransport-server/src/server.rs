@@ -33,13 +33,23 @@ const MAX_BIDI_STREAMS: u32 = 8;
 /// Concurrent unidirectional streams: HTTP/3's control and QPACK streams, and the client's
 /// media streams.
 const MAX_UNI_STREAMS: u32 = 3 + crate::lanes::MAX_MEDIA_STREAMS;
-/// Flow-control window of one stream.
-const STREAM_RECEIVE_WINDOW: u32 = 2 * MAX_FRAME_BYTES as u32;
+// Flow-control windows. A QUIC connection carries at most window / RTT: the sender stops
+// once a window's worth of data is unacknowledged by the receiving application, and quinn
+// re-opens a window only after an eighth of it was read, so about 7/8 of it is usable.
+// Sized for >= 20 Mbit/s on one connection at 150 ms RTT (bandwidth-delay product: 20 Mbit/s
+// x 150 ms = 375 KB) with twice that as headroom for the window update's granularity, the
+// session's read delay and RTT spikes: ~49 Mbit/s on one stream at 150 ms (the previous 512
+// KiB measured 25 Mbit/s there, its cap), `tests/tests/wt_windows.rs`.
+/// Flow-control window of one stream (client → node: the control stream, each media stream):
+/// four of the largest frames.
+const STREAM_RECEIVE_WINDOW: u32 = 4 * MAX_FRAME_BYTES as u32;
 /// Flow-control window of a whole connection: the most a client can make us buffer,
-/// whatever the number of streams.
-const RECEIVE_WINDOW: u32 = 4 * MAX_FRAME_BYTES as u32;
+/// whatever the number of streams (RELIABILITY.md's bounds table). Two stream windows, so
+/// that media streams in flight do not stall the control stream.
+const RECEIVE_WINDOW: u32 = 8 * MAX_FRAME_BYTES as u32;
 /// Unacknowledged bytes buffered towards one client (the relay's queues hold the rest and
-/// detect slow consumers).
+/// detect slow consumers): ~110 Mbit/s at 150 ms, and what each slow receiver holds at most
+/// in quinn.
 const SEND_WINDOW: u64 = 2 << 20;
 /// Media datagrams from a client not yet read by its session (quinn drops the oldest past it).
 const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
@@ -159,6 +169,10 @@ fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, 
         .with_bind_address(config.addr)
         .with_custom_transport(identity, transport)
         .keep_alive_interval(Some(config.keep_alive))
+        // A client whose address changes (NAT rebinding, a phone moving between networks)
+        // keeps its connection and session: quinn validates the new path and moves to it
+        // (on by default; explicit because `tests/tests/migration.rs` depends on it).
+        .allow_migration(true)
         .max_idle_timeout(Some(config.idle_timeout))
         .map_err(|e| WtError::Config(format!("idle timeout: {e}")))?
         .build())

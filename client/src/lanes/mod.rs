@@ -27,20 +27,19 @@ use send::LaneSender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use switchboard_protocol::pb;
 
-/// QUIC transport settings of a client asking for lanes: room for the node's group streams
-/// (HTTP/3 takes three unidirectional streams of its own) and a bound on what all streams
-/// together can make the client buffer.
-pub(crate) fn transport_config() -> wtransport::quinn::TransportConfig {
+/// QUIC transport settings of a client asking for lanes, on top of the transport's own
+/// windows: room for the node's group streams (HTTP/3 takes three unidirectional streams of
+/// its own) and a connection window that bounds what all streams together can make the
+/// client buffer.
+pub(crate) fn configure_transport(transport: &mut wtransport::quinn::TransportConfig) {
     use wtransport::quinn::VarInt;
-    let mut transport = wtransport::quinn::TransportConfig::default();
     transport
         .max_concurrent_uni_streams(VarInt::from_u32(3 + receive::MAX_GROUP_STREAMS as u32))
         .receive_window(VarInt::from_u32(RECEIVE_WINDOW));
-    transport
 }
 
 /// Connection-level receive window with lanes: 64 group streams of up to 256 KiB records
-/// could otherwise hold the QUIC default's unbounded total.
+/// in flight, beside the control stream's own window.
 const RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// One session's media bookkeeping, shared by its handles and its reader: counters always;

@@ -10,7 +10,7 @@ use switchboard_tests::netns::{Lab, Profile};
 #[derive(Parser, Debug)]
 #[command(about = "Hosts in network namespaces behind a router, links shaped (clean, wifi, mobile, bad)")]
 struct Args {
-    /// A host, `NAME` or `NAME=PROFILE` (profiles: clean, wifi, mobile, bad); repeatable.
+    /// A host, `NAME` or `NAME=PROFILE` (profiles: clean, wifi, mobile, bad, long); repeatable.
     #[arg(long = "host", required = true)]
     hosts: Vec<String>,
     /// Name of the lab (part of the namespace names).

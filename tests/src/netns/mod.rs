@@ -18,6 +18,9 @@
 //!   packets unimpaired;
 //! - rate: a `tbf` qdisc on each end's egress (`eth0` in the host, `h<i>` in the router).
 //!
+//! Faults: a link down ([`Lab::link_down`]), a partition between two hosts ([`Lab::partition`]),
+//! NAT rebinding of a host ([`Lab::rebind`]: its flows suddenly come from another address).
+//!
 //! Packet level, so TCP and QUIC see the same impairment. Tear-down ([`Drop`]) stops the
 //! `sb-netem` helpers, kills every process left in the lab's namespaces and deletes the
 //! namespaces (their veths, qdiscs and rules go with them). Namespaces are named
@@ -28,11 +31,16 @@
 //! [`Lab::start`] returns [`Unavailable`] with the reason, and tests report themselves skipped.
 
 mod inside;
+mod node;
 mod profile;
+mod rebind;
 
+pub use node::LabNode;
 pub use profile::Profile;
+pub use rebind::MAX_REBINDS;
 
 use anyhow::{ensure, Context};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -126,6 +134,8 @@ pub struct Lab {
     router: String,
     hosts: Vec<Host>,
     helpers: Vec<Helper>,
+    /// Rebindings so far per host index ([`Lab::rebind`]).
+    rebinds: HashMap<usize, u8>,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -151,7 +161,7 @@ impl Lab {
         remove_stale();
         let router = format!("{tag}-router");
         sh(&["ip", "netns", "add", &router]).map_err(|e| Unavailable(format!("cannot make a namespace: {e:#}")))?;
-        let lab = Self { tag, router, hosts: Vec::new(), helpers: Vec::new() };
+        let lab = Self { tag, router, hosts: Vec::new(), helpers: Vec::new(), rebinds: HashMap::new() };
         let setup = || -> anyhow::Result<()> {
             sh(&["ip", "-n", &lab.router, "link", "set", "lo", "up"])?;
             in_ns(&lab.router, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;

@@ -60,12 +60,18 @@ impl Profile {
         }
     }
 
-    /// All named profiles.
-    pub const fn all() -> [Self; 4] {
-        [Self::clean(), Self::wifi(), Self::mobile(), Self::bad()]
+    /// A long, clean path: 150 ms RTT (another continent), no loss, no rate cap; what one
+    /// connection carries here is set by its flow-control windows and congestion control.
+    pub const fn long() -> Self {
+        Self { name: "long", rtt: Duration::from_millis(150), jitter: Duration::ZERO, loss: 0.0, rate_bps: None }
     }
 
-    /// The profile called `name` (`clean`, `wifi`, `mobile`, `bad`).
+    /// All named profiles.
+    pub const fn all() -> [Self; 5] {
+        [Self::clean(), Self::wifi(), Self::mobile(), Self::bad(), Self::long()]
+    }
+
+    /// The profile called `name` (`clean`, `wifi`, `mobile`, `bad`, `long`).
     pub fn named(name: &str) -> Option<Self> {
         Self::all().into_iter().find(|p| p.name == name)
     }
