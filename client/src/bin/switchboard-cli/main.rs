@@ -156,7 +156,9 @@ async fn main() -> anyhow::Result<()> {
     // Placeholder swapped in so `cli` can still be borrowed for its connection settings.
     let command = std::mem::replace(&mut cli.command, Command::Call(CallCommand::Listen));
     let command = match command {
-        Command::Bench(args) => return bench::run(*args, &cli.url, &cli.token, cli.cert_hash).await,
+        Command::Bench(args) => {
+            return bench::run(*args, &cli.url, &cli.token, cli.cert_hash, cli.wt_lanes == "on").await
+        }
         other => other,
     };
     anyhow::ensure!(!cli.token.is_empty(), "--token (or SWITCHBOARD_TOKEN) is required");
