@@ -173,12 +173,13 @@ def fmt_ms(v):
 def table(sec, rows):
     """Rows of one profile's section, then its ratio lines against the targets."""
     out = ["| run | frames delivered / expected | media p50 ms | media p99 ms | freezes | frozen s "
-           "| chat p50 ms | chat p99 ms | chat lost | chat duplicated | node CPU % | node CPU µs per delivery |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| chat p50 ms | chat p99 ms | chat lost | chat duplicated | chat late | chat send errors | node CPU % "
+           "| node CPU µs per delivery | generator CPU % |",
+           "| --- |" + " ---: |" * 14]
     found = {}
     for label, _, r in rows:
         if "error" in r:
-            out.append(f"| {label} | failed: {r['error']} |" + " |" * 10)
+            out.append(f"| {label} | failed: {r['error']} |" + " |" * 13)
             continue
         found[label] = r
         lat, chat = r["latency_ms"], r.get("chat_latency_ms", {})
@@ -187,8 +188,9 @@ def table(sec, rows):
             f"| {label} | {r['deliveries']:,} / {r['expected_deliveries']:,} ({100 * r.get('media_delivered_ratio', 0):.1f} %)"
             f" | {lat['p50']:.1f} | {lat['p99']:.1f} | {r.get('freezes', 0):,} | {r.get('frozen_ms', 0) / 1000:.1f}"
             f" | {fmt_ms(chat.get('p50'))} | {fmt_ms(chat.get('p99'))} | {r.get('chat_lost', '–')}"
-            f" | {r.get('chat_duplicated', '–')} | {'–' if cpu is None else f'{cpu:.1f}'}"
-            f" | {r.get('node_cpu_us_per_delivery', '–')} |")
+            f" | {r.get('chat_duplicated', '–')} | {r.get('chat_undelivered_at_stop', '–')}"
+            f" | {r.get('chat_send_errors', '–')} | {'–' if cpu is None else f'{cpu:.1f}'}"
+            f" | {r.get('node_cpu_us_per_delivery', '–')} | {r.get('generator_cpu_percent', '–')} |")
     profile = sec.split(": ", 1)[1].split(" ", 1)[0]
     rtt = PROFILES.get(profile, {}).get("rtt_ms", 0)
     ratios = []
@@ -211,4 +213,9 @@ def table(sec, rows):
             ratios.append(f"* chat p99 over {label}: {p99:.1f} ms against RTT + 50 = {rtt + 50} ms: {met}")
     lost = [label for label, r in found.items() if r.get("chat_lost") or r.get("chat_duplicated")]
     ratios.append("* chat lost or duplicated: " + (", ".join(lost) if lost else "none (0 in every run)"))
+    late = [f"{label} ({r['chat_undelivered_at_stop']} late, {r.get('chat_send_errors', 0)} unacknowledged)"
+            for label, r in found.items() if r.get("chat_undelivered_at_stop") or r.get("chat_send_errors")]
+    if late:
+        ratios.append("* chat not delivered within 15 s of the end, or not acknowledged within 10 s: "
+                      + ", ".join(late))
     return out + ["", "Against WebSocket in the same lab:", ""] + ratios

@@ -100,6 +100,7 @@ async fn media_room_over_a_mobile_link_loses_no_chat_and_delivers_media() {
         assert_eq!(n("chat_expected"), n("chat_sent") * u64::from(RECEIVERS + 1), "{name}: {r}");
         assert_eq!(n("chat_lost"), 0, "{name}: chat lost: {r}");
         assert_eq!(n("chat_duplicated"), 0, "{name}: chat duplicated: {r}");
+        assert_eq!(n("chat_undelivered_at_stop"), 0, "{name}: chat still on its way: {r}");
         assert_eq!(n("chat_delivered"), n("chat_expected"), "{name}: {r}");
         // Media got through the link to the receivers: most frames (lanes may drop some on a
         // lossy link, by design).

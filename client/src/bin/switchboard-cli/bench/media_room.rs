@@ -17,8 +17,11 @@
 //!   frames, plus one if the track's last delivery came more than 200 ms before its sender's
 //!   last frame was sent (a stream that stopped); `frozen_ms` is their total length;
 //! * chat: `chat_latency_ms`, `chat_lost` (messages acknowledged to their sender that some
-//!   other member never received, counted by sequence number) and `chat_duplicated`
-//!   (a sequence number delivered twice to one member); both must be 0;
+//!   other member never received although a later one from the same sender arrived, by
+//!   sequence number), `chat_duplicated` (a sequence number delivered twice to one member),
+//!   both must be 0, and `chat_undelivered_at_stop` (acknowledged messages still on their way
+//!   when the run stopped waiting, [`CHAT_GRACE`] after the senders stopped: late, not lost);
+//!   `chat_send_errors` counts publishes that failed or were not acknowledged in time;
 //! * `node_cpu_us_per_delivery`: the servers' CPU time while sending (`--server-pid`) per
 //!   delivery (media frames and chat messages, to every member).
 
@@ -106,18 +109,29 @@ struct Tally {
 }
 
 impl Tally {
-    /// Acknowledged chat messages that some other member has not received (yet).
-    fn chat_missing(&self) -> u64 {
+    /// Acknowledged chat messages that some other member has not received (yet): (lost,
+    /// pending). A member gets each sender's messages in order, so a missing one below the
+    /// highest delivered from that sender is lost; one above it may still be on its way.
+    fn chat_missing(&self) -> (u64, u64) {
         let members = self.chat_acked.len();
-        let mut missing = 0;
+        let (mut lost, mut pending) = (0, 0);
         for to in 0..members {
             for (from, acked) in self.chat_acked.iter().enumerate() {
-                if from != to {
-                    missing += acked.iter().filter(|s| !self.chat_seen[to][from].contains(s)).count() as u64;
+                if from == to {
+                    continue;
+                }
+                let seen = &self.chat_seen[to][from];
+                let highest = seen.iter().max().copied();
+                for s in acked.iter().filter(|s| !seen.contains(s)) {
+                    if highest.is_some_and(|h| *s < h) {
+                        lost += 1;
+                    } else {
+                        pending += 1;
+                    }
                 }
             }
         }
-        missing
+        (lost, pending)
     }
 }
 
@@ -462,7 +476,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         |s: &Shared| s.frames_sent.iter().map(|f| f.load(Ordering::Relaxed)).sum::<u64>() * n_receivers as u64;
     loop {
         let now = Instant::now();
-        let chat_complete = shared.chat_done.load(Ordering::SeqCst) == members && shared.tally().chat_missing() == 0;
+        let chat_complete =
+            shared.chat_done.load(Ordering::SeqCst) == members && shared.tally().chat_missing() == (0, 0);
         let media_complete = {
             let t = shared.tally();
             t.tracks.values().map(|tr| tr.delivered).sum::<u64>() >= media_expected(&shared)
@@ -526,7 +541,9 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     x.insert("chat_send_errors".into(), t.chat_send_errors.into());
     x.insert("chat_expected".into(), chat_expected.into());
     x.insert("chat_delivered".into(), t.chat_deliveries.into());
-    x.insert("chat_lost".into(), t.chat_missing().into());
+    let (lost, pending) = t.chat_missing();
+    x.insert("chat_lost".into(), lost.into());
+    x.insert("chat_undelivered_at_stop".into(), pending.into());
     x.insert("chat_duplicated".into(), t.chat_duplicated.into());
     x.insert(
         "chat_latency_ms".into(),
