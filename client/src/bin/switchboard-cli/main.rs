@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let command = std::mem::replace(&mut cli.command, Command::Call(CallCommand::Listen));
     let command = match command {
         Command::Bench(args) => {
-            return bench::run(*args, &cli.url, &cli.token, cli.cert_hash, cli.wt_lanes == "on").await;
+            return bench::run(*args, &cli.url, &cli.token, cli.cert_hash, cli.wt_lanes == "on").await
         }
         other => other,
     };

@@ -8,6 +8,11 @@
 //! * `pairs`: `--clients`/2 rooms of two, both sides sending at `--rate` each;
 //! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, `--slow-receivers` of them
 //!   never reading), 30 fps frames of 1–8 KiB with a keyframe every 30 frames;
+//! * `media-room`: one room, 2 senders of 30 fps video-like frames (1–2 KB deltas, a 20–40 KB
+//!   keyframe every second) and `--clients` receivers (8 in `bench/compare`), every member
+//!   also chatting once a second; receivers may sit behind an impaired link
+//!   (`--receiver-netns`). Frame latency, delivered/expected, freezes, chat latency, lost and
+//!   duplicated chat (see `media_room.rs`); `--wt-lanes` picks WebTransport's media lanes;
 //! * `idle`: `--clients` connections that stay idle for `--duration` seconds (RSS per
 //!   connection and the server's CPU while idle, i.e. heartbeats, with `--server-pid`);
 //! * `churn`: connect/join/leave/disconnect cycles, `--clients` at a time, for `--duration`
@@ -18,7 +23,9 @@
 //!
 //! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
 
+mod media_room;
 mod metrics;
+mod netns;
 mod raw_wt;
 mod scenarios;
 mod stats;
@@ -85,6 +92,12 @@ pub struct BenchArgs {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// media-room: open the receivers' connections inside this network namespace (a name
+    /// from `ip netns list`, e.g. a `deploy/netns-lab` client host), so they reach the node
+    /// through that host's shaped link; repeat to spread the receivers over several (round
+    /// robin). Senders connect from the bench's own namespace. Needs root.
+    #[arg(long = "receiver-netns")]
+    pub receiver_netns: Vec<String>,
 }
 
 impl BenchArgs {
@@ -93,7 +106,7 @@ impl BenchArgs {
         url: &str,
         token: &str,
         cert_hash: Option<String>,
-        lanes: bool,
+        media_lanes: bool,
     ) -> anyhow::Result<targets::Target> {
         let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
         let mut lab_targets = false;
@@ -120,9 +133,9 @@ impl BenchArgs {
             urls,
             token: token.to_owned(),
             cert_hash,
-            media_lanes: lanes,
             source_ips,
             publish_subject: String::new(),
+            media_lanes,
         })
     }
 
@@ -142,17 +155,21 @@ impl BenchArgs {
     }
 }
 
-/// Run a benchmark and print its report.
+/// Run a benchmark and print its report; `media_lanes` is the global `--wt-lanes`.
 pub async fn run(
     args: BenchArgs,
     url: &str,
     token: &str,
     cert_hash: Option<String>,
-    lanes: bool,
+    media_lanes: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(args.size >= 8, "--size must be at least 8 bytes (the timestamp)");
     anyhow::ensure!(args.clients >= 1 && args.clients <= 100_000, "--clients must be 1..=100000");
-    let target = args.target(url, token, cert_hash, lanes)?;
+    anyhow::ensure!(
+        args.receiver_netns.is_empty() || args.scenario == scenarios::Scenario::MediaRoom,
+        "--receiver-netns is for --scenario media-room"
+    );
+    let target = args.target(url, token, cert_hash, media_lanes)?;
     let report = scenarios::run(&args, &target).await?;
     report.print();
     Ok(())

@@ -17,6 +17,7 @@ pub enum Scenario {
     Fanout,
     Pairs,
     Media,
+    MediaRoom,
     Idle,
     Churn,
 }
@@ -24,12 +25,12 @@ pub enum Scenario {
 /// How long receivers keep waiting for stragglers after the senders stop.
 const GRACE: Duration = Duration::from_secs(5);
 
-fn base() -> Instant {
+pub(super) fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
     *BASE.get_or_init(Instant::now)
 }
 
-fn now_us() -> u64 {
+pub(super) fn now_us() -> u64 {
     base().elapsed().as_micros() as u64
 }
 
@@ -40,7 +41,7 @@ fn payload(size: usize) -> Bytes {
     b.freeze()
 }
 
-fn latency_us(payload: &[u8]) -> Option<u64> {
+pub(super) fn latency_us(payload: &[u8]) -> Option<u64> {
     let ts = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
     Some(now_us().saturating_sub(ts).max(1))
 }
@@ -225,7 +226,7 @@ async fn collect(
     Ok(())
 }
 
-fn report(args: &BenchArgs, target: &Target, connections: usize, rss_before: Option<u64>) -> Report {
+pub(super) fn report(args: &BenchArgs, target: &Target, connections: usize, rss_before: Option<u64>) -> Report {
     Report {
         scenario: format!("{:?}", args.scenario).to_lowercase(),
         target: target.name(),
@@ -250,6 +251,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
         Scenario::Fanout => fanout(args, target, rss()).await?,
         Scenario::Pairs => pairs(args, target, rss()).await?,
         Scenario::Media => media(args, target, rss()).await?,
+        Scenario::MediaRoom => super::media_room::run(args, target, rss()).await?,
         Scenario::Idle => idle(args, target, rss()).await?,
         Scenario::Churn => churn(args, target, rss()).await?,
     };

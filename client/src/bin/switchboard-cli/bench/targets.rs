@@ -29,11 +29,11 @@ pub struct Target {
     pub urls: Vec<String>,
     pub token: String,
     pub cert_hash: Option<String>,
-    /// WebTransport: media lanes on (the global `--wt-lanes`).
-    pub media_lanes: bool,
     pub source_ips: Vec<IpAddr>,
     /// nats-ws: the subject a publisher-only connection publishes to.
     pub publish_subject: String,
+    /// WebTransport: ask for media lanes (`--wt-lanes on`, [`ClientConfig::media_lanes`]).
+    pub media_lanes: bool,
 }
 
 impl Target {
@@ -107,6 +107,18 @@ impl Target {
         Ok((Tx::Raw { _pinger: AbortOnDrop(pinger.abort_handle()) }, Rx::Raw(stream)))
     }
 
+    /// The client-library configuration of Switchboard connection `i` (spread over the URLs
+    /// and source addresses).
+    pub fn client_config(&self, i: usize) -> ClientConfig {
+        let url = &self.urls[i % self.urls.len()];
+        let mut config = ClientConfig::new(url, &self.token);
+        config.cert_hashes.extend(self.cert_hash.clone());
+        config.bind_ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
+        config.event_buffer = 4096;
+        config.media_lanes = self.media_lanes;
+        config
+    }
+
     /// Connection `i` (spread over the URLs and source addresses), joined to `room` (no
     /// room: connected and authenticated only; for nats-ws, not subscribed).
     pub async fn connect(&self, i: usize, room: Option<&str>) -> anyhow::Result<(Tx, Rx)> {
@@ -114,12 +126,8 @@ impl Target {
         let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
         match self.kind {
             TargetKind::Switchboard => {
-                let mut config = ClientConfig::new(url, &self.token);
-                config.cert_hashes.extend(self.cert_hash.clone());
-                config.media_lanes = self.media_lanes;
-                config.bind_ip = ip;
-                config.event_buffer = 4096;
-                let (client, events) = Client::connect(config).await.with_context(|| format!("connecting to {url}"))?;
+                let (client, events) =
+                    Client::connect(self.client_config(i)).await.with_context(|| format!("connecting to {url}"))?;
                 if let Some(room) = room {
                     client.join(room).await.with_context(|| format!("joining {room}"))?;
                 }
