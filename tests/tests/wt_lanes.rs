@@ -101,20 +101,30 @@ async fn media_reaches_a_lanes_client_on_datagrams_and_one_stream_per_group() {
     assert!(!granted, "a client that did not ask keeps media on the control stream");
     let mut sender = ws_member(&node, "sender").await;
 
-    // A keyframe too large for a datagram opens a group stream; a small delta goes as a
-    // datagram; a large delta follows on the same group's stream.
+    // A keyframe too large for a datagram opens a group stream; the rest of the group follows
+    // on it, small or large (a datagram would overtake the stream's retransmissions).
     sender.send(0, media(1, true, 30_000)).await;
     sender.send(0, media(2, false, 200)).await;
     sender.send(0, media(3, false, 5_000)).await;
     let mut group = lanes.group().await;
     assert_eq!(seq_of(group.frame().await), (1, true, 30_000));
-    assert_eq!(seq_of(lanes.datagram().await), (2, false, 200));
-    assert_eq!(seq_of(group.frame().await), (3, false, 5_000), "the group's large frames share its stream");
+    assert_eq!(seq_of(group.frame().await), (2, false, 200), "a small delta follows its group's stream");
+    assert_eq!(seq_of(group.frame().await), (3, false, 5_000), "the group's frames share its stream");
+
+    // A keyframe that fits a datagram starts a group without a stream: its small deltas go
+    // as datagrams, until a frame too large for one opens the group's stream.
+    sender.send(0, media(4, true, 300)).await;
+    sender.send(0, media(5, false, 200)).await;
+    sender.send(0, media(6, false, 5_000)).await;
+    assert_eq!(seq_of(lanes.datagram().await), (4, true, 300));
+    assert_eq!(seq_of(lanes.datagram().await), (5, false, 200));
+    let mut small = lanes.group().await;
+    assert_eq!(seq_of(small.frame().await), (6, false, 5_000));
 
     // The next keyframe starts a new group on a new stream.
-    sender.send(0, media(4, true, 30_000)).await;
+    sender.send(0, media(7, true, 30_000)).await;
     let mut next = lanes.group().await;
-    assert_eq!(seq_of(next.frame().await), (4, true, 30_000));
+    assert_eq!(seq_of(next.frame().await), (7, true, 30_000));
 
     // Control traffic still comes on the control stream.
     lanes.send(9, client_frame::Kind::Ping(Ping { nonce: 7 })).await;
@@ -130,13 +140,22 @@ async fn media_reaches_a_lanes_client_on_datagrams_and_one_stream_per_group() {
     }
 
     // The same frames, all on the control stream, for the client without lanes.
-    for expected in [(1, true, 30_000), (2, false, 200), (3, false, 5_000), (4, true, 30_000)] {
+    let all = [
+        (1, true, 30_000),
+        (2, false, 200),
+        (3, false, 5_000),
+        (4, true, 300),
+        (5, false, 200),
+        (6, false, 5_000),
+        (7, true, 30_000),
+    ];
+    for expected in all {
         assert_eq!(control_media(&mut plain).await, expected);
     }
     let datagrams = r#"switchboard_media_lane_frames_total{lane="datagram",direction="out"}"#;
     let streams = r#"switchboard_media_lane_frames_total{lane="stream",direction="out"}"#;
-    assert_eq!(node.metric(datagrams).await, 1.0);
-    assert_eq!(node.metric(streams).await, 3.0);
+    assert_eq!(node.metric(datagrams).await, 2.0);
+    assert_eq!(node.metric(streams).await, 5.0);
 }
 
 #[tokio::test]

@@ -7,9 +7,10 @@
  * in:  datagrams                        one whole ServerFrame each, no prefix
  *      incoming unidirectional streams  length-prefixed ServerFrame records (one group each;
  *                                       a reset means the group was superseded: normal)
- * out: a frame that fits a datagram     one datagram
+ * out: a frame that fits a datagram     one datagram, unless its group already has a stream
  *      a larger one                     the unidirectional stream of its group: a keyframe
- *                                       starts a group of (room, track), the old one is closed
+ *                                       starts a group of (room, track), the old one is closed;
+ *                                       the rest of the group follows on that stream
  * ```
  *
  * Nothing here waits on the network for long: a frame a lane cannot take at once is dropped
@@ -114,7 +115,9 @@ export class MediaLanes {
     if (this.closed) return undefined;
     const key = `${media.room}\u0000${media.track}`;
     if (media.keyframe) this.endGroup(key);
-    if (frame.length <= this.session.datagrams.maxDatagramSize) {
+    // Once a group has a stream, the rest of the group follows on it: a datagram would
+    // overtake the stream's retransmissions and reorder the track.
+    if (!this.groups.has(key) && frame.length <= this.session.datagrams.maxDatagramSize) {
       return this.sendDatagram(frame) ? "datagram" : undefined;
     }
     return this.sendOnGroup(key, encodeRecord(frame)) ? "stream" : undefined;

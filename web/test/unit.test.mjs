@@ -222,25 +222,25 @@ function fakeLaneSession(maxDatagramSize = 100, { blockWrites = false } = {}) {
   return { session, out, pushDatagram: (b) => datagramsIn.enqueue(b), incoming, release };
 }
 
-test("media lanes send: datagrams when a frame fits, else one stream per group; a keyframe starts a group", async () => {
+test("media lanes send: datagrams when a frame fits, else one stream per group that keeps the rest of the group; a keyframe starts a group", async () => {
   const fake = fakeLaneSession(100);
   const lanes = new lib.MediaLanes(fake.session, () => {});
   const bytes = (n, v) => new Uint8Array(n).fill(v);
   const media = (keyframe, track = 1) => ({ room: "r", track, keyframe });
   assert.equal(lanes.send(bytes(100, 1), media(true)), "datagram", "fits exactly");
   assert.equal(lanes.send(bytes(300, 2), media(true)), "stream");
-  assert.equal(lanes.send(bytes(50, 3), media(false)), "datagram");
+  assert.equal(lanes.send(bytes(50, 3), media(false)), "stream", "the group has a stream: the rest follows on it");
   assert.equal(lanes.send(bytes(200, 4), media(false)), "stream", "same group");
   assert.equal(lanes.send(bytes(200, 5), media(false, 2)), "stream", "another track: its own group");
-  await until("group 1 written", () => fake.out.streams[0]?.bytes.length === 508);
+  await until("group 1 written", () => fake.out.streams[0]?.bytes.length === 562);
   assert.equal(lanes.send(bytes(400, 6), media(true)), "stream", "a keyframe: a new group");
-  await until("every write", () => fake.out.datagrams.length === 2 && fake.out.streams.length === 3 && fake.out.streams[0].closed && fake.out.streams[2].bytes.length > 0);
-  assert.deepEqual(fake.out.datagrams.map((d) => [d.length, d[0]]), [[100, 1], [50, 3]], "datagrams carry the frame, no prefix");
+  await until("every write", () => fake.out.datagrams.length === 1 && fake.out.streams.length === 3 && fake.out.streams[0].closed && fake.out.streams[2].bytes.length > 0);
+  assert.deepEqual(fake.out.datagrams.map((d) => [d.length, d[0]]), [[100, 1]], "datagrams carry the frame, no prefix");
   const records = (s) => {
     const dec = new lib.RecordDecoder(1 << 20);
     return dec.push(new Uint8Array(s.bytes)).map((r) => [r.length, r[0]]);
   };
-  assert.deepEqual(records(fake.out.streams[0]), [[300, 2], [200, 4]], "group 1: its keyframe, then its delta, in order");
+  assert.deepEqual(records(fake.out.streams[0]), [[300, 2], [50, 3], [200, 4]], "group 1: its keyframe, then its deltas, in order");
   assert.deepEqual(records(fake.out.streams[1]), [[200, 5]]);
   assert.deepEqual(records(fake.out.streams[2]), [[400, 6]]);
   assert.equal(fake.out.streams[0].aborted, false, "a group whose frames were all taken is closed, not aborted");

@@ -1,7 +1,9 @@
 //! Client -> node lanes: a media frame that fits the connection's datagram size goes as one
 //! QUIC datagram; the rest go on one unidirectional stream per group of (room, track) (a
-//! keyframe starts a group; the previous group's stream is finished). Never waits: a frame
-//! no lane can take at once is dropped.
+//! keyframe starts a group; the previous group's stream is finished). Once a group has a
+//! stream, the rest of the group follows on it (a datagram would overtake the stream's
+//! retransmissions and reorder the track). Never waits: a frame no lane can take at once is
+//! dropped.
 
 use super::{Lane, MediaCounters};
 use bytes::Bytes;
@@ -43,7 +45,8 @@ impl LaneSender {
         if keyframe {
             self.finish_group(room, track);
         }
-        if self.connection.max_datagram_size().is_some_and(|max| frame.len() <= max) {
+        let on_stream = self.groups.iter().any(|g| g.track == track && g.room == room);
+        if !on_stream && self.connection.max_datagram_size().is_some_and(|max| frame.len() <= max) {
             match self.connection.send_datagram(&frame) {
                 Ok(()) => return counters.sent(Lane::Datagram),
                 // The path's datagram size shrank, or the node takes none: use a stream.

@@ -1,5 +1,8 @@
 //! Node -> client media lanes: datagrams for frames that fit, one unidirectional stream per
-//! group for the rest.
+//! group for the rest. Once a group has a stream, the rest of the group follows on it: a
+//! frame of the same track sent as a datagram meanwhile would overtake the stream's
+//! retransmissions, and the receiver's ordering rule would then discard the older frames
+//! (measured on the mobile profile: one frame in ten).
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -68,7 +71,7 @@ impl MediaSender {
             self.supersede(tag);
         }
         let fits = self.connection.max_datagram_size().is_some_and(|max| frame.len() <= max);
-        if fits && self.connection.send_datagram(&frame).is_ok() {
+        if fits && !self.groups.iter().any(|g| g.is(tag)) && self.connection.send_datagram(&frame).is_ok() {
             self.count("datagram");
             return true;
         }

@@ -149,6 +149,8 @@ struct Shared {
     forced_keyframes: AtomicU64,
     /// Members whose chat loop has finished (every publish answered or failed).
     chat_done: AtomicUsize,
+    /// Every member's media lane counters, summed when it closes.
+    media_stats: Mutex<switchboard_client::MediaStats>,
 }
 
 impl Shared {
@@ -173,6 +175,7 @@ impl Shared {
             keyframe_requests: AtomicU64::new(0),
             forced_keyframes: AtomicU64::new(0),
             chat_done: AtomicUsize::new(0),
+            media_stats: Mutex::new(Default::default()),
         })
     }
 
@@ -263,6 +266,7 @@ async fn member(i: usize, client: Client, events: Events, shared: Arc<Shared>, m
     }
     signals.stopped().await;
     reader.abort();
+    *shared.media_stats.lock().unwrap_or_else(|e| e.into_inner()) += client.media_stats();
     client.close().await;
 }
 
@@ -551,6 +555,14 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
                "max": if t.chat_latency.is_empty() { 0.0 } else { t.chat_latency.max() as f64 / 1000.0 }}),
     );
     x.insert("deliveries_while_sending".into(), during.into());
+    let m = *shared.media_stats.lock().unwrap_or_else(|e| e.into_inner());
+    x.insert(
+        "media_lanes".into(),
+        json!({"received_datagrams": m.received_datagrams, "received_streams": m.received_streams,
+               "received_control": m.received_control, "sent_datagrams": m.sent_datagrams,
+               "sent_streams": m.sent_streams, "sent_control": m.sent_control,
+               "stale_dropped": m.stale_dropped, "send_dropped": m.send_dropped}),
+    );
     if let Some(us) = cpu_us {
         x.insert("node_cpu_us_per_delivery".into(), ((us / during.max(1) as f64 * 10.0).round() / 10.0).into());
     }
