@@ -20,7 +20,7 @@ const GROUPS: u64 = 4;
 /// stream), the other deltas 100-400 B (datagrams until their group has a stream).
 fn size_of(seq: u64) -> usize {
     match seq % GROUP {
-        0 if (seq / GROUP) % 2 == 0 => 20_000 + (seq as usize * 1_777) % 20_000,
+        0 if (seq / GROUP).is_multiple_of(2) => 20_000 + (seq as usize * 1_777) % 20_000,
         3 | 7 => 3_000 + (seq as usize * 97) % 1_000,
         _ => 100 + (seq as usize * 37) % 300,
     }
