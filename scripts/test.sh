@@ -14,13 +14,13 @@ if ! command -v haproxy >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq haproxy
 fi
-# iptables for the impaired-network lab (tests/tests/netns.rs: loss and NFQUEUE delay rules
-# inside its network namespaces).
-if ! command -v iptables >/dev/null 2>&1; then
-  echo "==> installing iptables"
+# iptables and ethtool for the impaired-network lab (tests/src/netns: loss and NFQUEUE delay
+# rules inside its network namespaces; offloads off, so that loss is per wire packet).
+if ! command -v iptables >/dev/null 2>&1 || ! command -v ethtool >/dev/null 2>&1; then
+  echo "==> installing iptables, ethtool"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iptables
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iptables ethtool
 fi
 echo "==> using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -12,7 +12,7 @@ mod records;
 mod server;
 mod transport;
 
-pub use server::{WtConfig, WtError, WtServer, WT_PATH};
+pub use server::{Congestion, WtConfig, WtError, WtServer, WT_PATH};
 pub use transport::WtTransport;
 
 /// WebTransport flags of a node.
@@ -36,6 +36,9 @@ pub struct WtArgs {
     /// keeps every frame on the control stream, as WebSocket does).
     #[arg(long, env = "SWITCHBOARD_WT_MEDIA_LANES", default_value = "on", value_parser = ["on", "off"])]
     pub wt_media_lanes: String,
+    /// QUIC congestion control: `bbr` (default; keeps up on lossy links) or `cubic`.
+    #[arg(long, env = "SWITCHBOARD_WT_CONGESTION", value_enum, default_value = "bbr")]
+    pub wt_congestion: Congestion,
 }
 
 impl WtArgs {
@@ -47,6 +50,7 @@ impl WtArgs {
             key_pem: self.tls_key.clone(),
             max_sessions: self.wt_max_sessions,
             media_lanes: self.wt_media_lanes == "on",
+            congestion: self.wt_congestion,
             ..WtConfig::default()
         }
     }

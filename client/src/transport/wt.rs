@@ -138,5 +138,7 @@ fn transport_config() -> wtransport::config::QuicTransportConfig {
     transport
         .stream_receive_window(wtransport::quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(wtransport::quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    // BBR, as the node: CUBIC reads a lossy mobile link's random loss as congestion.
+    transport.congestion_controller_factory(std::sync::Arc::new(wtransport::quinn::congestion::BbrConfig::default()));
     transport
 }

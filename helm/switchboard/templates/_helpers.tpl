@@ -208,6 +208,8 @@ spec:
           value: "0.0.0.0:4433"
         - name: SWITCHBOARD_WT_MEDIA_LANES
           value: {{ ternary "on" "off" $v.webtransport.mediaLanes | quote }}
+        - name: SWITCHBOARD_WT_CONGESTION
+          value: {{ $v.webtransport.congestion | quote }}
         {{- if not .wt }}
         - name: SWITCHBOARD_NO_WEBTRANSPORT
           value: "true"

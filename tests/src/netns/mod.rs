@@ -27,7 +27,7 @@
 //! `sblab-<pid>-<n>-<lab>-<host>`; [`Lab::start`] first removes those of dead processes, for a
 //! test that was killed before it could drop its lab.
 //!
-//! Needs root, `ip`, `tc` and `iptables` (`scripts/test.sh` installs iptables); otherwise
+//! Needs root, `ip`, `tc`, `iptables` and `ethtool` (`scripts/test.sh` installs the last two); otherwise
 //! [`Lab::start`] returns [`Unavailable`] with the reason, and tests report themselves skipped.
 
 mod inside;
@@ -148,8 +148,14 @@ impl Lab {
         if unsafe { libc::geteuid() } != 0 {
             return Err(Unavailable("needs root (network namespaces, iptables, tc)".into()));
         }
-        for (tool, install) in [("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables")] {
-            let found = Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let tools = [
+            ("ip", "-V", "iproute2"),
+            ("tc", "-V", "iproute2"),
+            ("iptables", "-V", "iptables"),
+            ("ethtool", "--version", "ethtool"),
+        ];
+        for (tool, version, install) in tools {
+            let found = Command::new(tool).arg(version).stdout(Stdio::null()).stderr(Stdio::null()).status();
             if !found.is_ok_and(|s| s.success()) {
                 return Err(Unavailable(format!(
                     "`{tool}` not found (apt-get install {install}; scripts/test.sh installs it)"
@@ -216,6 +222,12 @@ impl Lab {
         sh(&["ip", "-n", r, "link", "set", &rif, "up"])?;
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         sh(&["ip", "-n", ns, "route", "add", "default", "via", &format!("10.77.{index}.1")])?;
+        // Wire-sized packets: with segmentation and receive offloads a veth carries TCP (and
+        // GSO'd UDP) in up-to-64 KiB aggregates, which the loss rule would drop, and the delay
+        // helper hold, as ONE packet; a profile's loss is per packet on the wire.
+        for (space, dev) in [(ns, "eth0"), (r, rif.as_str())] {
+            sh(&["ip", "netns", "exec", space, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"])?;
+        }
         let (up, down) = (format!("sb-up-{index}"), format!("sb-dn-{index}"));
         self.iptables(&["-t", "mangle", "-N", &up])?;
         self.iptables(&["-t", "mangle", "-A", "PREROUTING", "-i", &rif, "-j", &up])?;

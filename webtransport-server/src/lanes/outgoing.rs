@@ -47,12 +47,15 @@ pub(crate) struct MediaSender {
     connection: Connection,
     node: Arc<Node>,
     groups: Vec<Group>,
+    /// Finished groups the client has not acknowledged yet, at most one per track: each gets
+    /// until its track's next keyframe to arrive, then it is reset.
+    retired: Vec<Group>,
     clock: u64,
 }
 
 impl MediaSender {
     pub(crate) fn new(connection: Connection, node: Arc<Node>) -> Self {
-        Self { connection, node, groups: Vec::new(), clock: 0 }
+        Self { connection, node, groups: Vec::new(), retired: Vec::new(), clock: 0 }
     }
 
     fn count(&self, lane: &'static str) {
@@ -113,18 +116,29 @@ impl MediaSender {
         }
     }
 
-    /// A new group of `tag`'s sender and track starts: end the current one, resetting it if
-    /// the client has not acknowledged all of it (what it has not read by now is stale).
+    /// A new group of `tag`'s sender and track starts: the current one is finished and
+    /// retired; the one retired before it, if the client still has not acknowledged all of
+    /// it, is reset (what it has not read by now is two groups old: stale). Resetting the
+    /// group that just ended instead would discard its last frames while still in flight
+    /// (at 80 ms RTT, every group's last two or three frames: measured as freezes).
     fn supersede(&mut self, tag: &MediaTag) {
-        let Some(index) = self.groups.iter().position(|g| g.is(tag)) else { return };
-        let mut group = self.groups.swap_remove(index);
-        let stream = group.stream.quic_stream_mut();
-        let _ = stream.finish();
-        // `stopped` is ready once the client acknowledged every byte of a finished stream.
-        if stream.stopped().now_or_never().is_none() {
-            let _ = stream.reset(wtransport::quinn::VarInt::from_u32(GROUP_SUPERSEDED));
+        // Acknowledged retired groups need nothing more.
+        self.retired.retain_mut(|g| g.stream.quic_stream_mut().stopped().now_or_never().is_none());
+        if let Some(index) = self.retired.iter().position(|g| g.is(tag)) {
+            let mut stale = self.retired.swap_remove(index);
+            let _ = stale.stream.reset(VarInt::from_u32(GROUP_SUPERSEDED));
             self.node.metrics().media_groups_superseded.inc();
         }
+        let Some(index) = self.groups.iter().position(|g| g.is(tag)) else { return };
+        let mut group = self.groups.swap_remove(index);
+        let _ = group.stream.quic_stream_mut().finish();
+        if self.retired.len() >= MAX_GROUPS {
+            if let Some(oldest) = (0..self.retired.len()).min_by_key(|&i| self.retired[i].used) {
+                let mut stale = self.retired.swap_remove(oldest);
+                let _ = stale.stream.reset(VarInt::from_u32(GROUP_SUPERSEDED));
+            }
+        }
+        self.retired.push(group);
     }
 
     fn reset(&mut self, index: usize) {
