@@ -11,8 +11,8 @@
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
-use switchboard_tests::netns::{Host, Lab, Profile};
-use switchboard_tests::{binary, token, wait_for, within, TEST_SECRET};
+use switchboard_tests::netns::{Host, Lab, LabNode, Profile};
+use switchboard_tests::{binary, token, within};
 
 /// Receivers (all on the one shaped host).
 const RECEIVERS: u32 = 3;
@@ -50,31 +50,11 @@ async fn media_room_over_a_mobile_link_loses_no_chat_and_delivers_media() {
     };
     let (server, client) = (lab.host("server").unwrap(), lab.host("client").unwrap());
     lab.shape(&client, Profile::mobile()).unwrap();
-    let node = server
-        .command(binary("switchboard"))
-        .args(["serve", "--http-addr", "0.0.0.0:8080", "--wt-addr", "0.0.0.0:4433"])
-        .env("SWITCHBOARD_JWT_SECRET", TEST_SECRET)
-        .env("RUST_LOG", "warn")
-        .env_remove("SWITCHBOARD_NATS_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting switchboard in the server namespace");
-    let pid = node.id().expect("the node's pid");
-    let in_server = |path: &'static str| {
-        let server = server.clone();
-        async move { server.run(move || switchboard_tests::http::get(8080, path)).await.ok() }
-    };
-    wait_for(Duration::from_secs(30), "the node ready", || async {
-        in_server("/readyz").await.filter(|(status, _)| *status == 200)
-    })
-    .await;
-    let (_, cert_hash) = in_server("/certificate.sha256").await.expect("the certificate hash");
-    let ws = format!("ws://{}:8080/ws", server.addr());
-    let wt = format!("https://{}:4433/wt", server.addr());
+    let node = LabNode::start(&server, false, &[]).await;
+    let pid = node.pid().expect("the node's pid");
+    let (ws, wt) = (node.ws_url(), node.wt_url());
 
-    for (name, url, hash) in [("WS", ws.as_str(), None), ("WT", wt.as_str(), Some(cert_hash.trim()))] {
+    for (name, url, hash) in [("WS", ws.as_str(), None), ("WT", wt.as_str(), Some(node.cert_hash.as_str()))] {
         let r = media_room(&server, &client, url, hash, pid).await;
         eprintln!(
             "media-room over mobile, {name}: frames {}/{}, media p50 {} p99 {} ms, freezes {}, chat {}/{} p99 {} ms, \
