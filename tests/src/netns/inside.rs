@@ -58,3 +58,62 @@ where
         },
     }
 }
+
+/// A tokio runtime living on a thread inside a host's namespace, for clients that must stay
+/// on the host for their whole life (a [`ReconnectingClient`](switchboard_client::ReconnectingClient)
+/// opens new connections long after it was made). Futures given to [`HostRuntime::spawn`]
+/// run there; the handles they return may be used from any runtime (their sockets are the
+/// host's). Dropping it stops the runtime: every task on it ends, connections close.
+pub struct HostRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostRuntime {
+    pub(crate) fn start(ns: &str) -> std::io::Result<Self> {
+        let ns = ns.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(format!("netns-rt-{ns}")).spawn(move || {
+            let made = enter(&ns).and_then(|()| tokio::runtime::Builder::new_current_thread().enable_all().build());
+            match made {
+                Ok(rt) => {
+                    let _ = ready_tx.send(Ok(rt.handle().clone()));
+                    // Drives every spawned task until the owner stops it.
+                    let _ = rt.block_on(stopped);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        let handle = ready_rx.recv().map_err(|_| std::io::Error::other("the runtime thread ended"))??;
+        Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Run `fut` on the host's runtime.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(fut)
+    }
+
+    /// The runtime's handle.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for HostRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

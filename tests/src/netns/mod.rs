@@ -21,6 +21,9 @@
 //! Faults: a link down ([`Lab::link_down`]), a partition between two hosts ([`Lab::partition`]),
 //! NAT rebinding of a host ([`Lab::rebind`]: its flows suddenly come from another address).
 //!
+//! A whole cluster on such hosts (NATS servers, nodes, HAProxy, a UDP balancer, load hosts;
+//! faults, restarts): [`cluster`].
+//!
 //! Packet level, so TCP and QUIC see the same impairment. Tear-down ([`Drop`]) stops the
 //! `sb-netem` helpers, kills every process left in the lab's namespaces and deletes the
 //! namespaces (their veths, qdiscs and rules go with them). Namespaces are named
@@ -30,12 +33,17 @@
 //! Needs root, `ip`, `tc`, `iptables` and `ethtool` (`scripts/test.sh` installs the last two); otherwise
 //! [`Lab::start`] returns [`Unavailable`] with the reason, and tests report themselves skipped.
 
+pub mod cluster;
 mod inside;
 mod node;
+mod process;
 mod profile;
 mod rebind;
 
+pub use cluster::{Cluster, ClusterConfig, ClusterError};
+pub use inside::HostRuntime;
 pub use node::LabNode;
+pub use process::HostProcess;
 pub use profile::Profile;
 pub use rebind::MAX_REBINDS;
 
@@ -115,6 +123,12 @@ impl Host {
         Fut: std::future::Future<Output = T>,
     {
         inside::run(&self.ns, make).await
+    }
+
+    /// A tokio runtime on a thread inside the host's namespace, for clients that live on the
+    /// host (see [`HostRuntime`]).
+    pub fn runtime(&self) -> std::io::Result<HostRuntime> {
+        HostRuntime::start(&self.ns)
     }
 
     fn router_if(&self) -> String {
@@ -318,6 +332,11 @@ impl Lab {
             self.iptables(&["-D", "sb-part", "-i", &x.router_if(), "-o", &y.router_if(), "-j", "DROP"])?;
         }
         Ok(())
+    }
+
+    /// Undo every [`Lab::partition`].
+    pub fn heal_all(&self) -> anyhow::Result<()> {
+        self.iptables(&["-F", "sb-part"])
     }
 
     fn iptables(&self, args: &[&str]) -> anyhow::Result<()> {
