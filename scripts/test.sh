@@ -22,6 +22,14 @@ if ! command -v iptables >/dev/null 2>&1 || ! command -v ethtool >/dev/null 2>&1
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iptables ethtool
 fi
+# nginx with its stream module: the UDP layer-4 balancer for WebTransport in the multi-host
+# cluster harness (tests/src/netns/cluster, deploy/netns-cluster).
+if { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; } || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  echo "==> installing nginx, libnginx-mod-stream"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx libnginx-mod-stream
+fi
 echo "==> using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

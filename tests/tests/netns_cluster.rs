@@ -2,13 +2,15 @@
 //! servers, 4 nodes, HAProxy and the nginx UDP balancer, each on its own host. A WebSocket
 //! client through HAProxy and a WebTransport client through nginx, on two different nodes,
 //! share a room; one node's link is cut, its client reconnects through HAProxy to another
-//! node and the room keeps working both ways; everything is torn down.
+//! node and the room keeps working both ways; the WebTransport client's node is drained and
+//! restarted (one reconnect), a NATS server is restarted (the room goes on); everything is
+//! torn down.
 //!
 //! Needs root (network namespaces, iptables), nats-server, haproxy and nginx with its stream
 //! module (scripts/test.sh installs them); elsewhere it prints `SKIPPED: <why>` and returns.
 
 use bytes::Bytes;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use switchboard_client::{Event, Events, ReconnectPolicy, ReconnectingClient};
 use switchboard_tests::netns::{self, Cluster, ClusterConfig};
 use switchboard_tests::{token, within};
@@ -150,6 +152,28 @@ async fn clients_behind_both_balancers_share_a_room_and_a_cut_nodes_client_moves
         }
     })
     .await;
+
+    // Carol's node drains (SIGTERM) and starts again: she gets GoAway and reconnects once,
+    // through nginx, wherever her address hashes then.
+    let carol_index = cluster.node_index(&carol_node).expect("carol's node is a cluster node");
+    let restarted = Instant::now();
+    cluster.restart_node(carol_index).await.expect("carol's node drains and starts again");
+    let carol_now = carol_events
+        .until("carol reconnected", |e| match e {
+            Event::Reconnected { welcome } => Some(welcome.node.clone()),
+            _ => None,
+        })
+        .await;
+    carol_events.until("carol rejoined", |e| matches!(e, Event::Rejoined(_)).then_some(())).await;
+    eprintln!("{carol_node} restarted in {:?}; carol (WT via nginx) came back on {carol_now}", restarted.elapsed());
+    assert_eq!(carol_events.disconnects, 1, "one reconnect for one node restart");
+
+    // A NATS server stops and starts again: the nodes move to the others, the room goes on.
+    cluster.restart_nats(0).await.expect("nats1 stops and starts again");
+    alice.publish(ROOM, Bytes::from("after nats1"), true, "chat").await.expect("alice publishes");
+    carol_events.message("after nats1").await;
+    carol.publish(ROOM, Bytes::from("carol after nats1"), true, "chat").await.expect("carol publishes");
+    alice_events.message("carol after nats1").await;
 
     alice.close().await;
     carol.close().await;
