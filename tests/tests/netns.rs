@@ -349,6 +349,10 @@ async fn partition_and_link_down_cut_traffic_and_heal_restores_it() {
     assert!(!passes(&sa, &sb).await && !passes(&sb, &sa).await, "a partition drops both ways");
     lab.heal(&a, &b).unwrap();
     wait_for(Duration::from_secs(5), "traffic after heal", || async { passes(&sa, &sb).await.then_some(()) }).await;
+    lab.partition(&a, &b).unwrap();
+    assert!(!passes(&sa, &sb).await, "partitioned again");
+    lab.heal_all().unwrap();
+    wait_for(Duration::from_secs(5), "traffic after heal_all", || async { passes(&sa, &sb).await.then_some(()) }).await;
 
     lab.link_down(&a).unwrap();
     assert!(!passes(&sa, &sb).await && !passes(&sb, &sa).await, "a link down passes nothing");
