@@ -3,8 +3,8 @@
 //! client through HAProxy and a WebTransport client through nginx, on two different nodes,
 //! share a room; one node's link is cut, its client reconnects through HAProxy to another
 //! node and the room keeps working both ways; the WebTransport client's node is drained and
-//! restarted (one reconnect), a NATS server is restarted (the room goes on); everything is
-//! torn down.
+//! restarted (one reconnect), a NATS server is restarted (the room goes on), then that node
+//! is killed and nginx re-hashes the client to another node; everything is torn down.
 //!
 //! Needs root (network namespaces, iptables), nats-server, haproxy and nginx with its stream
 //! module (scripts/test.sh installs them); elsewhere it prints `SKIPPED: <why>` and returns.
@@ -71,8 +71,9 @@ impl Watch {
 async fn clients_behind_both_balancers_share_a_room_and_a_cut_nodes_client_moves() {
     let config = ClusterConfig {
         name: "cluster-test".into(),
-        // Dead connections noticed in ~3 heartbeats, a silent node reported in 3 s.
-        node_args: ["--heartbeat", "2", "--node-timeout", "3"].map(String::from).to_vec(),
+        // Dead connections noticed in ~3 heartbeats, a silent node reported in 3 s, a drain
+        // bounded to 5 s (its GoAway spreads reconnects over 5 s anyway).
+        node_args: ["--heartbeat", "2", "--node-timeout", "3", "--drain-timeout", "5"].map(String::from).to_vec(),
         ..Default::default()
     };
     let mut cluster = match Cluster::start(config).await {
@@ -174,6 +175,23 @@ async fn clients_behind_both_balancers_share_a_room_and_a_cut_nodes_client_moves
     carol_events.message("after nats1").await;
     carol.publish(ROOM, Bytes::from("carol after nats1"), true, "chat").await.expect("carol publishes");
     alice_events.message("carol after nats1").await;
+
+    // Carol's node killed (-9): its host answers her datagrams with "port unreachable", nginx
+    // disables the node and her reconnect re-hashes to another one.
+    let carol_index = cluster.node_index(&carol_now).expect("a cluster node");
+    let host = cluster.node_host(carol_index).clone();
+    cluster.kill9(&host).unwrap();
+    let carol_last = carol_events
+        .until("carol reconnected after the kill", |e| match e {
+            Event::Reconnected { welcome } => Some(welcome.node.clone()),
+            _ => None,
+        })
+        .await;
+    assert_ne!(carol_last, carol_now, "nginx sent carol back to the killed node");
+    carol_events.until("carol rejoined", |e| matches!(e, Event::Rejoined(_)).then_some(())).await;
+    alice.publish(ROOM, Bytes::from("after the kill"), true, "chat").await.expect("alice publishes");
+    carol_events.message("after the kill").await;
+    eprintln!("{carol_now} killed; carol came back on {carol_last}");
 
     alice.close().await;
     carol.close().await;
