@@ -4,7 +4,7 @@
 
 use super::{Room, RoomState};
 use crate::bus::{BusMessage, Subscription};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::{Class, Outbound, Pushed};
 use crate::transport::{MediaOrigin, MediaTag};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ pub(super) fn frame(kind: server_frame::Kind) -> Bytes {
 
 /// Tell every local member but `except` about a presence change. In rooms above the
 /// presence-event limit, only mark the count as changed (see [`flush_room_stats`]).
-pub(super) fn notify_locals(node: &Node, st: &RoomState, except: &str, kind: server_frame::Kind) {
+pub(super) fn notify_locals(node: &NodeContext, st: &RoomState, except: &str, kind: server_frame::Kind) {
     let limit = node.config.presence_events_max;
     if limit > 0 && st.view.len() > limit {
         st.stats_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -65,7 +65,7 @@ impl Tally {
         pushed
     }
 
-    pub(super) fn flush(self, node: &Node, kind: &'static str, class: Class) {
+    pub(super) fn flush(self, node: &NodeContext, kind: &'static str, class: Class) {
         use crate::metrics::{ClassLabel, KindLabel};
         if self.queued > 0 {
             node.metrics.frames_out.get_or_create(&KindLabel { kind }).inc_by(self.queued);
@@ -80,21 +80,21 @@ impl Tally {
     }
 }
 
-pub(super) fn push(node: &Node, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
+pub(super) fn push(node: &NodeContext, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
     let mut tally = Tally::default();
     let len = bytes.len();
     tally.add(q.push(class, bytes, droppable), len);
     tally.flush(node, kind, class);
 }
 
-pub(super) async fn read_room(node: std::sync::Weak<Node>, room: Arc<Room>, mut sub: Subscription) {
+pub(super) async fn read_room(node: std::sync::Weak<NodeContext>, room: Arc<Room>, mut sub: Subscription) {
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         handle_bus_message(&node, &room, msg).await;
     }
 }
 
-async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage) {
+async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusMessage) {
     let env = match BusEnvelope::decode(msg.payload) {
         Ok(env) => env,
         Err(e) => {
@@ -206,7 +206,7 @@ async fn handle_bus_message(node: &Arc<Node>, room: &Arc<Room>, msg: BusMessage)
 
 /// Ask a media sender for a keyframe on behalf of this node (its receivers lost frames of
 /// `track`). Best effort: the next loss asks again.
-pub(crate) async fn request_keyframe(node: &Node, room: &str, to_session: String, track: u32) {
+pub(crate) async fn request_keyframe(node: &NodeContext, room: &str, to_session: String, track: u32) {
     let event = switchboard_protocol::pb::KeyframeRequestEvent {
         room: room.to_owned(),
         from: Some(switchboard_protocol::pb::Sender { node: node.config.node_id.clone(), ..Default::default() }),
@@ -217,7 +217,7 @@ pub(crate) async fn request_keyframe(node: &Node, room: &str, to_session: String
 }
 
 /// Send `RoomStats` to the members of large rooms whose count changed since the last time.
-pub(crate) fn flush_room_stats(node: &Node) {
+pub(crate) fn flush_room_stats(node: &NodeContext) {
     for room in node.rooms.all() {
         let st = room.lock();
         if !st.stats_dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {

@@ -5,7 +5,7 @@
 use super::fanout::{frame, Tally};
 use super::Room;
 use crate::bus::{BusError, Log, LogAck, LogEntry};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::Class;
 use futures_util::StreamExt;
 use prost::Message as _;
@@ -23,7 +23,7 @@ pub(super) struct CatchUp {
 }
 
 /// The retained messages of `room` after `after`, and whether some are missing.
-pub(super) async fn fetch_catch_up(node: &Arc<Node>, room: &Arc<Room>, after: u64) -> Result<CatchUp, BusError> {
+pub(super) async fn fetch_catch_up(node: &Arc<NodeContext>, room: &Arc<Room>, after: u64) -> Result<CatchUp, BusError> {
     if !node.config.history {
         // No history: nothing can be replayed; anything after `after` is lost to the client.
         return Ok(CatchUp { entries: Vec::new(), gap: after > 0 });
@@ -95,7 +95,7 @@ pub(super) fn decode_history(room: &str, entry: LogEntry) -> Option<Message> {
 /// `request` (the client's frame id, if any) makes a retry of the same request on the same
 /// session idempotent: it is stored once.
 pub(crate) async fn append_history(
-    node: &Arc<Node>,
+    node: &Arc<NodeContext>,
     room_id: &str,
     msg: Message,
     request: u64,
@@ -120,7 +120,7 @@ const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 /// Follow the room's history log and fan entries out; re-follow from the last delivered
 /// offset when the follower ends (bus failure, fell behind) or stalls (its consumer was
 /// lost with a NATS server).
-pub(super) async fn follow_history(node: std::sync::Weak<Node>, room: Arc<Room>) {
+pub(super) async fn follow_history(node: std::sync::Weak<NodeContext>, room: Arc<Room>) {
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         let Some(bus) = node.upgrade().map(|n| n.bus.clone()) else { return };
@@ -166,7 +166,7 @@ pub(super) async fn follow_history(node: std::sync::Weak<Node>, room: Arc<Room>)
 }
 
 /// Fan one history entry out to the local members that have not had it.
-fn deliver_history(node: &Node, room: &Room, entry: LogEntry) {
+fn deliver_history(node: &NodeContext, room: &Room, entry: LogEntry) {
     let seq = entry.seq;
     let Some(mut m) = decode_history(&room.id, entry) else { return };
     let mut st = room.lock();
@@ -191,7 +191,7 @@ fn deliver_history(node: &Node, room: &Room, entry: LogEntry) {
 /// Restart every room's history follower after the bus reconnected (its consumer died
 /// with the connection). If the broker lost the history (offsets went back), start over
 /// from what it has now.
-pub(crate) async fn refollow_history(node: &Arc<Node>) {
+pub(crate) async fn refollow_history(node: &Arc<NodeContext>) {
     if !node.config.history {
         return;
     }

@@ -5,7 +5,7 @@ use super::fanout::{frame, notify_locals, push, read_room, Tally};
 use super::history::{bounded_replay, decode_history, fetch_catch_up, follow_history, link, MAX_HISTORY_READ};
 use super::{JoinError, JoinRequest, Room, RoomState};
 use crate::bus::{BusError, Log};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::Class;
 use std::sync::Arc;
 use switchboard_protocol::limits::MAX_JOINED_PARTICIPANTS;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 /// Join a local session to `room`. The `Joined` frame (with `ref_id`) is queued to the
 /// session before any other frame of the room; with `resume_from`, the retained messages
 /// after it follow `Joined` before any live one.
-pub(crate) async fn join(node: &Arc<Node>, room_id: &str, req: JoinRequest) -> Result<(), JoinError> {
+pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinRequest) -> Result<(), JoinError> {
     let JoinRequest { participant, mut member, ref_id, resume_from, max_participants } = req;
     loop {
         let room = node.rooms.get_or_create(room_id);
@@ -148,7 +148,7 @@ pub(crate) async fn join(node: &Arc<Node>, room_id: &str, req: JoinRequest) -> R
 
 /// Subscribe the node to the room, then load the presence snapshot. Updates that arrive
 /// meanwhile wait in the subscription and are applied after the snapshot (idempotently).
-async fn subscribe(node: &Arc<Node>, room: &Arc<Room>) -> Result<(), BusError> {
+async fn subscribe(node: &Arc<NodeContext>, room: &Arc<Room>) -> Result<(), BusError> {
     let sub = node.bus.subscribe(node.subjects.room_wildcard(&room.id)).await?;
     let snapshot = node.bus.presence_list(&room.id).await?;
     let last = if node.config.history { node.bus.log_last(Log::RoomHistory, &room.id).await? } else { 0 };
@@ -169,7 +169,7 @@ async fn subscribe(node: &Arc<Node>, room: &Arc<Room>) -> Result<(), BusError> {
 }
 
 /// Remove a local session from `room`. Returns false if it was not in the room.
-pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason: &str) -> bool {
+pub(crate) async fn leave(node: &Arc<NodeContext>, room_id: &str, session: &str, reason: &str) -> bool {
     let Some(room) = node.rooms.get(room_id) else { return false };
     let _ops = room.ops.lock().await;
     let (participant, empty) = {
@@ -214,7 +214,7 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
 }
 
 /// Mark the room closed and drop its subscription if no local session is left.
-fn close_if_empty(node: &Node, st: &mut RoomState) -> bool {
+fn close_if_empty(node: &NodeContext, st: &mut RoomState) -> bool {
     if !st.local.is_empty() {
         return false;
     }
@@ -229,7 +229,7 @@ fn close_if_empty(node: &Node, st: &mut RoomState) -> bool {
     true
 }
 
-fn teardown_if_empty(node: &Node, room: &Arc<Room>) {
+fn teardown_if_empty(node: &NodeContext, room: &Arc<Room>) {
     let empty = close_if_empty(node, &mut room.lock());
     if empty {
         node.rooms.remove_if_same(room);

@@ -39,7 +39,7 @@ pub(crate) use presence::{republish_presence, resync_presence};
 pub(crate) use reaper::reap_dead_nodes;
 
 use crate::bus::BusError;
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::Outbound;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,12 +150,12 @@ pub(crate) struct JoinRequest {
 }
 
 /// Whether `session` is a local member of `room`.
-pub(crate) fn is_member(node: &Node, room: &str, session: &str) -> bool {
+pub(crate) fn is_member(node: &NodeContext, room: &str, session: &str) -> bool {
     node.rooms.get(room).is_some_and(|r| r.lock().local.contains_key(session))
 }
 
 /// Whether the room's cluster-wide view has a participant matching the target.
-pub(crate) fn has_target(node: &Node, room: &str, to_user: &str, to_session: &str) -> bool {
+pub(crate) fn has_target(node: &NodeContext, room: &str, to_user: &str, to_session: &str) -> bool {
     node.rooms.get(room).is_some_and(|r| {
         let st = r.lock();
         if !to_session.is_empty() {

@@ -2,7 +2,7 @@
 //! every room's view with the presence store.
 
 use super::fanout::notify_locals;
-use crate::node::Node;
+use crate::context::NodeContext;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchboard_protocol::pb::{
@@ -14,7 +14,7 @@ use switchboard_protocol::subject::RoomChannel;
 /// and joins announced while the bus was away were lost, so participants gone from the
 /// store are reported left (reason `resync`) and new ones joined. Local sessions are never
 /// removed here: their records were just restored by this node.
-pub(crate) async fn resync_presence(node: &Arc<Node>) {
+pub(crate) async fn resync_presence(node: &Arc<NodeContext>) {
     for room in node.rooms.all() {
         let snapshot = match node.bus.presence_list(&room.id).await {
             Ok(list) => list,
@@ -56,7 +56,7 @@ pub(crate) async fn resync_presence(node: &Arc<Node>) {
 /// Record and announce again every local participant (after the bus lost it, or other
 /// nodes reaped them while this node was cut off), and
 /// retry the removals that failed while it was away.
-pub(crate) async fn republish_presence(node: &Arc<Node>) {
+pub(crate) async fn republish_presence(node: &Arc<NodeContext>) {
     let pending = std::mem::take(&mut *node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()));
     for (room, session) in pending {
         if let Err(e) = node.bus.presence_remove(&room, &session).await {

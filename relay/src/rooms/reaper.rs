@@ -1,7 +1,7 @@
 //! The dead-node reaper: participants of nodes that stopped heartbeating leave the views.
 
 use super::fanout::notify_locals;
-use crate::node::Node;
+use crate::context::NodeContext;
 use std::sync::Arc;
 use switchboard_protocol::pb::{server_frame, Participant, ParticipantLeft};
 use tokio::time::Instant;
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// records. Not while this node is cut off from the bus itself (a partition or an outage):
 /// then nobody's heartbeats arrive, and the silence says nothing about the other nodes (the
 /// clocks restart on reconnect, and a resync reconciles what changed meanwhile).
-pub(crate) async fn reap_dead_nodes(node: &Arc<Node>) {
+pub(crate) async fn reap_dead_nodes(node: &Arc<NodeContext>) {
     let now = Instant::now();
     if node.cut_off(now) {
         return;
