@@ -23,11 +23,11 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use switchboard_node::NodeArgs;
 use switchboard_relay::auth::{Claims, Minter, DEV_SECRET};
 use switchboard_relay::bus::Bucket;
 use switchboard_relay::limiter::RateLimiter;
 use switchboard_relay::{AllowedOrigins, BusError, Verifier};
-use switchboard_webtransport::cli::NodeArgs;
 
 /// Largest request body the account endpoints read.
 const MAX_BODY_BYTES: usize = 16 * 1024;

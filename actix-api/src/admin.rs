@@ -85,7 +85,7 @@ async fn list_rooms(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     respond(
         async {
             authorize(&req, &state)?;
-            let rooms = admin::rooms(&state.node).await.map_err(unavailable)?;
+            let rooms = admin::rooms(state.node.context()).await.map_err(unavailable)?;
             let rooms: Vec<_> = rooms.into_iter().map(|(room, n)| json!({"room": room, "participants": n})).collect();
             Ok(HttpResponse::Ok().json(json!({ "rooms": rooms })))
         }
@@ -97,7 +97,7 @@ async fn list_participants(req: HttpRequest, state: web::Data<AppState>, room: w
     respond(async {
         authorize(&req, &state)?;
         valid("invalid_room", &room)?;
-        let list = admin::participants(&state.node, &room).await.map_err(unavailable)?;
+        let list = admin::participants(state.node.context(), &room).await.map_err(unavailable)?;
         let list: Vec<_> = list
             .iter()
             .map(|p| json!({"user": p.user, "session": p.session, "name": p.name, "node": p.node, "joined_at_ms": p.joined_at_ms}))
@@ -137,7 +137,7 @@ async fn kick(
                 reason: body.reason.unwrap_or_else(|| "kicked".into()),
                 ban_until_ms: 0,
             };
-            admin::kick(&state.node, kick).await.map_err(unavailable)?;
+            admin::kick(state.node.context(), kick).await.map_err(unavailable)?;
             Ok(accepted())
         }
         .await,
@@ -191,7 +191,7 @@ async fn message_room(
             authorize(&req, &state)?;
             valid("invalid_room", &room)?;
             let (payload, kind) = body.into_inner().payload()?;
-            admin::message_room(&state.node, &room, payload, &kind).await.map_err(unavailable)?;
+            admin::message_room(state.node.context(), &room, payload, &kind).await.map_err(unavailable)?;
             Ok(accepted())
         }
         .await,
@@ -209,7 +209,7 @@ async fn message_user(
             authorize(&req, &state)?;
             valid("invalid_user", &user)?;
             let (payload, kind) = body.into_inner().payload()?;
-            admin::message_user(&state.node, &user, payload, &kind).await.map_err(unavailable)?;
+            admin::message_user(state.node.context(), &user, payload, &kind).await.map_err(unavailable)?;
             Ok(accepted())
         }
         .await,
@@ -255,7 +255,7 @@ async fn disconnect_user(
                 reason,
                 ban_until_ms,
             };
-            admin::kick(&state.node, kick).await.map_err(unavailable)?;
+            admin::kick(state.node.context(), kick).await.map_err(unavailable)?;
             Ok(accepted())
         }
         .await,

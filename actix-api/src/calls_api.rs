@@ -69,7 +69,8 @@ async fn list_calls(req: HttpRequest, state: web::Data<AppState>, query: web::Qu
             valid("invalid_user", user)?;
             authorize(&req, &state, user)?;
             let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-            let (page, next) = calls::history(&state.node, user, query.before, limit).await.map_err(unavailable)?;
+            let (page, next) =
+                calls::history(state.node.context(), user, query.before, limit).await.map_err(unavailable)?;
             let list: Vec<_> = page.iter().map(|(_, c)| calls::json::call_json(c)).collect();
             Ok(HttpResponse::Ok().json(json!({"user": user, "calls": list, "next_before": next})))
         }

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_webtransport::cli::{build_node, init_logging, NodeArgs};
+use switchboard_node::{build_node, init_logging, NodeArgs};
 use switchboard_webtransport::WtServer;
 use switchboard_webtransport::{WtArgs, WtConfig};
 
@@ -175,7 +175,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     let handle = server.handle();
     let node_for_signal: Arc<switchboard_relay::Node> = node.clone();
     tokio::spawn(async move {
-        switchboard_webtransport::cli::shutdown_signal().await;
+        switchboard_node::shutdown_signal().await;
         tracing::info!("shutdown signal: draining");
         node_for_signal.drain(drain_timeout).await;
         handle.stop(true).await;

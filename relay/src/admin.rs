@@ -3,7 +3,7 @@
 //! applies them to its own sessions.
 
 use crate::bus::{BusError, Subscription};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::{Class, SessionCommand};
 use futures_util::StreamExt;
 use prost::Message as _;
@@ -31,12 +31,12 @@ pub fn is_reserved_user_id(user: &str) -> bool {
 
 /// Rooms with at least one participant anywhere in the cluster, with their participant
 /// counts, sorted by room id.
-pub async fn rooms(node: &Node) -> Result<BTreeMap<String, usize>, BusError> {
+pub async fn rooms(node: &NodeContext) -> Result<BTreeMap<String, usize>, BusError> {
     node.bus.presence_rooms().await
 }
 
 /// Everyone in `room`, cluster-wide, by join time.
-pub async fn participants(node: &Node, room: &str) -> Result<Vec<Participant>, BusError> {
+pub async fn participants(node: &NodeContext, room: &str) -> Result<Vec<Participant>, BusError> {
     let mut list = node.bus.presence_list(room).await?;
     list.sort_by_key(|p| p.joined_at_ms);
     Ok(list)
@@ -44,14 +44,14 @@ pub async fn participants(node: &Node, room: &str) -> Result<Vec<Participant>, B
 
 /// Kick matching sessions cluster-wide (see [`AdminKick`]). A kick with `ban_until_ms`
 /// (and a user) is also stored, so nodes started during the ban refuse the user too.
-pub async fn kick(node: &Node, kick: AdminKick) -> Result<(), BusError> {
+pub async fn kick(node: &NodeContext, kick: AdminKick) -> Result<(), BusError> {
     if kick.ban_until_ms > 0 && !kick.user.is_empty() {
         crate::bans::store_ban(node, &kick.user, kick.ban_until_ms).await?;
     }
     broadcast(node, admin_command::Kind::Kick(kick)).await
 }
 
-fn server_sender(node: &Node) -> Sender {
+fn server_sender(node: &NodeContext) -> Sender {
     Sender {
         user: SERVER_USER.into(),
         session: String::new(),
@@ -60,7 +60,7 @@ fn server_sender(node: &Node) -> Sender {
     }
 }
 
-fn server_message(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Message {
+fn server_message(node: &NodeContext, room: &str, payload: bytes::Bytes, kind: &str) -> Message {
     Message {
         prev_offset: 0,
         room: room.into(),
@@ -74,23 +74,23 @@ fn server_message(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) ->
 }
 
 /// Publish a server message to `room` (delivered to every participant).
-pub async fn message_room(node: &Node, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
+pub async fn message_room(node: &NodeContext, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
     let msg = server_message(node, room, payload, kind);
     node.publish(node.subjects.room(room, RoomChannel::Msg), bus_envelope::Kind::Message(msg)).await
 }
 
 /// Send a server message to every session of `user`, wherever connected.
-pub async fn message_user(node: &Node, user: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
+pub async fn message_user(node: &NodeContext, user: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
     let msg = server_message(node, "", payload, kind);
     broadcast(node, admin_command::Kind::UserMessage(AdminUserMessage { user: user.into(), message: Some(msg) })).await
 }
 
-async fn broadcast(node: &Node, kind: admin_command::Kind) -> Result<(), BusError> {
+async fn broadcast(node: &NodeContext, kind: admin_command::Kind) -> Result<(), BusError> {
     node.publish(node.subjects.admin(), bus_envelope::Kind::Admin(AdminCommand { kind: Some(kind) })).await
 }
 
 /// Apply admin commands received from the bus to this node's sessions.
-pub(crate) async fn listen(node: std::sync::Weak<Node>, mut sub: Subscription) {
+pub(crate) async fn listen(node: std::sync::Weak<NodeContext>, mut sub: Subscription) {
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         match BusEnvelope::decode(msg.payload) {
@@ -101,7 +101,7 @@ pub(crate) async fn listen(node: std::sync::Weak<Node>, mut sub: Subscription) {
     }
 }
 
-fn apply(node: &Arc<Node>, cmd: AdminCommand) {
+fn apply(node: &Arc<NodeContext>, cmd: AdminCommand) {
     match cmd.kind {
         Some(admin_command::Kind::Kick(k)) => {
             let reason = if k.reason.is_empty() { "kicked".to_owned() } else { k.reason.clone() };

@@ -7,7 +7,7 @@
 //! `connections` gauge (and in `pending_connections` until `Hello` is accepted), and gives
 //! everything back when dropped, on every exit path of the session, panics included.
 
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::transport::TransportKind;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -73,7 +73,7 @@ impl Refused {
 /// An admitted connection's hold on its address's slots, the node's budget and the gauges;
 /// released on drop.
 pub struct Ticket {
-    node: Arc<Node>,
+    node: Arc<NodeContext>,
     peer: Option<SocketAddr>,
     transport: TransportKind,
     pending: bool,
@@ -92,7 +92,7 @@ impl std::fmt::Debug for Ticket {
 
 /// Admit a connection of `transport` from `peer`, counting it at once (atomically with the
 /// caps), or refuse it. The connection must authenticate by [`Ticket::hello_deadline`].
-pub fn admit(node: &Arc<Node>, transport: TransportKind, peer: Option<SocketAddr>) -> Result<Ticket, Refused> {
+pub fn admit(node: &Arc<NodeContext>, transport: TransportKind, peer: Option<SocketAddr>) -> Result<Ticket, Refused> {
     let config = &node.config;
     let ip = peer.map(|p| p.ip().to_canonical());
     {
@@ -132,7 +132,7 @@ pub fn admit(node: &Arc<Node>, transport: TransportKind, peer: Option<SocketAddr
     })
 }
 
-fn refused(node: &Node, why: Refused) -> Refused {
+fn refused(node: &NodeContext, why: Refused) -> Refused {
     node.metrics.admission_refusals.get_or_create(&crate::metrics::ReasonLabel { reason: why.label() }).inc();
     node.metrics.error(why.code());
     why
@@ -218,7 +218,7 @@ fn take<K: std::hash::Hash + Eq + Clone>(map: &Mutex<HashMap<K, usize>>, key: &K
 
 /// A session's hold on its user's slot; released on drop.
 pub(crate) struct UserSlot {
-    node: Arc<Node>,
+    node: Arc<NodeContext>,
     user: String,
 }
 
@@ -235,7 +235,7 @@ impl Drop for UserSlot {
 }
 
 /// Admit a session of `user`, or `None` when the user has its cap of sessions here.
-pub(crate) fn enter_user(node: &Arc<Node>, user: &str) -> Option<UserSlot> {
+pub(crate) fn enter_user(node: &Arc<NodeContext>, user: &str) -> Option<UserSlot> {
     take(&node.admission.by_user, &user.to_owned(), node.config.max_sessions_per_user)
         .then(|| UserSlot { node: node.clone(), user: user.to_owned() })
 }
@@ -243,18 +243,18 @@ pub(crate) fn enter_user(node: &Arc<Node>, user: &str) -> Option<UserSlot> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LocalBus, RelayConfig, Verifier, VerifyKey};
+    use crate::{LocalBus, Node, RelayConfig, Verifier, VerifyKey};
 
-    async fn node(config: RelayConfig) -> Arc<Node> {
+    async fn node(config: RelayConfig) -> Arc<NodeContext> {
         let verifier = Verifier::new(&VerifyKey::Hmac(b"0123456789abcdef0123456789abcdef".to_vec()), 5).expect("key");
-        Node::start(config, verifier, Arc::new(LocalBus::new())).await.expect("node")
+        Node::start(config, verifier, Arc::new(LocalBus::new())).await.expect("node").context().clone()
     }
 
     fn addr(last: u8) -> Option<SocketAddr> {
         Some(SocketAddr::from(([10, 0, 0, last], 1000)))
     }
 
-    fn gauge(node: &Node, pending: bool) -> i64 {
+    fn gauge(node: &NodeContext, pending: bool) -> i64 {
         let label = crate::metrics::TransportLabel { transport: "websocket" };
         if pending {
             node.metrics.pending_connections.get_or_create(&label).get()

@@ -2,7 +2,7 @@
 //! bus's `Bans` bucket, so nodes started during a ban know it.
 
 use crate::bus::{Bucket, BusError};
-use crate::node::Node;
+use crate::context::NodeContext;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -22,7 +22,7 @@ impl Bans {
 }
 
 /// The end of `user`'s ban (Unix ms), if banned now.
-pub(crate) fn banned_until(node: &Node, user: &str) -> Option<u64> {
+pub(crate) fn banned_until(node: &NodeContext, user: &str) -> Option<u64> {
     let mut bans = node.bans.lock();
     match bans.get(user) {
         Some(&until) if until > now_ms() => Some(until),
@@ -35,7 +35,7 @@ pub(crate) fn banned_until(node: &Node, user: &str) -> Option<u64> {
 }
 
 /// Remember a ban on this node.
-pub(crate) fn ban(node: &Node, user: &str, until_ms: u64) {
+pub(crate) fn ban(node: &NodeContext, user: &str, until_ms: u64) {
     let mut bans = node.bans.lock();
     if bans.len() >= MAX_BANS {
         let now = now_ms();
@@ -50,12 +50,12 @@ pub(crate) fn ban(node: &Node, user: &str, until_ms: u64) {
 }
 
 /// Store a ban in the bus so nodes that start during it know it.
-pub(crate) async fn store_ban(node: &Node, user: &str, until_ms: u64) -> Result<(), BusError> {
+pub(crate) async fn store_ban(node: &NodeContext, user: &str, until_ms: u64) -> Result<(), BusError> {
     node.bus.kv_put(Bucket::Bans, user, Bytes::from(until_ms.to_string())).await.map(|_| ())
 }
 
 /// Load the bans in force from the bus (at start).
-pub(crate) async fn load_bans(node: &Node) -> Result<usize, BusError> {
+pub(crate) async fn load_bans(node: &NodeContext) -> Result<usize, BusError> {
     let now = now_ms();
     let mut loaded = 0;
     for user in node.bus.kv_keys(Bucket::Bans).await? {

@@ -12,7 +12,7 @@
 use crate::admission::{Refused, Ticket};
 use crate::auth::Claims;
 use crate::calls::{self, Actor};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
@@ -32,7 +32,7 @@ use tokio::time::{sleep_until, Instant};
 
 /// An authenticated session.
 struct Session {
-    node: Arc<Node>,
+    node: Arc<NodeContext>,
     id: String,
     claims: Claims,
     outbound: Arc<Outbound>,
@@ -69,7 +69,7 @@ impl Drop for Session {
 }
 
 /// Leave the session's rooms, detach its user's inbox and unregister it.
-async fn release(node: &Arc<Node>, id: &str, user: &str, rooms: BTreeSet<String>, live: bool) {
+async fn release(node: &Arc<NodeContext>, id: &str, user: &str, rooms: BTreeSet<String>, live: bool) {
     for room in rooms {
         Box::pin(rooms::leave(node, &room, id, "disconnected")).await;
     }
@@ -95,7 +95,7 @@ fn error_frame(code: ErrorCode, message: impl Into<String>, ref_id: u64, fatal: 
 
 /// Answer a reliable publish once the room's log has (or has not) stored it: an `Ack` with
 /// the offset when the client asked for one (`id` != 0), an `Error` in any case on failure.
-fn append_answered(node: &Node, outbound: &Outbound, id: u64, stored: Result<u64, crate::bus::BusError>) {
+fn append_answered(node: &NodeContext, outbound: &Outbound, id: u64, stored: Result<u64, crate::bus::BusError>) {
     let frame = match stored {
         Ok(_) if id == 0 => return,
         Ok(offset) => server(server_frame::Kind::Ack(Ack { ref_id: id, offset, ..Default::default() })),
@@ -153,7 +153,7 @@ pub fn refusal_frame(why: Refused) -> Bytes {
 /// Drive one admitted connection until it ends. Whatever it holds in the node (rooms,
 /// presence, its registration, admission slots, gauges) is given back however it ends,
 /// panics included.
-pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, mut ticket: Ticket) {
+pub async fn run<T: Transport>(node: Arc<NodeContext>, mut transport: T, mut ticket: Ticket) {
     let kind = transport.kind();
     let label = crate::metrics::TransportLabel { transport: kind.as_str() };
     let peer = ticket.peer();
@@ -200,7 +200,11 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut transport: T, mut ticket: Ti
 }
 
 /// Wait for a valid `Hello`; answer `Welcome`, or send a fatal error.
-async fn handshake<T: Transport>(node: &Arc<Node>, transport: &mut T, ticket: &Ticket) -> Result<Session, Fatal> {
+async fn handshake<T: Transport>(
+    node: &Arc<NodeContext>,
+    transport: &mut T,
+    ticket: &Ticket,
+) -> Result<Session, Fatal> {
     match accept_hello(node, transport, ticket.hello_deadline()).await {
         Ok(session) => Ok(session),
         Err(Refusal::Silent(fatal)) => Err(fatal),
@@ -223,7 +227,7 @@ enum Refusal {
 }
 
 async fn accept_hello<T: Transport>(
-    node: &Arc<Node>,
+    node: &Arc<NodeContext>,
     transport: &mut T,
     deadline: Instant,
 ) -> Result<Session, Refusal> {
@@ -562,7 +566,7 @@ impl Session {
     /// Run a call operation for this session; ack with the call id or send its error.
     async fn call_op<F, Fut>(&self, id: u64, op: F)
     where
-        F: FnOnce(Arc<Node>, Actor) -> Fut,
+        F: FnOnce(Arc<NodeContext>, Actor) -> Fut,
         Fut: std::future::Future<Output = Result<switchboard_protocol::pb::Call, calls::CallError>>,
     {
         if !self.claims.may_call() {

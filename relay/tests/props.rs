@@ -97,7 +97,7 @@ proptest! {
                 });
             }
             let callees = ["bob".to_owned(), "carol".to_owned()];
-            let call = calls::invite(&node, &actor("alice", "a1"), &callees, CallMedia::Audio).await.expect("invite");
+            let call = calls::invite(node.context(), &actor("alice", "a1"), &callees, CallMedia::Audio).await.expect("invite");
             let devices = [("bob", "b1"), ("bob", "b2"), ("carol", "c1")];
             let mut ended_seen = false;
             for round in rounds {
@@ -108,18 +108,18 @@ proptest! {
                     let op = op.clone();
                     async move {
                         match op {
-                            Op::Accept(d) => calls::answer(&node, &actor(devices[d].0, devices[d].1), &id, true).await,
-                            Op::Reject(d) => calls::answer(&node, &actor(devices[d].0, devices[d].1), &id, false).await,
-                            Op::Cancel => calls::cancel(&node, &actor("alice", "a1"), &id).await,
+                            Op::Accept(d) => calls::answer(node.context(), &actor(devices[d].0, devices[d].1), &id, true).await,
+                            Op::Reject(d) => calls::answer(node.context(), &actor(devices[d].0, devices[d].1), &id, false).await,
+                            Op::Cancel => calls::cancel(node.context(), &actor("alice", "a1"), &id).await,
                             Op::End(d) => {
                                 let (u, s) = if d == 3 { ("alice", "a1") } else { devices[d] };
-                                calls::hang_up(&node, &actor(u, s), &id).await
+                                calls::hang_up(node.context(), &actor(u, s), &id).await
                             }
                         }
                     }
                 });
                 let results = futures_util::future::join_all(futs).await;
-                let now = calls::get(&node, &call.id).await.expect("call");
+                let now = calls::get(node.context(), &call.id).await.expect("call");
                 for r in &results {
                     if let Err(e) = r {
                         // Refusals are rule refusals, never bus failures.
@@ -151,7 +151,7 @@ proptest! {
                 }
             }
             for user in ["alice", "bob", "carol"] {
-                let (records, _) = calls::history(&node, user, None, 10).await.expect("history");
+                let (records, _) = calls::history(node.context(), user, None, 10).await.expect("history");
                 assert_eq!(records.len(), usize::from(ended_seen), "{user}: one record per ended call");
             }
         });

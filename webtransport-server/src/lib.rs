@@ -5,7 +5,6 @@
 //! `switchboard` binary hosts this edge beside HTTP/WebSocket; the `webtransport-server`
 //! binary runs it alone (a QUIC-only node with a small HTTP listener for probes).
 
-pub mod cli;
 mod lanes;
 pub mod probe;
 mod records;

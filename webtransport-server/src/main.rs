@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
-use switchboard_webtransport::cli::{build_node, init_logging, shutdown_signal, NodeArgs};
+use switchboard_node::{build_node, init_logging, shutdown_signal, NodeArgs};
 use switchboard_webtransport::{probe, WtArgs, WtConfig, WtServer};
 
 #[derive(Debug, Parser)]

@@ -14,9 +14,9 @@
 
 use super::CallError;
 use crate::bus::Log;
+use crate::context::NodeContext;
 use crate::limiter::RateLimiter;
 use crate::metrics::ReasonLabel;
-use crate::node::Node;
 use std::time::{Duration, Instant};
 use switchboard_protocol::pb::{Call, CallParty, PartyStatus};
 
@@ -45,7 +45,7 @@ impl CallBounds {
 }
 
 /// Count an invitation by `caller`; `RATE_LIMITED` over the caller's rate.
-pub(crate) fn check_invite(node: &Node, caller: &str) -> Result<(), CallError> {
+pub(crate) fn check_invite(node: &NodeContext, caller: &str) -> Result<(), CallError> {
     let limiter = &node.call_bounds.invites;
     let Err(retry) = limiter.check(caller, Instant::now()) else { return Ok(()) };
     // A refusal for a caller the limiter does not know means its table is full.
@@ -60,7 +60,7 @@ pub(crate) fn check_invite(node: &Node, caller: &str) -> Result<(), CallError> {
 }
 
 /// Whether `party`'s history gets a record of the ended `call` (see the module doc).
-pub(crate) fn records_for(node: &Node, call: &Call, party: &CallParty) -> bool {
+pub(crate) fn records_for(node: &NodeContext, call: &Call, party: &CallParty) -> bool {
     let reason = match party.status() {
         PartyStatus::Offline => "offline",
         PartyStatus::Missed => {
@@ -78,7 +78,7 @@ pub(crate) fn records_for(node: &Node, call: &Call, party: &CallParty) -> bool {
 }
 
 /// Keep the call history size metrics current, while the node lives.
-pub(crate) async fn refresh_usage(node: std::sync::Weak<Node>) {
+pub(crate) async fn refresh_usage(node: std::sync::Weak<NodeContext>) {
     loop {
         let Some(node) = node.upgrade() else { return };
         match node.bus.log_usage(Log::CallHistory).await {

@@ -7,7 +7,7 @@
 //! answers, and a callee with no device anywhere gets "no responders" at once.
 
 use crate::bus::{BusError, BusMessage, Subscription};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::{Class, SessionCommand};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,7 +27,7 @@ pub(crate) struct Inboxes {
 /// Make sure this node receives `user`'s inbox (call once per session of the user). Returns
 /// once the bus knows the subscription, so a ring right after the session's `Welcome`
 /// finds it.
-pub(crate) async fn attach(node: &Arc<Node>, user: &str) -> Result<(), BusError> {
+pub(crate) async fn attach(node: &Arc<NodeContext>, user: &str) -> Result<(), BusError> {
     let mut map = node.inboxes.map.lock().await;
     if let Some((sessions, _)) = map.get_mut(user) {
         *sessions += 1;
@@ -41,7 +41,7 @@ pub(crate) async fn attach(node: &Arc<Node>, user: &str) -> Result<(), BusError>
 }
 
 /// A session of `user` ended: drop the inbox subscription with the user's last session.
-pub(crate) async fn detach(node: &Node, user: &str) {
+pub(crate) async fn detach(node: &NodeContext, user: &str) {
     let mut map = node.inboxes.map.lock().await;
     if let Some((sessions, _)) = map.get_mut(user) {
         *sessions -= 1;
@@ -53,7 +53,7 @@ pub(crate) async fn detach(node: &Node, user: &str) {
     }
 }
 
-async fn read_inbox(node: std::sync::Weak<Node>, user: String, mut sub: Subscription) {
+async fn read_inbox(node: std::sync::Weak<NodeContext>, user: String, mut sub: Subscription) {
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         handle(&node, &user, msg).await;
@@ -64,7 +64,7 @@ fn frame(kind: server_frame::Kind) -> Bytes {
     encode(&ServerFrame { kind: Some(kind) })
 }
 
-async fn handle(node: &Arc<Node>, user: &str, msg: BusMessage) {
+async fn handle(node: &Arc<NodeContext>, user: &str, msg: BusMessage) {
     let env = match BusEnvelope::decode(msg.payload) {
         Ok(env) => env,
         Err(e) => {

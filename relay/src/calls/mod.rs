@@ -23,7 +23,7 @@ pub mod json;
 pub mod service;
 
 use crate::bus::{Bucket, BusError, Log};
-use crate::node::Node;
+use crate::context::NodeContext;
 use bytes::Bytes;
 use prost::Message as _;
 use std::sync::Arc;
@@ -94,7 +94,7 @@ impl CallError {
 /// The events one transition produces (in order).
 type Events = Vec<CallState>;
 
-fn sender(node: &Node, actor: &Actor) -> Sender {
+fn sender(node: &NodeContext, actor: &Actor) -> Sender {
     Sender {
         user: actor.user.clone(),
         session: actor.session.clone(),
@@ -135,7 +135,12 @@ fn nobody_left(call: &Call) -> bool {
 /// none had one, the call has already ended with outcome `OFFLINE`). Counts against the
 /// caller's invitation rate (`RATE_LIMITED` over it). `media` `UNSPECIFIED` (unset, or a
 /// value this node does not know) means audio: the call records `AUDIO`.
-pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: CallMedia) -> Result<Call, CallError> {
+pub async fn invite(
+    node: &Arc<NodeContext>,
+    actor: &Actor,
+    callees: &[String],
+    media: CallMedia,
+) -> Result<Call, CallError> {
     let mut unique: Vec<String> = Vec::new();
     for c in callees {
         validate_id(c).map_err(|e| CallError::Invalid(format!("callee {c:?}: {e}")))?;
@@ -244,7 +249,7 @@ pub async fn invite(node: &Arc<Node>, actor: &Actor, callees: &[String], media: 
 }
 
 /// A callee's answer from one of its devices.
-pub async fn answer(node: &Arc<Node>, actor: &Actor, call_id: &str, accept: bool) -> Result<Call, CallError> {
+pub async fn answer(node: &Arc<NodeContext>, actor: &Actor, call_id: &str, accept: bool) -> Result<Call, CallError> {
     let session = actor.session.clone();
     let (call, _) = transition(node, call_id, actor, |call| {
         if call.state() == CallState::Ended {
@@ -285,7 +290,7 @@ pub async fn answer(node: &Arc<Node>, actor: &Actor, call_id: &str, accept: bool
 }
 
 /// The caller withdraws a ringing invitation.
-pub async fn cancel(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
+pub async fn cancel(node: &Arc<NodeContext>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
     let (call, _) = transition(node, call_id, actor, |call| {
         if call.caller != actor.user {
             return Err(CallError::State("only the caller can cancel a call".into()));
@@ -304,7 +309,7 @@ pub async fn cancel(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<Ca
 }
 
 /// A party ends the call for everyone (the caller ending a ringing call cancels it).
-pub async fn hang_up(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
+pub async fn hang_up(node: &Arc<NodeContext>, actor: &Actor, call_id: &str) -> Result<Call, CallError> {
     let (call, _) = transition(node, call_id, actor, |call| {
         let status = call.parties.iter().find(|p| p.user == actor.user).map(|p| p.status());
         match (call.state(), status) {
@@ -327,7 +332,7 @@ pub async fn hang_up(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<C
 
 /// The ring timeout: an unanswered call ends as missed; callees of an answered call who
 /// never answered are marked missed. Idempotent: every node that rang runs it.
-pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<(), CallError> {
+pub async fn ring_timeout(node: &Arc<NodeContext>, call_id: &str) -> Result<(), CallError> {
     let system = Actor { user: String::new(), session: String::new(), name: String::new() };
     let r = transition(node, call_id, &system, |call| {
         if call.state() == CallState::Ended || now_ms() < call.ring_deadline_ms {
@@ -354,7 +359,7 @@ pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<(), CallErr
 }
 
 /// The call, if it exists.
-pub async fn get(node: &Node, call_id: &str) -> Result<Call, CallError> {
+pub async fn get(node: &NodeContext, call_id: &str) -> Result<Call, CallError> {
     validate_id(call_id).map_err(|e| CallError::Invalid(format!("call id: {e}")))?;
     let entry = node.bus.kv_get(Bucket::Calls, call_id).await?.ok_or_else(|| CallError::NotFound(call_id.into()))?;
     Call::decode(entry.value).map_err(|e| CallError::Bus(BusError::Other(format!("bad call record: {e}"))))
@@ -362,7 +367,7 @@ pub async fn get(node: &Node, call_id: &str) -> Result<Call, CallError> {
 
 /// Whether `user` may be in the call's room: the caller, or a callee who accepted, while
 /// the call is not over.
-pub async fn may_join_room(node: &Node, room: &str, user: &str) -> Result<bool, CallError> {
+pub async fn may_join_room(node: &NodeContext, room: &str, user: &str) -> Result<bool, CallError> {
     let Some(id) = room.strip_prefix(CALL_ROOM_PREFIX) else { return Ok(false) };
     let call = match get(node, id).await {
         Ok(c) => c,
@@ -394,7 +399,7 @@ fn outcome_name(call: &Call) -> &'static str {
 /// Read, decide, compare-and-set; on a lost race read again. The winner publishes the
 /// events and, if the call ended, records it in every party's history.
 async fn transition(
-    node: &Arc<Node>,
+    node: &Arc<NodeContext>,
     call_id: &str,
     actor: &Actor,
     decide: impl Fn(&mut Call) -> Result<Events, CallError>,
@@ -436,14 +441,14 @@ async fn transition(
     Err(CallError::Bus(BusError::Unavailable(format!("call {call_id}: too many concurrent changes; retry"))))
 }
 
-fn envelope(node: &Node, event: CallEvent) -> Bytes {
+fn envelope(node: &NodeContext, event: CallEvent) -> Bytes {
     encode(&switchboard_protocol::pb::BusEnvelope {
         origin_node: node.config.node_id.clone(),
         kind: Some(bus_envelope::Kind::Call(event)),
     })
 }
 
-async fn publish_event(node: &Node, user: &str, call: &Call, state: CallState, by: &Sender) {
+async fn publish_event(node: &NodeContext, user: &str, call: &Call, state: CallState, by: &Sender) {
     let event = CallEvent { call: Some(call.clone()), state: state as i32, by: Some(by.clone()), ..Default::default() };
     if let Err(e) = node.bus.publish(node.subjects.user_inbox(user), envelope(node, event)).await {
         node.metrics.bus_publish_errors.inc();
@@ -452,7 +457,7 @@ async fn publish_event(node: &Node, user: &str, call: &Call, state: CallState, b
 }
 
 /// Append the ended call to its parties' call history (not every callee's: see [`bounds`]).
-async fn record_history(node: &Node, call: &Call) {
+async fn record_history(node: &NodeContext, call: &Call) {
     let record = Bytes::from(call.encode_to_vec());
     for party in call.parties.iter().filter(|p| bounds::records_for(node, call, p)) {
         let appended = match node
@@ -470,7 +475,7 @@ async fn record_history(node: &Node, call: &Call) {
 }
 
 /// Run the ring timeout for `call` on this node at its deadline (once per call per node).
-pub(crate) fn schedule_timeout(node: &Arc<Node>, call: &Call) {
+pub(crate) fn schedule_timeout(node: &Arc<NodeContext>, call: &Call) {
     if !node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone()) {
         return;
     }
@@ -491,7 +496,7 @@ pub(crate) fn schedule_timeout(node: &Arc<Node>, call: &Call) {
 /// Call history of `user`, newest first: records with a sequence below `before` (all if
 /// `None`), at most `limit`, and the cursor for the next page.
 pub async fn history(
-    node: &Node,
+    node: &NodeContext,
     user: &str,
     before: Option<u64>,
     limit: usize,

@@ -14,7 +14,7 @@
 
 use super::{Actor, CallError};
 use crate::bus::{BusMessage, Subscription};
-use crate::node::Node;
+use crate::context::NodeContext;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -42,7 +42,7 @@ fn error(code: ErrorCode, message: impl std::fmt::Display) -> serde_json::Value 
 }
 
 /// Serve call requests until the subscription ends.
-pub(crate) async fn serve(node: std::sync::Weak<Node>, mut sub: Subscription) {
+pub(crate) async fn serve(node: std::sync::Weak<NodeContext>, mut sub: Subscription) {
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         // One task per request: an invite waits for rings, others must not queue behind it.
@@ -54,7 +54,7 @@ pub(crate) async fn serve(node: std::sync::Weak<Node>, mut sub: Subscription) {
     }
 }
 
-async fn handle(node: &Arc<Node>, msg: &BusMessage) -> serde_json::Value {
+async fn handle(node: &Arc<NodeContext>, msg: &BusMessage) -> serde_json::Value {
     let op = msg.subject.rsplit('.').next().unwrap_or_default();
     let req: Request = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,

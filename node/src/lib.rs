@@ -1,6 +1,8 @@
-//! Flags shared by both node binaries (`switchboard` and `webtransport-server`) and the
-//! wiring from flags to a running [`Node`]: auth key, bus (NATS or embedded), logging and
-//! shutdown signals. This is the binaries' edge, so errors are `anyhow`.
+//! Node assembly shared by both node binaries (`switchboard` and `webtransport-server`):
+//! the node's flags and the wiring from them to a running [`Node`] (auth key, bus: NATS or
+//! embedded), logging and shutdown signals. No edge owns it: each binary adds its own
+//! edge's flags (WebTransport's `WtArgs`, the HTTP API's) beside [`NodeArgs`]. This is the
+//! binaries' edge, so errors are `anyhow`.
 
 use anyhow::{bail, Context};
 use std::path::PathBuf;

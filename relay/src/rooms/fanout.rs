@@ -1,0 +1,235 @@
+//! Fan-out: the room's bus subscription reader, delivering each bus message once to the
+//! local members' outbound queues, presence notices to local members, and the metrics
+//! tally of each fan-out.
+
+use super::{Room, RoomState};
+use crate::bus::{BusMessage, Subscription};
+use crate::context::NodeContext;
+use crate::outbound::{Class, Outbound, Pushed};
+use crate::transport::{MediaOrigin, MediaTag};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prost::Message as _;
+use std::sync::Arc;
+use switchboard_protocol::encode;
+use switchboard_protocol::pb::{
+    bus_envelope, server_frame, BusEnvelope, BusKeyframeRequest, ParticipantJoined, ParticipantLeft, RoomStats,
+    ServerFrame,
+};
+use switchboard_protocol::subject::RoomChannel;
+
+pub(super) fn frame(kind: server_frame::Kind) -> Bytes {
+    encode(&ServerFrame { kind: Some(kind) })
+}
+
+/// Tell every local member but `except` about a presence change. In rooms above the
+/// presence-event limit, only mark the count as changed (see [`flush_room_stats`]).
+pub(super) fn notify_locals(node: &NodeContext, st: &RoomState, except: &str, kind: server_frame::Kind) {
+    let limit = node.config.presence_events_max;
+    if limit > 0 && st.view.len() > limit {
+        st.stats_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    let bytes = frame(kind);
+    let mut tally = Tally::default();
+    for (sid, m) in &st.local {
+        if sid != except {
+            // Same class as room messages, so a participant's last messages arrive before
+            // the notice that they left.
+            tally.add(m.outbound.push(Class::Data, bytes.clone(), false), bytes.len());
+        }
+    }
+    tally.flush(node, "presence", Class::Data);
+}
+
+/// Outcomes of one fan-out, so metrics are updated once per fan-out, not per session.
+#[derive(Default)]
+pub(super) struct Tally {
+    queued: u64,
+    bytes: u64,
+    dropped: u64,
+    overflowed: u64,
+}
+
+impl Tally {
+    pub(super) fn add(&mut self, pushed: Pushed, len: usize) -> Pushed {
+        match pushed {
+            Pushed::Queued => {
+                self.queued += 1;
+                self.bytes += len as u64;
+            }
+            Pushed::Dropped | Pushed::NeedKeyframe => self.dropped += 1,
+            Pushed::Overflow => self.overflowed += 1,
+            Pushed::Closed => {}
+        }
+        pushed
+    }
+
+    pub(super) fn flush(self, node: &NodeContext, kind: &'static str, class: Class) {
+        use crate::metrics::{ClassLabel, KindLabel};
+        if self.queued > 0 {
+            node.metrics.frames_out.get_or_create(&KindLabel { kind }).inc_by(self.queued);
+            node.metrics.bytes_out.get_or_create(&KindLabel { kind }).inc_by(self.bytes);
+        }
+        if self.dropped > 0 {
+            node.metrics.queue_drops.get_or_create(&ClassLabel { class: class.as_str() }).inc_by(self.dropped);
+        }
+        if self.overflowed > 0 {
+            node.metrics.slow_consumer_disconnects.inc_by(self.overflowed);
+        }
+    }
+}
+
+pub(super) fn push(node: &NodeContext, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
+    let mut tally = Tally::default();
+    let len = bytes.len();
+    tally.add(q.push(class, bytes, droppable), len);
+    tally.flush(node, kind, class);
+}
+
+pub(super) async fn read_room(node: std::sync::Weak<NodeContext>, room: Arc<Room>, mut sub: Subscription) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else { return };
+        handle_bus_message(&node, &room, msg).await;
+    }
+}
+
+async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusMessage) {
+    let env = match BusEnvelope::decode(msg.payload) {
+        Ok(env) => env,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "dropping undecodable bus envelope");
+            return;
+        }
+    };
+    let origin = env.origin_node;
+    let Some(kind) = env.kind else { return };
+    let mut keyframe_requests = Vec::new();
+    {
+        let mut st = room.lock();
+        match kind {
+            bus_envelope::Kind::Message(m) => {
+                let from = m.from.as_ref().map(|f| f.session.clone()).unwrap_or_default();
+                let reliable = m.reliable;
+                let latency_ms = switchboard_protocol::now_ms().saturating_sub(m.sent_at_ms);
+                node.metrics.delivery_latency_seconds.observe(latency_ms as f64 / 1000.0);
+                let bytes = frame(server_frame::Kind::Message(m));
+                let mut tally = Tally::default();
+                for (sid, member) in &st.local {
+                    if *sid != from {
+                        tally.add(member.outbound.push(Class::Data, bytes.clone(), !reliable), bytes.len());
+                    }
+                }
+                tally.flush(node, "message", Class::Data);
+            }
+            bus_envelope::Kind::Presence(update) => {
+                // Our own joins were applied when they happened; our own leaves are applied
+                // here, in bus order, after the messages the participant published before.
+                if origin == node.config.node_id && update.joined {
+                    return;
+                }
+                node.saw_node(&origin);
+                let Some(p) = update.participant else { return };
+                if update.joined {
+                    if !st.view.contains_key(&p.session) {
+                        st.view.insert(p.session.clone(), p.clone());
+                        let ev = server_frame::Kind::ParticipantJoined(ParticipantJoined {
+                            room: room.id.clone(),
+                            participant: Some(p),
+                        });
+                        notify_locals(node, &st, "", ev);
+                    }
+                } else if origin == node.config.node_id && st.local.contains_key(&p.session) {
+                    // Left and joined again before this echo: nothing changed for the others.
+                } else if st.view.remove(&p.session).is_some() {
+                    let ev = server_frame::Kind::ParticipantLeft(ParticipantLeft {
+                        room: room.id.clone(),
+                        participant: Some(p),
+                        reason: update.reason,
+                    });
+                    notify_locals(node, &st, "", ev);
+                }
+            }
+            bus_envelope::Kind::Signal(sig) => {
+                let Some(event) = sig.event else { return };
+                let bytes = frame(server_frame::Kind::Signal(event));
+                let mut tally = Tally::default();
+                for (sid, member) in &st.local {
+                    let hit =
+                        if sig.to_session.is_empty() { member.user == sig.to_user } else { *sid == sig.to_session };
+                    if hit {
+                        tally.add(member.outbound.push(Class::Signal, bytes.clone(), false), bytes.len());
+                    }
+                }
+                tally.flush(node, "signal", Class::Signal);
+            }
+            bus_envelope::Kind::Media(media) => {
+                let origin = Arc::new(MediaOrigin {
+                    room: room.id.clone(),
+                    session: media.from.as_ref().map(|f| f.session.clone()).unwrap_or_default(),
+                });
+                let tag = MediaTag { origin, track: media.track, keyframe: media.keyframe };
+                let bytes = frame(server_frame::Kind::Media(media));
+                let mut tally = Tally::default();
+                let mut lost = false;
+                for (sid, member) in &st.local {
+                    if *sid != tag.origin.session {
+                        lost |= tally.add(member.outbound.push_media(bytes.clone(), &tag), bytes.len())
+                            == Pushed::NeedKeyframe;
+                    }
+                }
+                tally.flush(node, "media", Class::Media);
+                if lost {
+                    keyframe_requests.push((tag.origin.session.clone(), tag.track));
+                }
+            }
+            bus_envelope::Kind::KeyframeRequest(req) => {
+                if let (Some(member), Some(event)) = (st.local.get(&req.to_session), req.event) {
+                    push(
+                        node,
+                        &member.outbound,
+                        Class::Signal,
+                        frame(server_frame::Kind::KeyframeRequest(event)),
+                        true,
+                        "keyframe_request",
+                    );
+                }
+            }
+            bus_envelope::Kind::Heartbeat(_) | bus_envelope::Kind::Admin(_) | bus_envelope::Kind::Call(_) => {}
+        }
+        drop(st);
+    }
+    for (to_session, track) in keyframe_requests {
+        request_keyframe(node, &room.id, to_session, track).await;
+    }
+}
+
+/// Ask a media sender for a keyframe on behalf of this node (its receivers lost frames of
+/// `track`). Best effort: the next loss asks again.
+pub(crate) async fn request_keyframe(node: &NodeContext, room: &str, to_session: String, track: u32) {
+    let event = switchboard_protocol::pb::KeyframeRequestEvent {
+        room: room.to_owned(),
+        from: Some(switchboard_protocol::pb::Sender { node: node.config.node_id.clone(), ..Default::default() }),
+        track,
+    };
+    let req = BusKeyframeRequest { to_session, event: Some(event) };
+    let _ = node.publish(node.subjects.room(room, RoomChannel::Media), bus_envelope::Kind::KeyframeRequest(req)).await;
+}
+
+/// Send `RoomStats` to the members of large rooms whose count changed since the last time.
+pub(crate) fn flush_room_stats(node: &NodeContext) {
+    for room in node.rooms.all() {
+        let st = room.lock();
+        if !st.stats_dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        let stats = RoomStats { room: room.id.clone(), participant_count: st.view.len() as u32 };
+        let bytes = frame(server_frame::Kind::RoomStats(stats));
+        let mut tally = Tally::default();
+        for m in st.local.values() {
+            // Only the latest count matters: droppable.
+            tally.add(m.outbound.push(Class::Data, bytes.clone(), true), bytes.len());
+        }
+        tally.flush(node, "room_stats", Class::Data);
+    }
+}
