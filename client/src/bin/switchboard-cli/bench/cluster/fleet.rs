@@ -66,6 +66,8 @@ pub struct Slot {
     pub order: Mutex<Vec<SenderOrder>>,
     /// The room's last reliable offset this member has seen (resume point).
     pub last_offset: AtomicU64,
+    /// Reconnects of this member (any reason).
+    pub reconnects: AtomicU64,
     /// Whether the member has a joined session now.
     pub connected: AtomicBool,
     /// Whether the member's chat loop has stopped (every publish answered or failed).
@@ -169,6 +171,7 @@ impl Fleet {
                     unacked: Mutex::new(Vec::new()),
                     order: Mutex::new(vec![SenderOrder::default(); members]),
                     last_offset: AtomicU64::new(0),
+                    reconnects: AtomicU64::new(0),
                     connected: AtomicBool::new(false),
                     chat_done: AtomicBool::new(false),
                 }

@@ -90,6 +90,7 @@ async fn reconnect(fleet: &Arc<Fleet>, i: usize, attempts: &mut usize, since: In
         match open(fleet, i, *attempts, resume).await {
             Ok(c) => {
                 t.reconnects.inc();
+                fleet.slots[i].reconnects.fetch_add(1, Ordering::Relaxed);
                 Tally::record(&t.reconnect, since.elapsed().as_micros() as u64);
                 return Some(c);
             }

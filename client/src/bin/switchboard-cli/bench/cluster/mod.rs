@@ -269,6 +269,7 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     let latency = t.chat_latencies();
     let (setup, reconnect) = (Tally::snapshot(&t.call_setup), Tally::snapshot(&t.reconnect));
     let errors = t.errors();
+    let most_reconnects = fleet.slots.iter().map(|s| s.reconnects.load(Ordering::Relaxed)).max().unwrap_or(0);
     r.scenario = "cluster".into();
     r.sent = t.chat_sent.get();
     r.expected = expected;
@@ -305,7 +306,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         "reconnects".into(),
         json!({"churn_percent_per_min": c.churn_percent, "churned": t.churns.get(), "goaways": t.goaways.get(),
                "lost_connections": t.lost_connections.get(), "reconnected": t.reconnects.get(),
-               "failed": t.reconnect_failures.get(), "reconnect_ms": quantiles(&reconnect)}),
+               "failed": t.reconnect_failures.get(), "reconnect_ms": quantiles(&reconnect),
+               "most_by_one_member": most_reconnects}),
     );
     x.insert("errors_by_code".into(), json!(errors));
     x.insert("generator_rss_kib".into(), gen_rss.into());
