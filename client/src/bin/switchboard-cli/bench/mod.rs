@@ -16,13 +16,16 @@
 //! * `idle`: `--clients` connections that stay idle for `--duration` seconds (RSS per
 //!   connection and the server's CPU while idle, i.e. heartbeats, with `--server-pid`);
 //! * `churn`: connect/join/leave/disconnect cycles, `--clients` at a time, for `--duration`
-//!   or `--cycles` in all, after `--warmup-cycles` (RSS before, after the warm-up and after).
+//!   or `--cycles` in all, after `--warmup-cycles` (RSS before, after the warm-up and after);
+//! * `cluster`: one process's share of a cluster-wide workload (rooms of 10 chatting, 1:1
+//!   calls, churn, mixed WebSocket and WebTransport): see `cluster/mod.rs`.
 //!
 //! With `--server-pid` (repeatable: one per node) the report has the servers' summed RSS
 //! before and after and their CPU use during the run.
 //!
 //! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
 
+mod cluster;
 mod media_room;
 mod metrics;
 mod netns;
@@ -38,7 +41,7 @@ pub use targets::TargetKind;
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// fanout, pairs, media, idle or churn.
+    /// fanout, pairs, media, media-room, idle, churn or cluster.
     #[arg(long, value_enum)]
     pub scenario: scenarios::Scenario,
     /// What to measure: switchboard, bare (bare-broadcast) or nats-ws (nats-server websocket).
@@ -98,6 +101,8 @@ pub struct BenchArgs {
     /// robin). Senders connect from the bench's own namespace. Needs root.
     #[arg(long = "receiver-netns")]
     pub receiver_netns: Vec<String>,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterArgs,
 }
 
 impl BenchArgs {

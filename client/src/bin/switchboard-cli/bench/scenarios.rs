@@ -20,6 +20,7 @@ pub enum Scenario {
     MediaRoom,
     Idle,
     Churn,
+    Cluster,
 }
 
 /// How long receivers keep waiting for stragglers after the senders stop.
@@ -241,6 +242,7 @@ pub(super) fn report(args: &BenchArgs, target: &Target, connections: usize, rss_
         rss_after_kib: None,
         server_cpu_percent: None,
         extra: Default::default(),
+        human: Vec::new(),
     }
 }
 
@@ -254,6 +256,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> anyhow::Result<Report> {
         Scenario::MediaRoom => super::media_room::run(args, target, rss()).await?,
         Scenario::Idle => idle(args, target, rss()).await?,
         Scenario::Churn => churn(args, target, rss()).await?,
+        Scenario::Cluster => super::cluster::run(args, target, rss()).await?,
     };
     if r.rss_after_kib.is_none() {
         r.rss_after_kib = rss();

@@ -26,6 +26,8 @@ pub struct Report {
     /// The servers' CPU use during the run, in percent of one core.
     pub server_cpu_percent: Option<f64>,
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// More summary lines for people (stderr, after the one-line summary).
+    pub human: Vec<String>,
 }
 
 impl Report {
@@ -75,6 +77,9 @@ impl Report {
             l["p99"].as_f64().unwrap_or(0.0),
             l["max"].as_f64().unwrap_or(0.0),
         );
+        for line in &self.human {
+            eprintln!("{line}");
+        }
     }
 }
 
