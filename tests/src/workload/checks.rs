@@ -6,10 +6,17 @@ use super::Acked;
 use std::collections::{BTreeMap, HashSet};
 use switchboard_client::pb::{CallOutcome, CallState};
 
-/// Every acknowledged reliable message of a room reached every member of it exactly once,
-/// in the room's order (offsets strictly increasing), with its payload; nothing reached a
-/// member twice (not even messages whose publish was not acknowledged). `Ok`: deliveries
-/// checked (acknowledged messages × members of their room).
+/// Whether `payload` (`<user>:<seq>`) was published by `member` (a node does not echo a
+/// session's own messages to it, so those are not expected back; a replay after a
+/// reconnect may bring them, once).
+fn own(member: &Member, payload: &[u8]) -> bool {
+    payload.strip_prefix(member.user.as_bytes()).is_some_and(|rest| rest.first() == Some(&b':'))
+}
+
+/// Every acknowledged reliable message of a room reached every other member of it exactly
+/// once, in the room's order (offsets strictly increasing), with its payload; nothing
+/// reached a member twice (not even messages whose publish was not acknowledged). `Ok`:
+/// deliveries checked (acknowledged messages × the other members of their room).
 pub fn messages(members: &[Member], acked: &Acked) -> Result<usize, String> {
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
     let mut checked = 0;
@@ -19,7 +26,10 @@ pub fn messages(members: &[Member], acked: &Acked) -> Result<usize, String> {
         let mut payloads = HashSet::new();
         for (offset, payload) in &seen.messages {
             if *offset <= last {
-                return Err(format!("{}: offset {offset} after {last} in {} (duplicate or out of order)", m.user, m.room));
+                return Err(format!(
+                    "{}: offset {offset} after {last} in {} (duplicate or out of order)",
+                    m.user, m.room
+                ));
             }
             last = *offset;
             if !payloads.insert(payload.clone()) {
@@ -27,11 +37,21 @@ pub fn messages(members: &[Member], acked: &Acked) -> Result<usize, String> {
             }
         }
         let got: BTreeMap<u64, &bytes::Bytes> = seen.messages.iter().map(|(o, p)| (*o, p)).collect();
-        for (offset, payload) in acked.get(&m.room).into_iter().flatten() {
+        for (offset, payload) in acked.get(&m.room).into_iter().flatten().filter(|(_, p)| !own(m, p)) {
             match got.get(offset) {
                 Some(p) if *p == payload => checked += 1,
-                Some(p) => return Err(format!("{}: offset {offset} in {} is {p:?}, acknowledged as {payload:?}", m.user, m.room)),
-                None => return Err(format!("{}: acknowledged {payload:?} (offset {offset}) of {} never arrived", m.user, m.room)),
+                Some(p) => {
+                    return Err(format!(
+                        "{}: offset {offset} in {} is {p:?}, acknowledged as {payload:?}",
+                        m.user, m.room
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{}: acknowledged {payload:?} (offset {offset}) of {} never arrived",
+                        m.user, m.room
+                    ))
+                }
             }
         }
         if seen.history_gaps > 0 {
@@ -48,7 +68,7 @@ pub fn messages_arrived(members: &[Member], acked: &Acked) -> bool {
     members.iter().all(|m| {
         let seen = m.seen();
         let got: HashSet<u64> = seen.messages.iter().map(|(o, _)| *o).collect();
-        acked.get(&m.room).into_iter().flatten().all(|(o, _)| got.contains(o))
+        acked.get(&m.room).into_iter().flatten().all(|(o, p)| own(m, p) || got.contains(o))
     })
 }
 
@@ -65,7 +85,15 @@ pub fn presence(members: &[Member]) -> Result<(), String> {
         if &view != want {
             let ghosts: Vec<_> = view.iter().filter(|(s, _)| !want.contains_key(*s)).collect();
             let missing: Vec<_> = want.iter().filter(|(s, _)| !view.contains_key(*s)).collect();
-            return Err(format!("{} sees {}: ghosts {ghosts:?}, missing {missing:?}", m.user, m.room));
+            let nodes: Vec<String> = members
+                .iter()
+                .filter(|o| o.room == m.room)
+                .map(|o| format!("{}@{}/{}", o.user, o.seen().node, o.client.session_id()))
+                .collect();
+            return Err(format!(
+                "{} sees {}: ghosts {ghosts:?}, missing {missing:?} (members {nodes:?})",
+                m.user, m.room
+            ));
         }
     }
     Ok(())
@@ -78,7 +106,9 @@ pub struct CallReport {
     pub placed: usize,
     /// Calls answered and completed (both parties saw `ENDED(COMPLETED)`).
     pub completed: usize,
-    /// Calls that ended otherwise (missed, cancelled, offline), consistently at both parties.
+    /// Calls that ended `OFFLINE` (the callee had no connected device: it was moving).
+    pub offline: usize,
+    /// Calls that ended otherwise (missed, cancelled), consistently at both parties.
     pub other: usize,
 }
 
@@ -101,6 +131,8 @@ pub fn calls(members: &[Member], placed: &[Placed]) -> Result<CallReport, String
         }
         if caller.outcome == CallOutcome::Completed {
             report.completed += 1;
+        } else if caller.outcome == CallOutcome::Offline {
+            report.offline += 1;
         } else {
             report.other += 1;
         }

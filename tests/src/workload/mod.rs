@@ -38,7 +38,8 @@ pub struct Scale {
     pub rooms: usize,
     /// Each member publishes a reliable message this often.
     pub publish_every: Duration,
-    /// Caller/callee pairs placing calls one after another (the first `2 × pairs` members).
+    /// Caller/callee pairs placing calls one after another (members `k` and `k + rooms`; at
+    /// most `rooms`).
     pub call_pairs: usize,
     /// How long an answered call is held before the caller ends it.
     pub call_hold: Duration,
@@ -84,7 +85,8 @@ impl Scale {
         if let Some(v) = var("SB_UPGRADE_CALL_PAIRS") {
             self.call_pairs = v as usize;
         }
-        self.call_pairs = self.call_pairs.min(self.clients / 2);
+        // Pairs are members k and k + rooms (see `Workload::start`).
+        self.call_pairs = self.call_pairs.min(self.rooms).min(self.clients.saturating_sub(self.rooms));
         self
     }
 }
@@ -122,9 +124,10 @@ impl Workload {
         anyhow::ensure!(!runtimes.is_empty(), "the cluster has no load host");
         let mut connecting = Vec::new();
         for m in 0..scale.clients {
+            // Every room mixes both transports and load hosts.
             let (user, room) = (format!("u{m:03}"), format!("r{:03}", m % scale.rooms));
-            let via = if m % 2 == 0 { Via::WebSocket } else { Via::WebTransport };
-            let load = (m / 2) % runtimes.len();
+            let via = if (m / scale.rooms).is_multiple_of(2) { Via::WebSocket } else { Via::WebTransport };
+            let load = (m / 3) % runtimes.len();
             let token = crate::token(&user, &[&room]);
             let config = match via {
                 Via::WebSocket => cluster.ws_config(&token),
@@ -155,7 +158,9 @@ impl Workload {
         let ledger: calls::Ledger = Arc::default();
         let callers = (0..scale.call_pairs)
             .map(|k| {
-                let drive = calls::drive(members.clone(), 2 * k, 2 * k + 1, scale.call_hold, ledger.clone(), stopped.clone());
+                // Caller over WebSocket, callee over WebTransport.
+                let drive =
+                    calls::drive(members.clone(), k, k + scale.rooms, scale.call_hold, ledger.clone(), stopped.clone());
                 tokio::spawn(drive)
             })
             .collect();
@@ -171,7 +176,11 @@ impl Workload {
     pub async fn wait_settled(&self, limit: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         while !self.settled() {
-            anyhow::ensure!(start.elapsed() < limit, "members not back in their rooms after {limit:?}: {}", self.unsettled());
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "members not back in their rooms after {limit:?}: {}",
+                self.unsettled()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(start.elapsed())
