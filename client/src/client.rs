@@ -154,6 +154,7 @@ impl Client {
             token: config.token.clone(),
             client: config.client_name.clone(),
             media_lanes: ask_lanes,
+            calls: config.resume_calls.clone(),
         };
         writer.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Hello(hello)) })).await?;
         let first = tokio::time::timeout(config.connect_timeout, reader.next())

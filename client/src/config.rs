@@ -31,6 +31,10 @@ pub struct ClientConfig {
     /// ("media lanes", README) when the node agrees; `false` keeps all media on the ordered
     /// control stream. Ignored on WebSocket. Default `true`.
     pub media_lanes: bool,
+    /// Ids of calls to resume (`Hello.calls`): the node answers each with a
+    /// [`crate::Event::Call`] of its current state. [`crate::ReconnectingClient`] sets it on
+    /// every reconnect to the calls it saw ringing or accepted and not ended. Default empty.
+    pub resume_calls: Vec<String>,
 }
 
 impl ClientConfig {
@@ -48,6 +52,7 @@ impl ClientConfig {
             bind_ip: None,
             ca_pem: None,
             media_lanes: true,
+            resume_calls: Vec::new(),
         }
     }
 

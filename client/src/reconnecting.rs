@@ -102,6 +102,8 @@ struct State {
     ended: Option<ClientError>,
     /// Media counters of the connections before `current`.
     past_media: MediaStats,
+    /// Calls seen: id -> the furthest state delivered (see [`CallStates`]).
+    calls: CallStates,
 }
 
 struct Shared {
@@ -212,6 +214,7 @@ impl ReconnectingClient {
                         at,
                         ended: None,
                         past_media: MediaStats::default(),
+                        calls: CallStates::default(),
                     };
                     let shared = Arc::new(Shared {
                         state: Mutex::new(state),
@@ -536,6 +539,14 @@ async fn forward(shared: &Shared, events: &mut Events, out: &mpsc::Sender<Event>
                 shared.lock().rooms.remove(&l.room);
                 Event::Left(l)
             }
+            Event::Call(e) => {
+                let id = e.call.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+                if !shared.lock().calls.advance(&id, e.state()) {
+                    tracing::debug!(call = %id, "dropped a call state older than one delivered");
+                    continue;
+                }
+                Event::Call(e)
+            }
             Event::GoAway(g) => {
                 if move_at.is_none() {
                     let wait = Duration::from_millis(u64::from(g.reconnect_after_ms)).min(MAX_GOAWAY_WAIT);
@@ -580,7 +591,9 @@ async fn reconnect(
                 None
             } else {
                 s.at = (s.at + 1) % s.configs.len();
-                Some(s.configs[s.at].clone())
+                let mut config = s.configs[s.at].clone();
+                config.resume_calls = s.calls.live();
+                Some(config)
             }
         };
         let Some(config) = config else {
@@ -666,5 +679,8 @@ async fn rejoin(shared: Arc<Shared>, client: Client, rooms: Vec<(String, Option<
     }
 }
 
+mod calls;
 #[cfg(test)]
 mod tests;
+
+use calls::CallStates;

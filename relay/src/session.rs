@@ -46,6 +46,8 @@ struct Session {
     expires_at: Instant,
     /// The session is registered with the node (and its user's inbox attached).
     live: bool,
+    /// Calls the client asked to resume (`Hello.calls`).
+    resume_calls: Vec<String>,
 }
 
 /// Whatever the session holds in the node is given back on every exit path: the normal one
@@ -178,7 +180,11 @@ pub async fn run<T: Transport>(node: Arc<NodeContext>, mut transport: T, mut tic
             tracing::info!(session = %session.id, user = %session.claims.sub, transport = kind.as_str(), ?peer, "session started");
             // The user's inbox reaches this node before the client hears Welcome.
             let end = match Box::pin(crate::calls::inbox::attach(&node, &session.claims.sub)).await {
-                Ok(()) => session.serve(&mut transport).await,
+                Ok(()) => {
+                    let calls = std::mem::take(&mut session.resume_calls);
+                    crate::calls::resume::replay(&node, &session.claims.sub, &calls, &session.outbound).await;
+                    session.serve(&mut transport).await
+                }
                 Err(e) => {
                     node.metrics.error(ErrorCode::Unavailable);
                     let msg = format!("cannot subscribe to the user's inbox: {e}");
@@ -301,6 +307,7 @@ async fn accept_hello<T: Transport>(
         pings: TokenBucket::new(node.config.ping_rate),
         refusals: TokenBucket::new(refusal_tolerance(node.config.request_rate)),
         live: false,
+        resume_calls: hello.calls.into_iter().take(crate::calls::resume::MAX_RESUME_CALLS).collect(),
         claims,
     };
     let media_lanes = transport.open_media_lanes(hello.media_lanes);

@@ -9,6 +9,7 @@ pub mod nats;
 pub mod netns;
 pub mod node;
 pub mod proxy;
+pub mod workload;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use node::{NodeOptions, TestNode};

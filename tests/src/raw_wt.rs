@@ -98,6 +98,7 @@ impl RawWt {
             token: token.into(),
             client: "raw-wt-test".into(),
             media_lanes: true,
+            ..Default::default()
         };
         self.send(1, client_frame::Kind::Hello(hello)).await;
     }

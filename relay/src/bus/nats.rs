@@ -142,7 +142,7 @@ impl NatsBus {
             bucket: format!("{name}_presence"),
             description: "Switchboard room presence (one key per room and session)".into(),
             history: 1,
-            storage: jetstream::stream::StorageType::Memory,
+            storage: presence_storage(replicas),
             num_replicas: replicas,
             ..Default::default()
         };
@@ -305,6 +305,19 @@ async fn create_consumer(
     })
     .await
     .map_err(other)?
+}
+
+/// Where the presence bucket lives. One server: in memory (fast; if the server restarts,
+/// every node's connection drops with it and each restores its own records). Replicated:
+/// on disk, because a replica that restarts with an empty memory store has also forgotten
+/// its Raft log, and once it leads (the next server of a rolling restart stops) the
+/// bucket loses the records of nodes whose connection never dropped, which nothing restores.
+fn presence_storage(replicas: usize) -> jetstream::stream::StorageType {
+    if replicas > 1 {
+        jetstream::stream::StorageType::File
+    } else {
+        jetstream::stream::StorageType::Memory
+    }
 }
 
 async fn snapshot(

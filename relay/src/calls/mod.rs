@@ -20,6 +20,7 @@
 pub(crate) mod bounds;
 pub mod inbox;
 pub mod json;
+pub mod resume;
 pub mod service;
 
 use crate::bus::{Bucket, BusError, Log};
