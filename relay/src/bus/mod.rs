@@ -5,6 +5,7 @@
 //! and call history); [`LocalBus`] is the in-process implementation with the same
 //! semantics, used by the embedded single-node default and by unit tests.
 
+mod consumers;
 mod local;
 mod nats;
 

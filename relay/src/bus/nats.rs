@@ -1,6 +1,7 @@
 //! The NATS bus: core pub/sub and request/reply for traffic, JetStream key-value buckets
 //! for presence, calls and accounts, JetStream streams for room and call history.
 
+use super::consumers::{create_consumer, DeleteOnDrop};
 use super::{
     Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits, Subscription,
 };
@@ -261,52 +262,6 @@ impl NatsBus {
 
 /// The messages an ordered consumer has pending at its creation (at most `limit`): a
 /// consistent snapshot of what it covers. Each message must arrive within 5 s.
-/// Deletes a consumer on the server when dropped. Ephemeral ordered consumers otherwise
-/// linger for their 30 s inactivity threshold after the reader is gone, each still pushing
-/// heartbeats at this node; a join (presence snapshot, history follower) creates them, so
-/// under churn they pile up by the thousand.
-struct DeleteOnDrop {
-    stream: jetstream::stream::Stream,
-    name: String,
-}
-
-impl DeleteOnDrop {
-    fn new(stream: &jetstream::stream::Stream, consumer: &jetstream::consumer::Consumer<push::OrderedConfig>) -> Self {
-        Self { stream: stream.clone(), name: consumer.cached_info().name.clone() }
-    }
-}
-
-impl Drop for DeleteOnDrop {
-    fn drop(&mut self) {
-        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = stream.delete_consumer(&name).await {
-                    tracing::debug!(consumer = %name, error = %e, "deleting a finished consumer failed (it expires on its own)");
-                }
-            });
-        }
-    }
-}
-
-/// Create an ordered consumer together with the guard that deletes it. In a task of its
-/// own: if the caller gives up mid-way (a join cancelled by a disconnect, a follower
-/// aborted because its room closed), creation still completes and the guard, dropped with
-/// the unclaimed result, deletes the consumer instead of leaving it to expire.
-async fn create_consumer(
-    stream: &jetstream::stream::Stream,
-    config: push::OrderedConfig,
-) -> Result<(jetstream::consumer::Consumer<push::OrderedConfig>, DeleteOnDrop), BusError> {
-    let stream = stream.clone();
-    tokio::spawn(async move {
-        let consumer = stream.create_consumer(config).await.map_err(other)?;
-        let guard = DeleteOnDrop::new(&stream, &consumer);
-        Ok((consumer, guard))
-    })
-    .await
-    .map_err(other)?
-}
-
 async fn snapshot(
     consumer: jetstream::consumer::Consumer<push::OrderedConfig>,
     limit: usize,
