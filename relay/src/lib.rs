@@ -25,6 +25,7 @@ pub mod origin;
 pub mod outbound;
 pub mod rate;
 mod rooms;
+mod rooms_cap;
 pub mod session;
 pub mod transport;
 

@@ -49,6 +49,8 @@ pub struct Node {
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
     /// Invitation rate per caller and history record limits.
     pub(crate) call_bounds: crate::calls::bounds::CallBounds,
+    /// Seats this node's sessions hold in capped rooms.
+    pub(crate) seats: crate::rooms_cap::Seats,
 }
 
 /// Errors starting a node.
@@ -90,6 +92,7 @@ impl Node {
             pending_removals: Mutex::default(),
             ring_timers: Mutex::default(),
             call_bounds,
+            seats: Default::default(),
         });
         let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
         node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));

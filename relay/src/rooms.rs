@@ -242,6 +242,17 @@ pub(crate) async fn join(node: &Arc<Node>, room_id: &str, req: JoinRequest) -> R
                 return Err(JoinError::Full { room: room_id.to_owned(), limit: max_participants });
             }
         }
+        // The view lags other nodes' joins: the cap is held by a seat (see `rooms_cap`).
+        let seat = match max_participants {
+            0 => None,
+            cap => match crate::rooms_cap::take(node, room_id, &participant.session, cap).await {
+                Ok(seat) => Some(seat),
+                Err(e) => {
+                    teardown_if_empty(node, &room);
+                    return Err(e);
+                }
+            },
+        };
         let mut catch_up = match resume_from {
             Some(after) => match fetch_catch_up(node, &room, after).await {
                 Ok(c) => Some(c),
@@ -330,6 +341,9 @@ pub(crate) async fn join(node: &Arc<Node>, room_id: &str, req: JoinRequest) -> R
             tally.flush(node, "replay", Class::Data);
             st.local.insert(session, member);
             node.metrics.room_joins.inc();
+            if let Some(seat) = seat {
+                seat.keep();
+            }
         }
         let update = PresenceUpdate {
             room: room_id.to_owned(),
@@ -481,6 +495,7 @@ pub(crate) async fn leave(node: &Arc<Node>, room_id: &str, session: &str, reason
     if empty {
         node.rooms.remove_if_same(&room);
     }
+    crate::rooms_cap::release(node, room_id, session).await;
     if let Err(e) = node.bus.presence_remove(room_id, session).await {
         // Retried when the bus is back, so the store keeps no ghost.
         tracing::warn!(room = room_id, session, error = %e, "removing presence failed; will retry");
@@ -794,6 +809,7 @@ pub(crate) async fn reap_dead_nodes(node: &Arc<Node>) {
             stale.push((room.id.clone(), p.session));
         }
     }
+    crate::rooms_cap::release_dead(node, &stale).await;
     for (room, session) in stale {
         let _ = node.bus.presence_remove(&room, &session).await;
     }
@@ -891,6 +907,7 @@ pub(crate) async fn republish_presence(node: &Arc<Node>) {
             node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room, session));
         }
     }
+    crate::rooms_cap::restore(node).await;
     let mut records = Vec::new();
     for room in node.rooms.all() {
         let st = room.lock();

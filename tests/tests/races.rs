@@ -59,6 +59,18 @@ impl Peer {
         .await
     }
 
+    /// Join `room`: Ok once `Joined` arrives, or the error code.
+    async fn join(&mut self, id: u64, room: &str) -> Result<(), ErrorCode> {
+        let join = switchboard_protocol::pb::Join { room: room.into(), resume_from: None };
+        self.send(id, client_frame::Kind::Join(join)).await;
+        self.until(&format!("join {room}"), |f| match f {
+            server_frame::Kind::Joined(j) if j.ref_id == id => Some(Ok(())),
+            server_frame::Kind::Error(e) if e.ref_id == id => Some(Err(e.code())),
+            _ => None,
+        })
+        .await
+    }
+
     async fn call_event(&mut self, call: &str, state: CallState) -> CallEvent {
         self.until(&format!("call event {state:?}"), |f| match f {
             server_frame::Kind::Call(e) if e.state() == state && e.call.as_ref().is_some_and(|c| c.id == call) => {
@@ -128,4 +140,76 @@ async fn an_invite_is_answered_before_a_silent_node_answers_the_ring() {
     bob.send(5, client_frame::Kind::CallAnswer(CallAnswer { call: call.clone(), accept: true })).await;
     bob.reply(5).await.expect("answer acked");
     alice.call_event(&call, CallState::Accepted).await;
+}
+
+/// Concurrent joins on three nodes against a cap of 3: never more than 3 in, and exactly 3
+/// (the losers of a race retry, they are not refused while a seat is free). A seat comes
+/// back when its member leaves, and when its node is killed (after the node timeout).
+#[tokio::test]
+async fn the_participant_cap_holds_cluster_wide() {
+    const CAP: usize = 3;
+    const PER_NODE: usize = 4;
+    const ROUNDS: usize = 4;
+    let nats = NatsCluster::start(3).await;
+    let opts = |id: &str, server: usize| NodeOptions {
+        nats_url: Some(nats.servers[server].url()),
+        node_id: Some(id.into()),
+        args: args(&["--max-participants", &CAP.to_string(), "--node-timeout", "3"]),
+        ..Default::default()
+    };
+    let (n1, n2, n3) = tokio::join!(
+        TestNode::start(opts("alpha", 0)),
+        TestNode::start(opts("beta", 1)),
+        TestNode::start(opts("gamma", 2))
+    );
+    let mut nodes = [n1, n2, n3];
+    let rooms: Vec<String> = (0..ROUNDS).map(|r| format!("cap{r}")).collect();
+    let room_refs: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let mut in_rooms = Vec::new();
+    for room in &rooms {
+        let mut peers = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            for j in 0..PER_NODE {
+                peers.push((i, Peer::new(node, &format!("u{i}x{j}"), &room_refs).await));
+            }
+        }
+        let results = futures_util::future::join_all(peers.iter_mut().map(|(_, p)| p.join(1, room))).await;
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        let refused: Vec<ErrorCode> = results.iter().filter_map(|r| r.err()).collect();
+        println!("{room}: {admitted} admitted of {}", results.len());
+        assert!(refused.iter().all(|c| *c == ErrorCode::RoomFull), "refusals are ROOM_FULL: {refused:?}");
+        assert_eq!(admitted, CAP, "{room}: the cap holds cluster-wide under concurrent joins");
+        let members: Vec<(usize, Peer)> =
+            peers.into_iter().zip(results).filter(|(_, r)| r.is_ok()).map(|(p, _)| p).collect();
+        in_rooms.push(members);
+    }
+
+    // A member leaves: its seat is free for the next join.
+    let room = &rooms[0];
+    let (_, leaver) = in_rooms[0].pop().expect("a member");
+    drop(leaver);
+    let mut late = Peer::new(&nodes[0], "late", &room_refs).await;
+    join_eventually(&mut late, room, WAIT, "a seat given back on leave").await;
+
+    // A node dies with seated members: after the node timeout its seats are free.
+    let room = &rooms[1];
+    let victim = in_rooms[1][0].0;
+    let survivor = (victim + 1) % 3;
+    nodes[victim].kill();
+    let mut after = Peer::new(&nodes[survivor], "after", &room_refs).await;
+    join_eventually(&mut after, room, Duration::from_secs(30), "the dead node's seats given back").await;
+}
+
+/// Join `room`, retrying while it is full, within `limit`.
+async fn join_eventually(peer: &mut Peer, room: &str, limit: Duration, what: &str) {
+    within(limit, what, async {
+        for id in 10u64.. {
+            match peer.join(id, room).await {
+                Ok(()) => return,
+                Err(ErrorCode::RoomFull) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(code) => panic!("join refused with {code:?}"),
+            }
+        }
+    })
+    .await
 }

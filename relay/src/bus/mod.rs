@@ -37,6 +37,8 @@ pub enum Bucket {
     Users,
     /// Operator bans, key = user id, value = end of the ban (Unix ms, decimal).
     Bans,
+    /// Seats of capped rooms, key = room id, value = JSON map session → node.
+    Seats,
 }
 
 impl Bucket {
@@ -46,6 +48,7 @@ impl Bucket {
             Bucket::Calls => "calls",
             Bucket::Users => "users",
             Bucket::Bans => "bans",
+            Bucket::Seats => "seats",
         }
     }
 }

@@ -44,6 +44,7 @@ pub struct NatsBus {
     calls: kv::Store,
     users: kv::Store,
     bans: kv::Store,
+    seats: kv::Store,
     room_history: jetstream::stream::Stream,
     call_history: jetstream::stream::Stream,
     prefix: String,
@@ -177,6 +178,15 @@ impl NatsBus {
             ..Default::default()
         };
         let bans = open_bucket(&js, bans_config.clone()).await?;
+        let seats_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Seats.name()),
+            description: "Switchboard seats of capped rooms (key = room id)".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let seats = open_bucket(&js, seats_config.clone()).await?;
         let l = &opts.limits;
         let storage = if l.history_in_memory {
             jetstream::stream::StorageType::Memory
@@ -203,11 +213,12 @@ impl NatsBus {
             client,
             js,
             presence,
-            bucket_configs: vec![config, calls_config, users_config, bans_config],
+            bucket_configs: vec![config, calls_config, users_config, bans_config, seats_config],
             stream_configs: vec![room_history_config, call_history_config],
             calls,
             users,
             bans,
+            seats,
             room_history,
             call_history,
             prefix: opts.prefix.clone(),
@@ -220,6 +231,7 @@ impl NatsBus {
             Bucket::Calls => &self.calls,
             Bucket::Users => &self.users,
             Bucket::Bans => &self.bans,
+            Bucket::Seats => &self.seats,
         }
     }
 
