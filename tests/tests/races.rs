@@ -4,16 +4,18 @@
 //! - the participant cap holds cluster-wide under concurrent joins on different nodes, and
 //!   its seats come back on leave and when a node dies (no leak);
 //! - a call's history record survives the death of the node that ended the call before it
-//!   appended the record;
+//!   appended the record (another node re-drives it from the calls bucket);
 //! - an invitation is answered at once even when a node holding the callee's inbox does
 //!   not answer the ring (it used to wait up to 3 s).
 
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-use switchboard_protocol::pb::{client_frame, server_frame, CallAnswer, CallEvent, CallInvite, CallMedia, CallState};
+use switchboard_protocol::pb::{
+    client_frame, server_frame, CallAnswer, CallEnd, CallEvent, CallInvite, CallMedia, CallOutcome, CallState,
+};
 use switchboard_protocol::ErrorCode;
 use switchboard_tests::raw::RawWs;
-use switchboard_tests::{token, within, NatsCluster, NodeOptions, TestNode, WAIT};
+use switchboard_tests::{token, wait_for, within, NatsCluster, NodeOptions, TestNode, WAIT};
 
 /// A raw WebSocket peer that keeps the frames a wait skipped.
 struct Peer {
@@ -140,6 +142,66 @@ async fn an_invite_is_answered_before_a_silent_node_answers_the_ring() {
     bob.send(5, client_frame::Kind::CallAnswer(CallAnswer { call: call.clone(), accept: true })).await;
     bob.reply(5).await.expect("answer acked");
     alice.call_event(&call, CallState::Accepted).await;
+}
+
+/// The node that ended a call dies before appending its history records (a test-only crash
+/// point aborts it right after the ending write, as `kill -9` would): another node
+/// re-drives the records from the calls bucket, so each party's history holds the call
+/// exactly once, and the other party hears that the call ended.
+#[tokio::test]
+async fn a_call_ended_by_a_node_that_dies_is_still_recorded_once() {
+    let nats = NatsCluster::start(3).await;
+    let opts = |id: &str, server: usize, env: &[(&str, &str)]| NodeOptions {
+        nats_url: Some(nats.servers[server].url()),
+        node_id: Some(id.into()),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        args: args(&["--call-ring-timeout", "30"]),
+    };
+    let crash = [("SWITCHBOARD_TEST_CRASH_BEFORE_HISTORY_APPEND", "1")];
+    let (alpha, mut beta) =
+        tokio::join!(TestNode::start(opts("alpha", 0, &[])), TestNode::start(opts("beta", 1, &crash)));
+    let mut alice = Peer::new(&alpha, "alice", &["lobby"]).await;
+    let mut bob = Peer::new(&beta, "bob", &["lobby"]).await;
+
+    alice.send(2, invite(&["bob"])).await;
+    let call = alice.reply(2).await.expect("invite acked").call;
+    bob.call_event(&call, CallState::Ringing).await;
+    bob.send(3, client_frame::Kind::CallAnswer(CallAnswer { call: call.clone(), accept: true })).await;
+    bob.reply(3).await.expect("answer acked");
+    alice.call_event(&call, CallState::Accepted).await;
+    // Bob hangs up on beta: beta ends the call in the bucket and dies before recording it.
+    bob.send(4, client_frame::Kind::CallEnd(CallEnd { call: call.clone() })).await;
+    let exit = beta.wait_exit(WAIT).await;
+    assert_eq!(exit, None, "beta died of a signal at the crash point");
+
+    // Alpha re-drives (after a grace period, and after the queue's redelivery time if beta
+    // had taken the change): each party's history gets the call, once.
+    let records = |user: &'static str| {
+        let (alpha, call) = (&alpha, &call);
+        async move {
+            let path = format!("/api/calls?user={user}");
+            let (status, body) = alpha.admin(Some(&token(user, &["lobby"])), &path, None).await;
+            assert_eq!(status, 200, "{body}");
+            let mine: Vec<serde_json::Value> =
+                body["calls"].as_array().expect("calls").iter().filter(|c| c["id"] == **call).cloned().collect();
+            mine
+        }
+    };
+    for user in ["alice", "bob"] {
+        wait_for(Duration::from_secs(30), &format!("{user}'s call record"), || async {
+            Some(records(user).await).filter(|r| !r.is_empty())
+        })
+        .await;
+    }
+    // The ENDED event goes out after the records are written; then the call is settled.
+    let ended = alice.call_event(&call, CallState::Ended).await;
+    assert_eq!(ended.call.map(|c| c.outcome), Some(CallOutcome::Completed as i32));
+    for user in ["alice", "bob"] {
+        let mine = records(user).await;
+        assert_eq!(mine.len(), 1, "{user}'s history holds the call exactly once: {mine:?}");
+        assert_eq!(mine[0]["outcome"].as_str(), Some("completed"), "{mine:?}");
+    }
+    assert_eq!(alpha.metric("switchboard_call_history_redriven_total").await, 1.0, "one call re-driven");
 }
 
 /// Concurrent joins on three nodes against a cap of 3: never more than 3 in, and exactly 3

@@ -3,7 +3,8 @@
 
 use super::consumers::{create_consumer, DeleteOnDrop};
 use super::{
-    Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits, Subscription,
+    Bucket, Bus, BusError, BusMessage, KvEntry, KvWork, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits,
+    Subscription,
 };
 use async_nats::jetstream::{self, consumer::push, consumer::DeliverPolicy, kv};
 use bytes::Bytes;
@@ -407,6 +408,11 @@ impl Bus for NatsBus {
             })
         }
         .boxed()
+    }
+
+    fn kv_work(&self, bucket: Bucket, group: &str) -> BoxFuture<'_, Result<Option<KvWork>, BusError>> {
+        let group = group.to_owned();
+        async move { super::work::follow(self.bucket(bucket), &group).await.map(Some) }.boxed()
     }
 
     fn log_append(

@@ -18,6 +18,7 @@
 //! ```
 
 pub(crate) mod bounds;
+pub(crate) mod history;
 pub mod inbox;
 pub mod json;
 mod ring;
@@ -356,13 +357,19 @@ async fn transition(
         if events.is_empty() {
             return Ok((call, events));
         }
-        match node.bus.kv_update(Bucket::Calls, call_id, Bytes::from(call.encode_to_vec()), entry.revision).await {
-            Ok(_) => {
+        // An ending stores which parties get a history record, pending until written
+        // (`history`): the record survives this node dying before it appends it.
+        let ended = events.contains(&CallState::Ended);
+        let (value, history_for) =
+            if ended { history::ended_value(node, &call) } else { (Bytes::from(call.encode_to_vec()), Vec::new()) };
+        match node.bus.kv_update(Bucket::Calls, call_id, value, entry.revision).await {
+            Ok(revision) => {
                 // Recorded before anyone hears it ended: a client that reads its history on
                 // the ENDED event finds the call there.
-                if call.state() == CallState::Ended {
-                    record_history(node, &call).await;
-                }
+                let recorded = ended && {
+                    history::crash_point();
+                    history::record(node, &call, &history_for).await
+                };
                 let by = if actor.user.is_empty() { Sender::default() } else { sender(node, actor) };
                 for state in &events {
                     let kind = json::state_name(*state);
@@ -371,6 +378,10 @@ async fn transition(
                     for party in &call.parties {
                         publish_event(node, &party.user, &call, *state, &by).await;
                     }
+                }
+                // Records not written are left pending: another node re-drives them.
+                if recorded {
+                    history::settle(node, &call, revision).await;
                 }
                 return Ok((call, events));
             }
@@ -395,24 +406,6 @@ async fn publish_event(node: &Node, user: &str, call: &Call, state: CallState, b
     if let Err(e) = node.bus.publish(node.subjects.user_inbox(user), envelope(node, event)).await {
         node.metrics.bus_publish_errors.inc();
         tracing::warn!(call = %call.id, %user, error = %e, "publishing a call event failed");
-    }
-}
-
-/// Append the ended call to its parties' call history (not every callee's: see [`bounds`]).
-async fn record_history(node: &Node, call: &Call) {
-    let record = Bytes::from(call.encode_to_vec());
-    for party in call.parties.iter().filter(|p| bounds::records_for(node, call, p)) {
-        let appended = match node
-            .bus
-            .log_append(Log::CallHistory, &party.user, record.clone(), Some(format!("{}:{}", call.id, party.user)))
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = appended {
-            tracing::warn!(call = %call.id, user = %party.user, error = %e, "recording call history failed");
-        }
     }
 }
 

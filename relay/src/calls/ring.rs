@@ -7,7 +7,7 @@
 //! an invitation's answer never waits on the slowest node.
 
 use super::{end, envelope, nobody_left, party_mut, transition, Actor, Events};
-use crate::bus::{Bucket, BusError};
+use crate::bus::BusError;
 use crate::node::Node;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use switchboard_protocol::pb::{Call, CallEvent, CallOutcome, CallState, PartySta
 const RING_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Ring every callee of the just-created `call`; callees nobody answers for are marked
-/// `OFFLINE`, and if that leaves nobody, the call ends as `OFFLINE` and its live state is
-/// dropped.
+/// `OFFLINE`, and if that leaves nobody, the call ends as `OFFLINE` (and its live state is
+/// dropped once the caller's record is written).
 pub(super) async fn ring_all(node: Arc<Node>, call: Call, callees: Vec<String>, by: Sender) {
     let id = call.id.clone();
     let ring = CallEvent { call: Some(call), state: CallState::Ringing as i32, by: Some(by), ..Default::default() };
@@ -62,16 +62,9 @@ pub(super) async fn ring_all(node: Arc<Node>, call: Call, callees: Vec<String>, 
         Ok(events)
     })
     .await;
-    match marked {
-        Ok((call, _)) if call.state() == CallState::Ended && call.outcome() == CallOutcome::Offline => {
-            // Nobody was reached: nothing can happen to this call any more, so its live
-            // state is not kept (what an invitation to unknown ids stores is the caller's
-            // record).
-            if let Err(e) = node.bus.kv_purge(Bucket::Calls, &id).await {
-                tracing::debug!(call = %id, error = %e, "forgetting an offline call failed (it expires)");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(call = %id, error = %e, "marking offline callees failed"),
+    // A call that reached nobody is forgotten once its caller's record is written
+    // (`history::settle`).
+    if let Err(e) = marked {
+        tracing::warn!(call = %id, error = %e, "marking offline callees failed");
     }
 }
