@@ -49,6 +49,8 @@ pub struct NodeContext {
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
     /// Invitation rate per caller and history record limits.
     pub(crate) call_bounds: crate::calls::bounds::CallBounds,
+    /// Seats this node's sessions hold in capped rooms.
+    pub(crate) seats: crate::rooms_cap::Seats,
 }
 
 impl NodeContext {
@@ -72,6 +74,7 @@ impl NodeContext {
             admission: Default::default(),
             bans: Default::default(),
             pending_removals: Mutex::default(),
+            seats: Default::default(),
             ring_timers: Mutex::default(),
             call_bounds,
         }

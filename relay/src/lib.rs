@@ -42,6 +42,7 @@ pub mod origin;
 pub mod outbound;
 pub mod rate;
 mod rooms;
+mod rooms_cap;
 pub mod session;
 pub mod transport;
 

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub call_transitions: Family<KindLabel, Counter>,
     /// Compare-and-set retries on call state.
     pub call_conflicts: Counter,
+    /// Ended calls whose history records another node than the one that ended them wrote.
+    pub call_history_redriven: Counter,
     /// Call invitations refused before ringing anyone, by reason (`rate_limited`, `callers_full`).
     pub call_invites_refused: Family<ReasonLabel, Counter>,
     /// Call history records not written, by reason (`offline`: the callee had no device;
@@ -167,6 +169,7 @@ impl Metrics {
             history_conflicts: Counter::default(),
             call_transitions: Family::default(),
             call_conflicts: Counter::default(),
+            call_history_redriven: Counter::default(),
             call_invites_refused: Family::default(),
             call_history_skipped: Family::default(),
             call_history_records: Gauge::default(),
@@ -234,6 +237,11 @@ impl Metrics {
         );
         registry.register("call_transitions", "Call transitions applied by this node", m.call_transitions.clone());
         registry.register("call_conflicts", "Call state compare-and-set retries", m.call_conflicts.clone());
+        registry.register(
+            "call_history_redriven",
+            "Ended calls whose history records were written by another node than the one that ended them",
+            m.call_history_redriven.clone(),
+        );
         registry.register(
             "call_invites_refused",
             "Call invitations refused before ringing, by reason",

@@ -62,6 +62,7 @@ impl Node {
         node.runtime.spawn(crate::calls::service::serve(Arc::downgrade(&node), calls));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
         node.runtime.spawn(crate::calls::bounds::refresh_usage(Arc::downgrade(&node)));
+        node.runtime.spawn(crate::calls::history::redrive(Arc::downgrade(&node)));
         match crate::bans::load_bans(&node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(bans = n, "bans in force loaded"),

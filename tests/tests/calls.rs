@@ -532,6 +532,13 @@ async fn nats_call_history_is_bounded_and_create_is_rate_limited() {
     .await;
     assert_eq!(info.state.subjects_count, 1, "only the caller has a history subject");
     assert_eq!((info.config.max_bytes, info.config.max_messages), (1_000_000, 500));
-    let mut calls = js.get_stream("KV_sb_calls").await.expect("calls bucket");
-    assert_eq!(calls.info().await.expect("info").state.messages, 0, "calls that reached nobody are not kept");
+    // Ringing (and forgetting a call that reached nobody) runs after the answer.
+    wait_for(WAIT, "calls that reached nobody are not kept", || {
+        let js = js.clone();
+        async move {
+            let mut calls = js.get_stream("KV_sb_calls").await.ok()?;
+            (calls.info().await.ok()?.state.messages == 0).then_some(())
+        }
+    })
+    .await;
 }

@@ -5,8 +5,10 @@
 //! and call history); [`LocalBus`] is the in-process implementation with the same
 //! semantics, used by the embedded single-node default and by unit tests.
 
+mod consumers;
 mod local;
 mod nats;
+mod work;
 
 pub use local::LocalBus;
 pub use nats::{NatsBus, NatsOptions};
@@ -36,6 +38,8 @@ pub enum Bucket {
     Users,
     /// Operator bans, key = user id, value = end of the ban (Unix ms, decimal).
     Bans,
+    /// Seats of capped rooms, key = room id, value = JSON map session → node.
+    Seats,
 }
 
 impl Bucket {
@@ -45,6 +49,7 @@ impl Bucket {
             Bucket::Calls => "calls",
             Bucket::Users => "users",
             Bucket::Bans => "bans",
+            Bucket::Seats => "seats",
         }
     }
 }
@@ -57,6 +62,45 @@ pub struct KvEntry {
     /// Its revision; pass it to [`Bus::kv_update`].
     pub revision: u64,
 }
+
+/// One change of a key-value entry, taken from a work queue shared by every node
+/// ([`Bus::kv_work`]). Finish it with [`KvChange::done`], or hand it back with
+/// [`KvChange::again_in`]; dropped without either, it goes to another node after a while.
+pub struct KvChange {
+    /// The key.
+    pub key: String,
+    /// The value written; `None` when the key was deleted or purged.
+    pub value: Option<Bytes>,
+    /// The revision this change made.
+    pub revision: u64,
+    reply: ChangeReply,
+}
+
+/// Answers the work queue for one change: done (`None`), or again after a delay.
+type ChangeReply =
+    Box<dyn FnOnce(Option<std::time::Duration>) -> BoxFuture<'static, Result<(), BusError>> + Send + Sync>;
+
+impl KvChange {
+    /// The change is handled: no node gets it again.
+    pub async fn done(self) -> Result<(), BusError> {
+        (self.reply)(None).await
+    }
+
+    /// Deliver the change again (to any node) after `delay`.
+    pub async fn again_in(self, delay: std::time::Duration) -> Result<(), BusError> {
+        (self.reply)(Some(delay)).await
+    }
+}
+
+impl std::fmt::Debug for KvChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvChange").field("key", &self.key).field("revision", &self.revision).finish_non_exhaustive()
+    }
+}
+
+/// A bucket's changes as a shared work queue; ends (or yields an error) when the bus
+/// failed: follow it again.
+pub type KvWork = BoxStream<'static, Result<KvChange, BusError>>;
 
 /// Append-only logs, keyed (JetStream stream `<prefix>_<name>` with one subject per key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +238,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Replace `key` if its revision is still `revision`; else [`BusError::Conflict`].
     fn kv_update(&self, bucket: Bucket, key: &str, value: Bytes, revision: u64)
         -> BoxFuture<'_, Result<u64, BusError>>;
+    /// The changes of `bucket`'s entries as a work queue named `group`, shared by every
+    /// node that follows it: each change goes to one of them, and again (to any) until it is
+    /// [`KvChange::done`], so a change a node took when it died is handled by another.
+    /// Changes written before the queue first existed are not in it. `None` where no other
+    /// node can take over work (the in-process bus dies with its node).
+    fn kv_work(&self, _bucket: Bucket, _group: &str) -> BoxFuture<'_, Result<Option<KvWork>, BusError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Append to `key`'s log. Resolves once the entry is handed to the bus (appends made
     /// one after the other keep their order); the returned [`LogAck`] resolves with the
     /// entry's sequence once it is stored, so a caller can have many appends in flight.

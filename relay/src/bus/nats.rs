@@ -1,8 +1,10 @@
 //! The NATS bus: core pub/sub and request/reply for traffic, JetStream key-value buckets
 //! for presence, calls and accounts, JetStream streams for room and call history.
 
+use super::consumers::{create_consumer, DeleteOnDrop};
 use super::{
-    Bucket, Bus, BusError, BusMessage, KvEntry, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits, Subscription,
+    Bucket, Bus, BusError, BusMessage, KvEntry, KvWork, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits,
+    Subscription,
 };
 use async_nats::jetstream::{self, consumer::push, consumer::DeliverPolicy, kv};
 use bytes::Bytes;
@@ -43,6 +45,7 @@ pub struct NatsBus {
     calls: kv::Store,
     users: kv::Store,
     bans: kv::Store,
+    seats: kv::Store,
     room_history: jetstream::stream::Stream,
     call_history: jetstream::stream::Stream,
     prefix: String,
@@ -176,6 +179,15 @@ impl NatsBus {
             ..Default::default()
         };
         let bans = open_bucket(&js, bans_config.clone()).await?;
+        let seats_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Seats.name()),
+            description: "Switchboard seats of capped rooms (key = room id)".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let seats = open_bucket(&js, seats_config.clone()).await?;
         let l = &opts.limits;
         let storage = if l.history_in_memory {
             jetstream::stream::StorageType::Memory
@@ -202,11 +214,12 @@ impl NatsBus {
             client,
             js,
             presence,
-            bucket_configs: vec![config, calls_config, users_config, bans_config],
+            bucket_configs: vec![config, calls_config, users_config, bans_config, seats_config],
             stream_configs: vec![room_history_config, call_history_config],
             calls,
             users,
             bans,
+            seats,
             room_history,
             call_history,
             prefix: opts.prefix.clone(),
@@ -219,6 +232,7 @@ impl NatsBus {
             Bucket::Calls => &self.calls,
             Bucket::Users => &self.users,
             Bucket::Bans => &self.bans,
+            Bucket::Seats => &self.seats,
         }
     }
 
@@ -259,54 +273,6 @@ impl NatsBus {
     }
 }
 
-/// The messages an ordered consumer has pending at its creation (at most `limit`): a
-/// consistent snapshot of what it covers. Each message must arrive within 5 s.
-/// Deletes a consumer on the server when dropped. Ephemeral ordered consumers otherwise
-/// linger for their 30 s inactivity threshold after the reader is gone, each still pushing
-/// heartbeats at this node; a join (presence snapshot, history follower) creates them, so
-/// under churn they pile up by the thousand.
-struct DeleteOnDrop {
-    stream: jetstream::stream::Stream,
-    name: String,
-}
-
-impl DeleteOnDrop {
-    fn new(stream: &jetstream::stream::Stream, consumer: &jetstream::consumer::Consumer<push::OrderedConfig>) -> Self {
-        Self { stream: stream.clone(), name: consumer.cached_info().name.clone() }
-    }
-}
-
-impl Drop for DeleteOnDrop {
-    fn drop(&mut self) {
-        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = stream.delete_consumer(&name).await {
-                    tracing::debug!(consumer = %name, error = %e, "deleting a finished consumer failed (it expires on its own)");
-                }
-            });
-        }
-    }
-}
-
-/// Create an ordered consumer together with the guard that deletes it. In a task of its
-/// own: if the caller gives up mid-way (a join cancelled by a disconnect, a follower
-/// aborted because its room closed), creation still completes and the guard, dropped with
-/// the unclaimed result, deletes the consumer instead of leaving it to expire.
-async fn create_consumer(
-    stream: &jetstream::stream::Stream,
-    config: push::OrderedConfig,
-) -> Result<(jetstream::consumer::Consumer<push::OrderedConfig>, DeleteOnDrop), BusError> {
-    let stream = stream.clone();
-    tokio::spawn(async move {
-        let consumer = stream.create_consumer(config).await.map_err(other)?;
-        let guard = DeleteOnDrop::new(&stream, &consumer);
-        Ok((consumer, guard))
-    })
-    .await
-    .map_err(other)?
-}
-
 /// Where the presence bucket lives. One server: in memory (fast; if the server restarts,
 /// every node's connection drops with it and each restores its own records). Replicated:
 /// on disk, because a replica that restarts with an empty memory store has also forgotten
@@ -320,6 +286,8 @@ fn presence_storage(replicas: usize) -> jetstream::stream::StorageType {
     }
 }
 
+/// The messages an ordered consumer has pending at its creation (at most `limit`): a
+/// consistent snapshot of what it covers. Each message must arrive within 5 s.
 async fn snapshot(
     consumer: jetstream::consumer::Consumer<push::OrderedConfig>,
     limit: usize,
@@ -453,6 +421,11 @@ impl Bus for NatsBus {
             })
         }
         .boxed()
+    }
+
+    fn kv_work(&self, bucket: Bucket, group: &str) -> BoxFuture<'_, Result<Option<KvWork>, BusError>> {
+        let group = group.to_owned();
+        async move { super::work::follow(self.bucket(bucket), &group).await.map(Some) }.boxed()
     }
 
     fn log_append(

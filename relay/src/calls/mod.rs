@@ -18,9 +18,11 @@
 //! ```
 
 pub(crate) mod bounds;
+pub(crate) mod history;
 pub mod inbox;
 pub mod json;
 pub mod resume;
+mod ring;
 pub mod service;
 
 use crate::bus::{Bucket, BusError, Log};
@@ -41,8 +43,6 @@ pub const MAX_CALLEES: usize = 16;
 pub const CALL_ROOM_PREFIX: &str = "call-";
 /// Compare-and-set attempts of one transition before giving up.
 const CAS_ATTEMPTS: usize = 32;
-/// How long ringing a callee's inbox waits for a node to confirm a device.
-const RING_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Who performs a call operation: a session, or a backend over NATS (no session).
 #[derive(Debug, Clone)]
@@ -132,8 +132,9 @@ fn nobody_left(call: &Call) -> bool {
 }
 
 /// Start a call from `actor` to `callees`: rings every connected device of every callee.
-/// Returns the call as it stands after ringing (callees with no device are `OFFLINE`; if
-/// none had one, the call has already ended with outcome `OFFLINE`). Counts against the
+/// Returns the call as stored at once (every callee `RINGING`), before any device is
+/// rung: callees found to have no device are marked `OFFLINE` afterwards, and if none had
+/// one the call ends with outcome `OFFLINE` (an `ENDED` event to the caller). Counts against the
 /// caller's invitation rate (`RATE_LIMITED` over it). `media` `UNSPECIFIED` (unset, or a
 /// value this node does not know) means audio: the call records `AUDIO`.
 pub async fn invite(
@@ -188,64 +189,11 @@ pub async fn invite(
     node.metrics.call_transitions.get_or_create(&crate::metrics::KindLabel { kind: "invite" }).inc();
     tracing::info!(call = %id, caller = %actor.user, callees = ?unique, "call invited");
     let by = sender(node, actor);
-    // The caller's devices learn of the call; each callee's inbox is rung as a request, so
-    // a callee with no device anywhere answers "no responders" at once.
+    // The caller's devices learn of the call; the callees are rung in the background
+    // (`ring::ring_all`), so the caller's answer never waits on a slow or silent node.
     publish_event(node, &actor.user, &call, CallState::Ringing, &by).await;
-    let ring = CallEvent {
-        call: Some(call.clone()),
-        state: CallState::Ringing as i32,
-        by: Some(by.clone()),
-        ..Default::default()
-    };
-    let payload = envelope(node, ring);
-    let rings = unique.iter().map(|callee| {
-        let subject = node.subjects.user_inbox(callee);
-        let payload = payload.clone();
-        async move { (callee.clone(), node.bus.request(subject, payload, RING_REQUEST_TIMEOUT).await) }
-    });
-    let offline: Vec<String> = futures_util::future::join_all(rings)
-        .await
-        .into_iter()
-        .filter_map(|(callee, r)| match r {
-            Ok(_) => None,
-            Err(BusError::NoResponders) => Some(callee),
-            // Unknown: keep ringing; the ring timeout settles it.
-            Err(e) => {
-                tracing::warn!(call = %id, %callee, error = %e, "ringing a callee failed");
-                None
-            }
-        })
-        .collect();
-    if offline.is_empty() {
-        schedule_timeout(node, &call);
-        return Ok(call);
-    }
-    let system = Actor { user: String::new(), session: String::new(), name: String::new() };
-    let (call, _) = transition(node, &id, &system, |call| {
-        let mut events = Events::new();
-        for user in &offline {
-            if let Some(p) = party_mut(call, user) {
-                if p.status() == PartyStatus::Ringing {
-                    p.set_status(PartyStatus::Offline);
-                }
-            }
-        }
-        if call.state() == CallState::Ringing && nobody_left(call) {
-            end(call, CallOutcome::Offline);
-            events.push(CallState::Ended);
-        }
-        Ok(events)
-    })
-    .await?;
-    if call.state() == CallState::Ended {
-        // Nobody was reached: nothing can happen to this call any more, so its live state
-        // is not kept (what an invitation to unknown ids stores is the caller's record).
-        if let Err(e) = node.bus.kv_purge(Bucket::Calls, &id).await {
-            tracing::debug!(call = %id, error = %e, "forgetting an offline call failed (it expires)");
-        }
-    } else {
-        schedule_timeout(node, &call);
-    }
+    schedule_timeout(node, &call);
+    node.runtime.spawn(ring::ring_all(node.clone(), call.clone(), unique, by));
     Ok(call)
 }
 
@@ -415,13 +363,19 @@ async fn transition(
         if events.is_empty() {
             return Ok((call, events));
         }
-        match node.bus.kv_update(Bucket::Calls, call_id, Bytes::from(call.encode_to_vec()), entry.revision).await {
-            Ok(_) => {
+        // An ending stores which parties get a history record, pending until written
+        // (`history`): the record survives this node dying before it appends it.
+        let ended = events.contains(&CallState::Ended);
+        let (value, history_for) =
+            if ended { history::ended_value(node, &call) } else { (Bytes::from(call.encode_to_vec()), Vec::new()) };
+        match node.bus.kv_update(Bucket::Calls, call_id, value, entry.revision).await {
+            Ok(revision) => {
                 // Recorded before anyone hears it ended: a client that reads its history on
                 // the ENDED event finds the call there.
-                if call.state() == CallState::Ended {
-                    record_history(node, &call).await;
-                }
+                let recorded = ended && {
+                    history::crash_point();
+                    history::record(node, &call, &history_for).await
+                };
                 let by = if actor.user.is_empty() { Sender::default() } else { sender(node, actor) };
                 for state in &events {
                     let kind = json::state_name(*state);
@@ -430,6 +384,10 @@ async fn transition(
                     for party in &call.parties {
                         publish_event(node, &party.user, &call, *state, &by).await;
                     }
+                }
+                // Records not written are left pending: another node re-drives them.
+                if recorded {
+                    history::settle(node, &call, revision).await;
                 }
                 return Ok((call, events));
             }
@@ -454,24 +412,6 @@ async fn publish_event(node: &NodeContext, user: &str, call: &Call, state: CallS
     if let Err(e) = node.bus.publish(node.subjects.user_inbox(user), envelope(node, event)).await {
         node.metrics.bus_publish_errors.inc();
         tracing::warn!(call = %call.id, %user, error = %e, "publishing a call event failed");
-    }
-}
-
-/// Append the ended call to its parties' call history (not every callee's: see [`bounds`]).
-async fn record_history(node: &NodeContext, call: &Call) {
-    let record = Bytes::from(call.encode_to_vec());
-    for party in call.parties.iter().filter(|p| bounds::records_for(node, call, p)) {
-        let appended = match node
-            .bus
-            .log_append(Log::CallHistory, &party.user, record.clone(), Some(format!("{}:{}", call.id, party.user)))
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = appended {
-            tracing::warn!(call = %call.id, user = %party.user, error = %e, "recording call history failed");
-        }
     }
 }
 

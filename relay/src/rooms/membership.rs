@@ -40,6 +40,17 @@ pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinReques
                 return Err(JoinError::Full { room: room_id.to_owned(), limit: max_participants });
             }
         }
+        // The view lags other nodes' joins: the cap is held by a seat (see `rooms_cap`).
+        let seat = match max_participants {
+            0 => None,
+            cap => match crate::rooms_cap::take(node, room_id, &participant.session, cap).await {
+                Ok(seat) => Some(seat),
+                Err(e) => {
+                    teardown_if_empty(node, &room);
+                    return Err(e);
+                }
+            },
+        };
         let mut catch_up = match resume_from {
             Some(after) => match fetch_catch_up(node, &room, after).await {
                 Ok(c) => Some(c),
@@ -128,6 +139,9 @@ pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinReques
             tally.flush(node, "replay", Class::Data);
             st.local.insert(session, member);
             node.metrics.room_joins.inc();
+            if let Some(seat) = seat {
+                seat.keep();
+            }
         }
         let update = PresenceUpdate {
             room: room_id.to_owned(),
@@ -187,6 +201,7 @@ pub(crate) async fn leave(node: &Arc<NodeContext>, room_id: &str, session: &str,
     if empty {
         node.rooms.remove_if_same(&room);
     }
+    crate::rooms_cap::release(node, room_id, session).await;
     if let Err(e) = node.bus.presence_remove(room_id, session).await {
         // Retried when the bus is back, so the store keeps no ghost.
         tracing::warn!(room = room_id, session, error = %e, "removing presence failed; will retry");

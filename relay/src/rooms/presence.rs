@@ -64,6 +64,7 @@ pub(crate) async fn republish_presence(node: &Arc<NodeContext>) {
             node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room, session));
         }
     }
+    crate::rooms_cap::restore(node).await;
     let mut records = Vec::new();
     for room in node.rooms.all() {
         let st = room.lock();

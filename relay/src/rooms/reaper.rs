@@ -32,6 +32,7 @@ pub(crate) async fn reap_dead_nodes(node: &Arc<NodeContext>) {
             stale.push((room.id.clone(), p.session));
         }
     }
+    crate::rooms_cap::release_dead(node, &stale).await;
     for (room, session) in stale {
         let _ = node.bus.presence_remove(&room, &session).await;
     }
