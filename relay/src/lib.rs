@@ -17,6 +17,7 @@ mod bans;
 pub mod bus;
 pub mod calls;
 pub mod config;
+mod heal;
 pub mod ids;
 pub mod limiter;
 pub mod metrics;

@@ -49,6 +49,10 @@ pub struct Node {
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
     /// Invitation rate per caller and history record limits.
     pub(crate) call_bounds: crate::calls::bounds::CallBounds,
+    /// Nodes reported lost, to repair presence and calls when they are heard again.
+    pub(crate) heal: crate::heal::Heal,
+    /// Calls local devices know of, re-read after a heal.
+    pub(crate) watched_calls: crate::calls::resync::WatchedCalls,
 }
 
 /// Errors starting a node.
@@ -90,6 +94,8 @@ impl Node {
             pending_removals: Mutex::default(),
             ring_timers: Mutex::default(),
             call_bounds,
+            heal: Default::default(),
+            watched_calls: Default::default(),
         });
         let heartbeats = node.bus.subscribe(node.subjects.all_heartbeats()).await?;
         node.runtime.spawn(heartbeat_listener(Arc::downgrade(&node), heartbeats));
@@ -225,8 +231,9 @@ impl Node {
     }
 
     /// Note that `node` is alive now. When it is this node's own heartbeat coming back after
-    /// a silence, this node was the one cut off: every other node's clock restarts.
-    pub(crate) fn saw_node(&self, node: &str) {
+    /// a silence, this node was the one cut off: every other node's clock restarts. Returns
+    /// whether `node` had been reported lost (a partition healed: [`crate::heal`]).
+    pub(crate) fn saw_node(&self, node: &str) -> bool {
         let now = Instant::now();
         let mut seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
         if node == self.config.node_id && seen.get(node).is_some_and(|t| self.self_silent(*t, now)) {
@@ -234,6 +241,17 @@ impl Node {
             seen.values_mut().for_each(|t| *t = now);
         }
         seen.insert(node.to_owned(), now);
+        drop(seen);
+        self.heal.returned(node)
+    }
+
+    /// Other nodes silent for longer than the node timeout.
+    pub(crate) fn silent_nodes(&self, now: Instant) -> Vec<String> {
+        let seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter()
+            .filter(|(id, t)| **id != self.config.node_id && now.duration_since(**t) > self.config.node_timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn self_silent(&self, last: Instant, now: Instant) -> bool {
@@ -274,7 +292,11 @@ async fn heartbeat_listener(node: std::sync::Weak<Node>, mut sub: crate::bus::Su
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         match BusEnvelope::decode(msg.payload) {
-            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => node.saw_node(&hb.node),
+            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => {
+                if node.saw_node(&hb.node) {
+                    crate::heal::schedule(&node);
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "bad heartbeat envelope"),
         }
@@ -328,6 +350,7 @@ async fn restore_after_reconnect(weak: std::sync::Weak<Node>, mut epochs: watch:
         }
         crate::rooms::republish_presence(&node).await;
         crate::rooms::refollow_history(&node).await;
+        crate::calls::resync::refresh(&node).await;
         node.metrics.presence_restores.inc();
         // Give the other nodes a couple of heartbeats to restore their records too, then
         // reconcile the views with the store (leaves and joins lost during the outage).

@@ -20,6 +20,7 @@
 pub(crate) mod bounds;
 pub mod inbox;
 pub mod json;
+pub(crate) mod resync;
 pub mod service;
 
 use crate::bus::{Bucket, BusError, Log};
@@ -42,6 +43,8 @@ pub const CALL_ROOM_PREFIX: &str = "call-";
 const CAS_ATTEMPTS: usize = 32;
 /// How long ringing a callee's inbox waits for a node to confirm a device.
 const RING_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of a node's ring timeout (backoff 1 s doubling to 10 s: about 10 minutes).
+const RING_TIMEOUT_ATTEMPTS: u32 = 64;
 
 /// Who performs a call operation: a session, or a backend over NATS (no session).
 #[derive(Debug, Clone)]
@@ -479,12 +482,26 @@ pub(crate) fn schedule_timeout(node: &Arc<Node>, call: &Call) {
     let weak = Arc::downgrade(node);
     node.runtime.spawn(async move {
         tokio::time::sleep(wait).await;
-        let Some(node) = weak.upgrade() else { return };
-        // Several nodes may fire at once: compare-and-set lets one of them end the call.
-        if let Err(e) = ring_timeout(&node, &id).await {
-            tracing::warn!(call = %id, error = %e, "ring timeout failed");
+        // Several nodes may fire at once: compare-and-set lets one of them end the call. A
+        // failure (the record unreachable: NATS split, no JetStream quorum on this side) is
+        // retried, or the call would ring for ever wherever no other node ended it.
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 1..=RING_TIMEOUT_ATTEMPTS {
+            let Some(node) = weak.upgrade() else { return };
+            match ring_timeout(&node, &id).await {
+                Ok(()) => break,
+                Err(e) if attempt < RING_TIMEOUT_ATTEMPTS => {
+                    tracing::warn!(call = %id, error = %e, retry_in = ?backoff, "ring timeout failed")
+                }
+                Err(e) => tracing::error!(call = %id, error = %e, "ring timeout failed; giving up"),
+            }
+            drop(node);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if let Some(node) = weak.upgrade() {
+            node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
     });
 }
 
