@@ -145,7 +145,9 @@ where
 }
 
 async fn run(fault: Fault) {
+    let began = Instant::now();
     let Some(mut cluster) = start(&format!("pc-{}", &fault.name()[..1])).await else { return };
+    eprintln!("[{:.1?}] cluster up", began.elapsed());
     let tag = cluster.lab().tag().to_owned();
     let loads = [cluster.load_host(0).runtime().unwrap(), cluster.load_host(1).runtime().unwrap()];
     let (iso, maj) = fault.sides();
@@ -208,6 +210,7 @@ async fn run(fault: Fault) {
     })
     .await;
 
+    eprintln!("[{:.1?}] workload running: fault {}", began.elapsed(), fault.name());
     let faulted = Instant::now();
     fault.apply(&mut cluster).expect("the fault");
     if !matches!(fault, Fault::ClientLoss) {
@@ -226,7 +229,9 @@ async fn run(fault: Fault) {
     members.push(late);
     // c1 ended by the callee (majority side) during the fault.
     let ended = Instant::now();
+    let mut end_attempts = 0;
     loop {
+        end_attempts += 1;
         match c1_callee.client.call_end(&c1).await {
             Ok(()) => break,
             Err(e) if ended.elapsed() < WAIT => eprintln!("ending c1 during the fault: {e}"),
@@ -234,6 +239,8 @@ async fn run(fault: Fault) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let c1_end_took = ended.elapsed();
+    eprintln!("[{:.1?}] c1 ended during the fault after {c1_end_took:.1?} ({end_attempts} attempts)", began.elapsed());
     // c2's ring timeout ends it (the majority can write the record).
     wait_for(WAIT, "c2's record ended by its ring timeout", || async {
         use switchboard_protocol::ProstMessage as _;
@@ -249,6 +256,7 @@ async fn run(fault: Fault) {
     }
     let fault_len = faulted.elapsed();
 
+    eprintln!("[{:.1?}] healing", began.elapsed());
     fault.heal(&mut cluster).expect("heal");
     let healed = Instant::now();
     let presence_after = converge("presence (clients and bucket) after the heal", || async {
@@ -304,14 +312,19 @@ async fn run(fault: Fault) {
     let (expected, missing, duplicated, out_of_order, unacked) = check(true);
     let acked: usize = publishers.iter().map(|p| p.2.lock().unwrap().acked.len()).sum();
     let refused: usize = publishers.iter().map(|p| p.2.lock().unwrap().refused).sum();
+    let party_disconnects: usize =
+        [&c1_caller, &c1_callee, &c2_caller, &c2_callee].iter().map(|m| m.seen.lock().unwrap().disconnects).sum();
     let disconnects: usize = members.iter().filter(|m| !m.left).map(|m| m.seen.lock().unwrap().disconnects).sum();
     eprintln!(
         "PARTITION {}: fault held {fault_len:.1?} (noticed in presence after {noticed:.1?}); after the heal: presence \
          converged in {presence_after:.1?}, calls in {calls_after:.1?} (both by {healed_for:.1?}), deliveries complete \
          {delivered_after:.1?} later; {acked} messages acknowledged ({refused} attempts refused and retried), \
          {expected} deliveries due: {missing} lost, {duplicated} duplicated, {out_of_order} out of order, {unacked} \
-         unacknowledged attempts delivered; client disconnects {disconnects}",
-        fault.name()
+         unacknowledged attempts delivered; room members' disconnects {disconnects}; ending c1 from the majority \
+         side took {c1_end_took:.1?} ({end_attempts} attempts); call parties' disconnects {party_disconnects}; \
+         run {:.1?}",
+        fault.name(),
+        began.elapsed()
     );
     assert_eq!((missing, duplicated, out_of_order), (0, 0, 0), "acknowledged messages lost, duplicated or reordered");
     assert!(expected > 0, "nothing was checked");
