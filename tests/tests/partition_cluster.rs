@@ -249,8 +249,9 @@ async fn run(fault: Fault) {
         (call.state() == switchboard_protocol::pb::CallState::Ended).then_some(())
     })
     .await;
-    // Hold the fault past the node timeout twice over.
-    let hold = Duration::from_secs(8);
+    // Hold the fault past the node timeout twice over; the lossy link for 30 s (long
+    // enough for heartbeat timeouts, 3 s of silence, to happen if they would).
+    let hold = Duration::from_secs(if matches!(fault, Fault::ClientLoss) { 30 } else { 8 });
     if faulted.elapsed() < hold {
         tokio::time::sleep(hold - faulted.elapsed()).await;
     }
