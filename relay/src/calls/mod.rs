@@ -329,11 +329,19 @@ pub async fn hang_up(node: &Arc<Node>, actor: &Actor, call_id: &str) -> Result<C
 }
 
 /// The ring timeout: an unanswered call ends as missed; callees of an answered call who
-/// never answered are marked missed. Idempotent: every node that rang runs it.
-pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<(), CallError> {
+/// never answered are marked missed. Idempotent: every node that rang runs it. `Ok(false)`
+/// if the deadline has not passed yet by the wall clock (the timer woke early): run it
+/// again later.
+pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<bool, CallError> {
     let system = Actor { user: String::new(), session: String::new(), name: String::new() };
+    let early = std::sync::atomic::AtomicBool::new(false);
     let r = transition(node, call_id, &system, |call| {
-        if call.state() == CallState::Ended || now_ms() < call.ring_deadline_ms {
+        early.store(false, std::sync::atomic::Ordering::Relaxed);
+        if call.state() == CallState::Ended {
+            return Ok(Events::new());
+        }
+        if now_ms() < call.ring_deadline_ms {
+            early.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(Events::new());
         }
         if call.state() == CallState::Ringing {
@@ -351,7 +359,8 @@ pub async fn ring_timeout(node: &Arc<Node>, call_id: &str) -> Result<(), CallErr
     })
     .await;
     match r {
-        Ok(_) | Err(CallError::NotFound(_)) => Ok(()),
+        Ok(_) => Ok(!early.load(std::sync::atomic::Ordering::Relaxed)),
+        Err(CallError::NotFound(_)) => Ok(true),
         Err(e) => Err(e),
     }
 }
@@ -489,7 +498,10 @@ pub(crate) fn schedule_timeout(node: &Arc<Node>, call: &Call) {
         for attempt in 1..=RING_TIMEOUT_ATTEMPTS {
             let Some(node) = weak.upgrade() else { return };
             match ring_timeout(&node, &id).await {
-                Ok(()) => break,
+                Ok(true) => break,
+                // Woke before the deadline by the wall clock (the record's clock): not
+                // done, and not to be forgotten.
+                Ok(false) => tracing::debug!(call = %id, "ring timeout before the deadline; again shortly"),
                 Err(e) if attempt < RING_TIMEOUT_ATTEMPTS => {
                     tracing::warn!(call = %id, error = %e, retry_in = ?backoff, "ring timeout failed")
                 }
