@@ -10,7 +10,8 @@
 //! remembers the nodes it reported lost; when one of them is heard again it runs the same
 //! repair as after a reconnect: record and announce its participants again (they were
 //! likely reported lost over there too), retry failed presence removals, tell its devices
-//! the calls they missed, and two heartbeats later reconcile its views with the store.
+//! the calls they missed (apart, retried until every record is read), and two heartbeats
+//! later reconcile its views with the store.
 
 use crate::node::Node;
 use std::collections::HashSet;
@@ -54,14 +55,15 @@ async fn repair(weak: std::sync::Weak<Node>) {
     let Some(heartbeat) = weak.upgrade().map(|n| n.config.node_heartbeat) else { return };
     // Let the other returns of the same heal arrive first.
     tokio::time::sleep(heartbeat).await;
-    if let Some(node) = weak.upgrade() {
-        node.heal.scheduled.store(false, Ordering::SeqCst);
-    }
+    let Some(node) = weak.upgrade() else { return };
+    node.heal.scheduled.store(false, Ordering::SeqCst);
+    // Calls apart from presence: a few reads, not to wait behind every presence record.
+    node.runtime.spawn(repair_calls(weak.clone()));
+    drop(node);
     let mut backoff = Duration::from_secs(1);
     for round in 1..=ROUNDS {
         let Some(node) = weak.upgrade() else { return };
         let mut complete = crate::rooms::republish_presence(&node).await;
-        complete &= crate::calls::resync::refresh(&node).await;
         drop(node);
         // The other side repairs too: give it a couple of heartbeats before reconciling.
         tokio::time::sleep(heartbeat * 2).await;
@@ -71,9 +73,24 @@ async fn repair(weak: std::sync::Weak<Node>) {
         if complete {
             return;
         }
-        tracing::warn!(round, retry_in = ?backoff, "repair after a heal incomplete (JetStream not back yet)");
+        tracing::warn!(round, retry_in = ?backoff, "presence repair after a heal incomplete (JetStream not back yet)");
         drop(node);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Re-read the watched calls until every record could be read (bounded).
+async fn repair_calls(weak: std::sync::Weak<Node>) {
+    let mut backoff = Duration::from_millis(500);
+    for round in 1..=ROUNDS * 2 {
+        let Some(node) = weak.upgrade() else { return };
+        if crate::calls::resync::refresh(&node).await {
+            return;
+        }
+        tracing::warn!(round, retry_in = ?backoff, "call repair after a heal incomplete (JetStream not back yet)");
+        drop(node);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -348,9 +348,9 @@ async fn restore_after_reconnect(weak: std::sync::Weak<Node>, mut epochs: watch:
                 }
             }
         }
+        crate::calls::resync::refresh(&node).await;
         crate::rooms::republish_presence(&node).await;
         crate::rooms::refollow_history(&node).await;
-        crate::calls::resync::refresh(&node).await;
         node.metrics.presence_restores.inc();
         // Give the other nodes a couple of heartbeats to restore their records too, then
         // reconcile the views with the store (leaves and joins lost during the outage).

@@ -254,7 +254,7 @@ async fn run(fault: Fault) {
     // after the heal instead (checked below either way).
     let c2_ended = Instant::now();
     let mut c2_ended_in_fault = false;
-    while c2_ended.elapsed() < Duration::from_secs(30) {
+    while c2_ended.elapsed() < Duration::from_secs(10) {
         if c2_record_ended(&calls_kv, &c2).await {
             c2_ended_in_fault = true;
             break;
