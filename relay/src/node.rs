@@ -321,6 +321,7 @@ async fn heartbeat_and_reap(node: std::sync::Weak<Node>) {
         let subject = node.subjects.node_heartbeat(&node.config.node_id);
         let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
         crate::rooms::reap_dead_nodes(&node).await;
+        crate::calls::resync::sweep(&node).await;
         crate::rooms::flush_room_stats(&node);
     }
 }

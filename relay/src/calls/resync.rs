@@ -16,10 +16,13 @@ use std::sync::Mutex;
 use switchboard_protocol::encode;
 use switchboard_protocol::pb::{server_frame, CallEvent, CallState, ServerFrame};
 
-/// Calls not ended that this node's devices were told about: id -> last state told.
-/// Bounded by the calls of the node's sessions (a call leaves it when it ends).
+/// Calls not ended that this node's devices were told about: id -> (last state told, ring
+/// deadline). Bounded by the calls of the node's sessions (a call leaves it when it ends).
 #[derive(Default)]
-pub(crate) struct WatchedCalls(Mutex<HashMap<String, CallState>>);
+pub(crate) struct WatchedCalls(Mutex<HashMap<String, (CallState, u64)>>);
+
+/// How long past its ring deadline a call may still be told ringing before it is re-read.
+const OVERDUE_MS: u64 = 3_000;
 
 impl WatchedCalls {
     /// Note that local devices were told `call` is in `state`.
@@ -28,12 +31,21 @@ impl WatchedCalls {
         if state == CallState::Ended || call.state() == CallState::Ended {
             map.remove(&call.id);
         } else {
-            map.insert(call.id.clone(), call.state());
+            map.insert(call.id.clone(), (call.state(), call.ring_deadline_ms));
         }
     }
 
-    fn snapshot(&self) -> Vec<(String, CallState)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    fn snapshot(&self, overdue_only: bool) -> Vec<(String, CallState)> {
+        let now = switchboard_protocol::now_ms();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (state, deadline))| {
+                !overdue_only || (*state == CallState::Ringing && now > deadline.saturating_add(OVERDUE_MS))
+            })
+            .map(|(k, (state, _))| (k.clone(), *state))
+            .collect()
     }
 
     fn forget(&self, id: &str) {
@@ -44,8 +56,19 @@ impl WatchedCalls {
 /// Read every watched call's record again and tell the local devices of its parties the
 /// state they missed. `false` if a record could not be read (the bus is not back yet).
 pub(crate) async fn refresh(node: &Node) -> bool {
+    refresh_some(node, false).await
+}
+
+/// Re-read the calls still told ringing well past their ring deadline (run every
+/// heartbeat): their end was decided elsewhere and its event lost, e.g. the record was
+/// ended on the other side of a split after this node's repair had read it.
+pub(crate) async fn sweep(node: &Node) {
+    refresh_some(node, true).await;
+}
+
+async fn refresh_some(node: &Node, overdue_only: bool) -> bool {
     let mut complete = true;
-    for (id, told) in node.watched_calls.snapshot() {
+    for (id, told) in node.watched_calls.snapshot(overdue_only) {
         let call = match node.bus.kv_get(Bucket::Calls, &id).await {
             Ok(Some(entry)) => match Call::decode(entry.value) {
                 Ok(call) => call,
