@@ -49,6 +49,10 @@ pub struct NodeContext {
     pub(crate) ring_timers: Mutex<std::collections::HashSet<String>>,
     /// Invitation rate per caller and history record limits.
     pub(crate) call_bounds: crate::calls::bounds::CallBounds,
+    /// Nodes reported lost, to repair presence and calls when they are heard again.
+    pub(crate) heal: crate::heal::Heal,
+    /// Calls local devices know of, re-read after a heal.
+    pub(crate) watched_calls: crate::calls::resync::WatchedCalls,
 }
 
 impl NodeContext {
@@ -74,6 +78,8 @@ impl NodeContext {
             pending_removals: Mutex::default(),
             ring_timers: Mutex::default(),
             call_bounds,
+            heal: Default::default(),
+            watched_calls: Default::default(),
         }
     }
 
