@@ -4,7 +4,7 @@
 //! calls the client still thinks are live; the new session gets each one's current state.
 
 use super::{get, is_party, CallError};
-use crate::node::Node;
+use crate::context::NodeContext;
 use crate::outbound::{Class, Outbound};
 use switchboard_protocol::encode;
 use switchboard_protocol::pb::{server_frame, CallEvent, ServerFrame};
@@ -17,7 +17,7 @@ pub const MAX_RESUME_CALLS: usize = 16;
 /// (forgotten, or never this user's) are skipped: a client learns nothing about others'
 /// calls. Call after the user's inbox is attached, so a transition after the lookup still
 /// arrives live, after this state.
-pub async fn replay(node: &Node, user: &str, calls: &[String], outbound: &Outbound) {
+pub async fn replay(node: &NodeContext, user: &str, calls: &[String], outbound: &Outbound) {
     for id in calls.iter().take(MAX_RESUME_CALLS) {
         let call = match get(node, id).await {
             Ok(call) if is_party(&call, user) => call,
