@@ -51,6 +51,10 @@ pub struct NodeContext {
     pub(crate) call_bounds: crate::calls::bounds::CallBounds,
     /// Seats this node's sessions hold in capped rooms.
     pub(crate) seats: crate::rooms_cap::Seats,
+    /// Nodes reported lost, to repair presence and calls when they are heard again.
+    pub(crate) heal: crate::heal::Heal,
+    /// Calls local devices know of, re-read after a heal.
+    pub(crate) watched_calls: crate::calls::resync::WatchedCalls,
 }
 
 impl NodeContext {
@@ -77,6 +81,8 @@ impl NodeContext {
             seats: Default::default(),
             ring_timers: Mutex::default(),
             call_bounds,
+            heal: Default::default(),
+            watched_calls: Default::default(),
         }
     }
 

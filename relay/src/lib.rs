@@ -33,6 +33,7 @@ pub mod bus;
 pub mod calls;
 pub mod config;
 mod context;
+mod heal;
 pub mod ids;
 pub mod limiter;
 mod liveness;

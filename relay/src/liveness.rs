@@ -6,8 +6,9 @@ use tokio::time::Instant;
 
 impl NodeContext {
     /// Note that `node` is alive now. When it is this node's own heartbeat coming back after
-    /// a silence, this node was the one cut off: every other node's clock restarts.
-    pub(crate) fn saw_node(&self, node: &str) {
+    /// a silence, this node was the one cut off: every other node's clock restarts. Returns
+    /// whether `node` had been reported lost (a partition healed: [`crate::heal`]).
+    pub(crate) fn saw_node(&self, node: &str) -> bool {
         let now = Instant::now();
         let mut seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
         if node == self.config.node_id && seen.get(node).is_some_and(|t| self.self_silent(*t, now)) {
@@ -15,6 +16,17 @@ impl NodeContext {
             seen.values_mut().for_each(|t| *t = now);
         }
         seen.insert(node.to_owned(), now);
+        drop(seen);
+        self.heal.returned(node)
+    }
+
+    /// Other nodes silent for longer than the node timeout.
+    pub(crate) fn silent_nodes(&self, now: Instant) -> Vec<String> {
+        let seen = self.node_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter()
+            .filter(|(id, t)| **id != self.config.node_id && now.duration_since(**t) > self.config.node_timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn self_silent(&self, last: Instant, now: Instant) -> bool {

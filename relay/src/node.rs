@@ -177,7 +177,11 @@ async fn heartbeat_listener(node: Weak<NodeContext>, mut sub: crate::bus::Subscr
     while let Some(msg) = sub.next().await {
         let Some(node) = node.upgrade() else { return };
         match BusEnvelope::decode(msg.payload) {
-            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => node.saw_node(&hb.node),
+            Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => {
+                if node.saw_node(&hb.node) {
+                    crate::heal::schedule(&node);
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "bad heartbeat envelope"),
         }
@@ -202,6 +206,7 @@ async fn heartbeat_and_reap(node: Weak<NodeContext>) {
         let subject = node.subjects.node_heartbeat(&node.config.node_id);
         let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
         crate::rooms::reap_dead_nodes(&node).await;
+        crate::calls::resync::sweep(&node).await;
         crate::rooms::flush_room_stats(&node);
     }
 }
@@ -229,6 +234,7 @@ async fn restore_after_reconnect(weak: Weak<NodeContext>, mut epochs: watch::Rec
                 }
             }
         }
+        crate::calls::resync::refresh(&node).await;
         crate::rooms::republish_presence(&node).await;
         crate::rooms::refollow_history(&node).await;
         node.metrics.presence_restores.inc();

@@ -77,6 +77,9 @@ async fn handle(node: &Arc<NodeContext>, user: &str, msg: BusMessage) {
         Some(bus_envelope::Kind::Call(event)) => {
             let Some(call) = event.call.clone() else { return };
             let by = event.by.clone().unwrap_or_default();
+            if !sessions.is_empty() {
+                node.watched_calls.told(&call, event.state());
+            }
             for (sid, queue) in &sessions {
                 let mut ev = event.clone();
                 ev.answered_elsewhere = event.state() == CallState::Accepted && by.user == user && by.session != *sid;

@@ -22,6 +22,7 @@ pub(crate) mod history;
 pub mod inbox;
 pub mod json;
 pub mod resume;
+pub(crate) mod resync;
 mod ring;
 pub mod service;
 
@@ -43,6 +44,8 @@ pub const MAX_CALLEES: usize = 16;
 pub const CALL_ROOM_PREFIX: &str = "call-";
 /// Compare-and-set attempts of one transition before giving up.
 const CAS_ATTEMPTS: usize = 32;
+/// Attempts of a node's ring timeout (backoff 1 s doubling to 10 s: about 10 minutes).
+const RING_TIMEOUT_ATTEMPTS: u32 = 64;
 
 /// Who performs a call operation: a session, or a backend over NATS (no session).
 #[derive(Debug, Clone)]
@@ -280,11 +283,19 @@ pub async fn hang_up(node: &Arc<NodeContext>, actor: &Actor, call_id: &str) -> R
 }
 
 /// The ring timeout: an unanswered call ends as missed; callees of an answered call who
-/// never answered are marked missed. Idempotent: every node that rang runs it.
-pub async fn ring_timeout(node: &Arc<NodeContext>, call_id: &str) -> Result<(), CallError> {
+/// never answered are marked missed. Idempotent: every node that rang runs it. `Ok(false)`
+/// if the deadline has not passed yet by the wall clock (the timer woke early): run it
+/// again later.
+pub async fn ring_timeout(node: &Arc<NodeContext>, call_id: &str) -> Result<bool, CallError> {
     let system = Actor { user: String::new(), session: String::new(), name: String::new() };
+    let early = std::sync::atomic::AtomicBool::new(false);
     let r = transition(node, call_id, &system, |call| {
-        if call.state() == CallState::Ended || now_ms() < call.ring_deadline_ms {
+        early.store(false, std::sync::atomic::Ordering::Relaxed);
+        if call.state() == CallState::Ended {
+            return Ok(Events::new());
+        }
+        if now_ms() < call.ring_deadline_ms {
+            early.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(Events::new());
         }
         if call.state() == CallState::Ringing {
@@ -302,7 +313,8 @@ pub async fn ring_timeout(node: &Arc<NodeContext>, call_id: &str) -> Result<(), 
     })
     .await;
     match r {
-        Ok(_) | Err(CallError::NotFound(_)) => Ok(()),
+        Ok(_) => Ok(!early.load(std::sync::atomic::Ordering::Relaxed)),
+        Err(CallError::NotFound(_)) => Ok(true),
         Err(e) => Err(e),
     }
 }
@@ -425,12 +437,29 @@ pub(crate) fn schedule_timeout(node: &Arc<NodeContext>, call: &Call) {
     let weak = Arc::downgrade(node);
     node.runtime.spawn(async move {
         tokio::time::sleep(wait).await;
-        let Some(node) = weak.upgrade() else { return };
-        // Several nodes may fire at once: compare-and-set lets one of them end the call.
-        if let Err(e) = ring_timeout(&node, &id).await {
-            tracing::warn!(call = %id, error = %e, "ring timeout failed");
+        // Several nodes may fire at once: compare-and-set lets one of them end the call. A
+        // failure (the record unreachable: NATS split, no JetStream quorum on this side) is
+        // retried, or the call would ring for ever wherever no other node ended it.
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 1..=RING_TIMEOUT_ATTEMPTS {
+            let Some(node) = weak.upgrade() else { return };
+            match ring_timeout(&node, &id).await {
+                Ok(true) => break,
+                // Woke before the deadline by the wall clock (the record's clock): not
+                // done, and not to be forgotten.
+                Ok(false) => tracing::debug!(call = %id, "ring timeout before the deadline; again shortly"),
+                Err(e) if attempt < RING_TIMEOUT_ATTEMPTS => {
+                    tracing::warn!(call = %id, error = %e, retry_in = ?backoff, "ring timeout failed")
+                }
+                Err(e) => tracing::error!(call = %id, error = %e, "ring timeout failed; giving up"),
+            }
+            drop(node);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if let Some(node) = weak.upgrade() {
+            node.ring_timers.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
     });
 }
 

@@ -128,7 +128,9 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
                 if origin == node.config.node_id && update.joined {
                     return;
                 }
-                node.saw_node(&origin);
+                if node.saw_node(&origin) {
+                    crate::heal::schedule(node);
+                }
                 let Some(p) = update.participant else { return };
                 if update.joined {
                     if !st.view.contains_key(&p.session) {

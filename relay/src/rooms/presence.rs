@@ -13,17 +13,32 @@ use switchboard_protocol::subject::RoomChannel;
 /// Reconcile every room's view with the presence store (after the bus came back): leaves
 /// and joins announced while the bus was away were lost, so participants gone from the
 /// store are reported left (reason `resync`) and new ones joined. Local sessions are never
-/// removed here: their records were just restored by this node.
-pub(crate) async fn resync_presence(node: &Arc<NodeContext>) {
+/// removed here; their records, if the store lost them (purged by a side that reported this
+/// node lost, after this node restored them), are put back. `false` if a room could not be
+/// reconciled.
+pub(crate) async fn resync_presence(node: &Arc<NodeContext>) -> bool {
+    let mut complete = true;
     for room in node.rooms.all() {
         let snapshot = match node.bus.presence_list(&room.id).await {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(room = %room.id, error = %e, "presence resync failed");
+                complete = false;
                 continue;
             }
         };
         let stored: HashMap<String, Participant> = snapshot.into_iter().map(|p| (p.session.clone(), p)).collect();
+        let missing: Vec<Participant> = {
+            let st = room.lock();
+            st.local.keys().filter(|s| !stored.contains_key(*s)).filter_map(|s| st.view.get(s).cloned()).collect()
+        };
+        for p in missing {
+            tracing::info!(room = %room.id, session = %p.session, "a local participant's record was missing: put back");
+            if let Err(e) = node.bus.presence_put(&room.id, &p).await {
+                tracing::warn!(room = %room.id, error = %e, "putting back a presence record failed");
+                complete = false;
+            }
+        }
         let mut st = room.lock();
         let gone: Vec<Participant> = st
             .view
@@ -51,16 +66,20 @@ pub(crate) async fn resync_presence(node: &Arc<NodeContext>) {
             }
         }
     }
+    complete
 }
 
 /// Record and announce again every local participant (after the bus lost it, or other
 /// nodes reaped them while this node was cut off), and
-/// retry the removals that failed while it was away.
-pub(crate) async fn republish_presence(node: &Arc<NodeContext>) {
+/// retry the removals that failed while it was away. `false` if something failed (it is
+/// retried by the next repair).
+pub(crate) async fn republish_presence(node: &Arc<NodeContext>) -> bool {
+    let mut complete = true;
     let pending = std::mem::take(&mut *node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()));
     for (room, session) in pending {
         if let Err(e) = node.bus.presence_remove(&room, &session).await {
             tracing::warn!(room, session, error = %e, "removing presence failed again; will retry");
+            complete = false;
             node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room, session));
         }
     }
@@ -74,6 +93,7 @@ pub(crate) async fn republish_presence(node: &Arc<NodeContext>) {
     for (room, p) in records {
         if let Err(e) = node.bus.presence_put(&room, &p).await {
             tracing::warn!(room, error = %e, "restoring presence failed");
+            complete = false;
         }
         // Announce them again too: nodes that reaped them while this node was cut off
         // (a partition) add them back; for everyone else a known join is a no-op.
@@ -84,4 +104,5 @@ pub(crate) async fn republish_presence(node: &Arc<NodeContext>) {
         }
     }
     tracing::info!(records = count, "presence restored");
+    complete
 }

@@ -16,6 +16,9 @@ pub(crate) async fn reap_dead_nodes(node: &Arc<NodeContext>) {
     if node.cut_off(now) {
         return;
     }
+    for lost in node.silent_nodes(now) {
+        node.heal.lost(&lost);
+    }
     let mut stale: Vec<(String, String)> = Vec::new();
     for room in node.rooms.all() {
         let mut st = room.lock();
