@@ -157,18 +157,33 @@ impl Client {
             calls: config.resume_calls.clone(),
         };
         writer.send(encode(&ClientFrame { id: 0, kind: Some(client_frame::Kind::Hello(hello)) })).await?;
-        let first = tokio::time::timeout(config.connect_timeout, reader.next())
-            .await
-            .map_err(|_| ClientError::Timeout("waiting for Welcome"))?;
-        let welcome = match first {
-            Err(Ended { code, reason }) => return Err(ClientError::Closed { code, reason }),
-            Ok(bytes) => match decode_server_frame(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?.kind {
-                Some(server_frame::Kind::Welcome(w)) => w,
-                Some(server_frame::Kind::Error(e)) => {
-                    return Err(ClientError::Rejected { code: e.code(), message: e.message });
+        // A node refusing for now (its session admission rate) says when to retry with a
+        // `GoAway` before its error.
+        let mut retry_after = None;
+        let welcome = loop {
+            let next = tokio::time::timeout(config.connect_timeout, reader.next())
+                .await
+                .map_err(|_| ClientError::Timeout("waiting for Welcome"))?;
+            match next {
+                Err(Ended { code, reason }) => return Err(ClientError::Closed { code, reason }),
+                Ok(bytes) => {
+                    match decode_server_frame(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?.kind {
+                        Some(server_frame::Kind::Welcome(w)) => break w,
+                        Some(server_frame::Kind::GoAway(g)) if retry_after.is_none() => {
+                            retry_after = Some(std::time::Duration::from_millis(u64::from(g.reconnect_after_ms)));
+                        }
+                        Some(server_frame::Kind::Error(e)) => {
+                            return Err(match retry_after {
+                                Some(retry_after) => {
+                                    ClientError::RetryLater { code: e.code(), message: e.message, retry_after }
+                                }
+                                None => ClientError::Rejected { code: e.code(), message: e.message },
+                            });
+                        }
+                        other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+                    }
                 }
-                other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
-            },
+            }
         };
         // Lanes only if this client asked and the node agreed.
         let (media, lanes) = match writer.wt_connection() {

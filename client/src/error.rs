@@ -22,6 +22,17 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The server refused the session for now (e.g. a node admitting new sessions at its
+    /// rate limit during a reconnect storm) and said when to retry.
+    #[error("session refused for now: {code:?}: {message} (retry after {retry_after:?})")]
+    RetryLater {
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+        /// When to retry: the `GoAway` hint before the refusal.
+        retry_after: std::time::Duration,
+    },
     /// The server answered a request with an error.
     #[error("server error {code:?}: {message}")]
     Server {
@@ -50,8 +61,18 @@ impl ClientError {
     /// The server's error code, if this error carries one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Rejected { code, .. } | ClientError::Server { code, .. } => Some(*code),
+            ClientError::Rejected { code, .. }
+            | ClientError::Server { code, .. }
+            | ClientError::RetryLater { code, .. } => Some(*code),
             ClientError::Closed { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    /// When the server asked to retry, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::RetryLater { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

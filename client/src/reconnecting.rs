@@ -576,9 +576,12 @@ async fn reconnect(
 ) -> Option<Events> {
     let closed_by_app = || Event::Closed { code: None, reason: "closed by the application".into() };
     let mut attempt = 0u32;
+    // A node that refused for now said when to come back (already spread by the node).
+    let mut hinted: Option<Duration> = None;
     loop {
-        let delay = match (attempt, first_delay) {
-            (0, Some(d)) => d,
+        let delay = match (attempt, first_delay, hinted.take()) {
+            (_, _, Some(hint)) => hint.min(MAX_GOAWAY_WAIT),
+            (0, Some(d), None) => d,
             _ => policy.delay(attempt),
         };
         tokio::select! {
@@ -647,6 +650,7 @@ async fn reconnect(
             }
             Err(e) => {
                 tracing::debug!(attempt, error = %e, "reconnect attempt failed");
+                hinted = e.retry_after();
                 attempt = attempt.saturating_add(1);
                 if policy.max_attempts.is_some_and(|max| attempt >= max) {
                     let reason = format!("gave up reconnecting after {attempt} attempts: {e}");

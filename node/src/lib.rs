@@ -116,6 +116,11 @@ pub struct NodeArgs {
     /// Behind a proxy that hides client addresses, every client shares the proxy's.
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP", default_value_t = 256)]
     pub max_pending_per_ip: usize,
+    /// New sessions this node admits per second (bursts of one second's worth); more are
+    /// refused with `RATE_LIMITED` and a spread `GoAway` retry hint, so a reconnect storm is
+    /// admitted at a bounded rate (0: unlimited).
+    #[arg(long, env = "SWITCHBOARD_SESSION_RATE", default_value_t = 2000.0)]
+    pub session_rate: f64,
     /// Seconds a connection has to authenticate (`Hello`), counted from its arrival (the
     /// WebTransport handshake and control stream included).
     #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -245,6 +250,10 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
         max_pending_connections: args.max_pending_connections,
         max_pending_per_ip: args.max_pending_per_ip,
         hello_timeout: Duration::from_secs(args.hello_timeout),
+        session_rate: switchboard_relay::config::Rate {
+            per_sec: args.session_rate.max(0.0),
+            burst: args.session_rate.max(1.0),
+        },
         ..defaults
     };
     let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;

@@ -65,6 +65,9 @@ pub struct RelayConfig {
     /// Participants per room, cluster-wide; 0 is unlimited. A token's `max_participants`
     /// claim overrides it.
     pub max_participants: usize,
+    /// New sessions (valid or not `Hello`s) this node admits per second, with a burst;
+    /// over it `RATE_LIMITED` with a spread `GoAway` retry hint. `per_sec` 0 is unlimited.
+    pub session_rate: Rate,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +95,7 @@ impl Default for RelayConfig {
             max_pending_connections: 4096,
             max_pending_per_ip: 256,
             ping_rate: Rate { per_sec: 5.0, burst: 20.0 },
+            session_rate: Rate { per_sec: 2000.0, burst: 2000.0 },
         }
     }
 }

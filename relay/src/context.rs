@@ -55,6 +55,10 @@ pub struct NodeContext {
     pub(crate) heal: crate::heal::Heal,
     /// Calls local devices know of, re-read after a heal.
     pub(crate) watched_calls: crate::calls::resync::WatchedCalls,
+    /// Backlogged sessions and rooms: overloaded node or slow clients.
+    pub(crate) load: Arc<crate::overload::Load>,
+    /// Admission rate of new sessions.
+    pub(crate) session_rate: crate::session_rate::SessionRate,
 }
 
 impl NodeContext {
@@ -62,11 +66,17 @@ impl NodeContext {
     pub(crate) fn new(config: RelayConfig, verifier: Verifier, bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
         let (drain_tx, _) = watch::channel(false);
         let call_bounds = crate::calls::bounds::CallBounds::new(config.call_invite_rate);
+        let session_rate = crate::session_rate::SessionRate::new(config.session_rate);
+        let metrics = Metrics::new();
+        let load =
+            Arc::new(crate::overload::Load::new(metrics.node_overloaded.clone(), metrics.overload_excused.clone()));
         Self {
             config,
             verifier,
             bus,
-            metrics: Metrics::new(),
+            session_rate,
+            metrics,
+            load,
             subjects,
             rooms: Rooms::default(),
             runtime: tokio::runtime::Handle::current(),

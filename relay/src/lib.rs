@@ -41,11 +41,14 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod outbound;
+pub mod overload;
 pub mod rate;
 mod rooms;
 mod rooms_cap;
 pub mod session;
+mod session_rate;
 pub mod transport;
+mod writing;
 
 pub use admission::{Refused, Ticket};
 pub use auth::{Claims, Minter, Verifier, VerifyKey};

@@ -81,6 +81,17 @@ pub struct Metrics {
     pub queue_drops: Family<ClassLabel, Counter>,
     /// Sessions disconnected because they could not keep up.
     pub slow_consumer_disconnects: Counter,
+    /// 1 while a large share of the node's sessions are behind (the node, not its clients,
+    /// is the bottleneck; see `overload`), else 0.
+    pub node_overloaded: Gauge,
+    /// Reliable room frames queued past their session's bound because the node or the room
+    /// was behind (instead of a `SLOW_CONSUMER` disconnect).
+    pub overload_excused: Counter,
+    /// Load shed at the source while the node or the room was behind, by kind
+    /// (`unreliable`, `media`: dropped; `reliable`: refused with `RATE_LIMITED`).
+    pub overload_shed: Family<KindLabel, Counter>,
+    /// Publisher pauses (reads stopped until the node or the room caught up).
+    pub overload_pushbacks: Counter,
     /// Errors sent to clients, by code.
     pub errors: Family<CodeLabel, Counter>,
     /// Failed authentications, by code.
@@ -158,6 +169,10 @@ impl Metrics {
             bytes_in: Counter::default(),
             queue_drops: Family::default(),
             slow_consumer_disconnects: Counter::default(),
+            node_overloaded: Gauge::default(),
+            overload_excused: Counter::default(),
+            overload_shed: Family::default(),
+            overload_pushbacks: Counter::default(),
             errors: Family::default(),
             auth_failures: Family::default(),
             bus_publish_errors: Counter::default(),
@@ -203,6 +218,14 @@ impl Metrics {
             "Sessions closed because they could not keep up",
             m.slow_consumer_disconnects.clone(),
         );
+        registry.register("node_overloaded", "1 while the node itself is behind", m.node_overloaded.clone());
+        registry.register(
+            "overload_excused",
+            "Reliable room frames queued past a bound while the node or room was behind",
+            m.overload_excused.clone(),
+        );
+        registry.register("overload_shed", "Load shed at the source while behind", m.overload_shed.clone());
+        registry.register("overload_pushbacks", "Publisher reads paused while behind", m.overload_pushbacks.clone());
         registry.register("errors", "Errors sent to clients", m.errors.clone());
         registry.register("auth_failures", "Rejected tokens", m.auth_failures.clone());
         registry.register("bus_publish_errors", "Failed publishes to the cluster bus", m.bus_publish_errors.clone());

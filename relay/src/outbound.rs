@@ -6,12 +6,16 @@
 //!   frames skip everything up to their next keyframe (the caller asks the sender for one);
 //! * unreliable data: the new frame is dropped;
 //! * reliable data, signaling, control: the queue closes with `SLOW_CONSUMER`: the session
-//!   is disconnected with a clear reason instead of growing memory.
+//!   is disconnected with a clear reason instead of growing memory;
+//! * except reliable room data while the node or the room is behind ([`crate::overload`]):
+//!   then the client is not the slow one, and the frame goes into a bounded overdraft.
 
+use crate::overload::{Load, OVERDRAFT};
 use crate::transport::{MediaTag, Outgoing};
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use switchboard_protocol::ErrorCode;
 use tokio::sync::Notify;
 
@@ -113,6 +117,10 @@ struct State {
     closed: Option<CloseReason>,
     /// (sender session, track) pairs whose media is skipped until a keyframe.
     awaiting_keyframe: HashSet<(String, u32)>,
+    /// The room-data class is over half its bound (reported to the node's [`Load`]).
+    backlogged: bool,
+    /// Bytes of room data queued past the class's bound (taken from the node's budget).
+    overdraft: usize,
 }
 
 /// The bounded, prioritised outbound queue of one session. One consumer (the session's
@@ -121,11 +129,31 @@ pub struct Outbound {
     state: Mutex<State>,
     notify: Notify,
     limits: QueueLimits,
+    load: Option<Arc<Load>>,
+    /// `State::backlogged`, readable without the lock (rooms behind re-read it).
+    backlog_flag: Arc<AtomicBool>,
+    /// Room messages of this session fanned out on this node so far (publisher pushback
+    /// waits for its messages in flight).
+    own_fanned_out: AtomicU64,
+    /// The session is inside a write to its transport ([`Outbound::set_writing`]).
+    writing: AtomicBool,
 }
 
 impl Outbound {
-    /// An empty queue.
+    /// An empty queue that knows nothing of its node's load: every overflow of a reliable
+    /// class is the client's.
     pub fn new(limits: QueueLimits) -> Self {
+        Self::build(limits, None)
+    }
+
+    /// An empty queue reporting its backlog to the node's `load`, and excused past its
+    /// room-data bound while the node is overloaded.
+    pub fn with_load(limits: QueueLimits, load: Arc<Load>) -> Self {
+        load.session_added();
+        Self::build(limits, Some(load))
+    }
+
+    fn build(limits: QueueLimits, load: Option<Arc<Load>>) -> Self {
         Self {
             state: Mutex::new(State {
                 commands: VecDeque::new(),
@@ -133,9 +161,39 @@ impl Outbound {
                 bytes: [0; 4],
                 closed: None,
                 awaiting_keyframe: HashSet::new(),
+                backlogged: false,
+                overdraft: 0,
             }),
             notify: Notify::new(),
             limits,
+            load,
+            backlog_flag: Arc::default(),
+            own_fanned_out: AtomicU64::new(0),
+            writing: AtomicBool::new(false),
+        }
+    }
+
+    /// Report the room-data class crossing its backlog mark (half its bound) to the load.
+    fn settle(&self, st: &mut State) {
+        let Some(load) = &self.load else { return };
+        let i = Class::Data as usize;
+        let (max_frames, max_bytes) = self.limits.per_class[i];
+        let now = st.queues[i].len() * 2 > max_frames || st.bytes[i] * 2 > max_bytes;
+        if now != st.backlogged {
+            st.backlogged = now;
+            self.backlog_flag.store(now, Ordering::Relaxed);
+            load.set_backlogged(now);
+        }
+    }
+
+    /// Take a popped room-data frame of `len` bytes off the overdraft.
+    fn popped_data(&self, st: &mut State, len: usize) {
+        let back = st.overdraft.min(len);
+        if back > 0 {
+            st.overdraft -= back;
+            if let Some(load) = &self.load {
+                load.return_overdraft(back);
+            }
         }
     }
 
@@ -146,8 +204,17 @@ impl Outbound {
     }
 
     /// Queue a non-media frame. `droppable` frames are dropped when the class is full;
-    /// others close the queue with `SLOW_CONSUMER`.
+    /// others close the queue with `SLOW_CONSUMER`, unless the node is overloaded (room
+    /// data only, see [`Outbound::push_among`]).
     pub fn push(&self, class: Class, frame: Bytes, droppable: bool) -> Pushed {
+        self.push_among(class, frame, droppable, false)
+    }
+
+    /// [`Outbound::push`] for a fan-out that found the session's room `peers_behind`
+    /// ([`crate::overload::room_behind`]): then, as when the node is overloaded, a reliable
+    /// room-data frame over the class's bound goes into the overdraft (up to
+    /// [`OVERDRAFT`] times the bound, within the node's budget) instead of closing the queue.
+    pub fn push_among(&self, class: Class, frame: Bytes, droppable: bool, peers_behind: bool) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Pushed::Closed;
@@ -157,6 +224,15 @@ impl Outbound {
         if st.queues[i].len() >= max_frames || st.bytes[i] + frame.len() > max_bytes {
             if droppable {
                 return Pushed::Dropped;
+            }
+            if class == Class::Data && self.excused(&st, &frame, peers_behind) {
+                st.overdraft += frame.len();
+                st.bytes[i] += frame.len();
+                st.queues[i].push_back(frame.into());
+                self.settle(&mut st);
+                drop(st);
+                self.notify.notify_one();
+                return Pushed::Queued;
             }
             st.closed = Some(CloseReason {
                 code: ErrorCode::SlowConsumer,
@@ -168,9 +244,57 @@ impl Outbound {
         }
         st.bytes[i] += frame.len();
         st.queues[i].push_back(frame.into());
+        if class == Class::Data {
+            self.settle(&mut st);
+        }
         drop(st);
         self.notify.notify_one();
         Pushed::Queued
+    }
+
+    /// Whether a room-data frame over the bound may go into the overdraft: the node, the
+    /// room or this session's writer is behind (not the client), the hard bound holds and
+    /// the node's budget has room.
+    ///
+    /// The writer is behind when the session is not inside a transport write: a client that
+    /// does not read keeps its session waiting inside one (its connection takes nothing more),
+    /// while a session outside one is waiting for the node's CPU. That happens to a few
+    /// sessions at a time: an edge's worker thread polls tasks woken from other threads (by
+    /// a fan-out) once per 31 polls of tasks woken on its own, so under load a fan-out's
+    /// recipients can wait there in a group while others write.
+    fn excused(&self, st: &State, frame: &Bytes, peers_behind: bool) -> bool {
+        let Some(load) = &self.load else { return false };
+        let i = Class::Data as usize;
+        let (max_frames, max_bytes) = self.limits.per_class[i];
+        let within_hard =
+            st.queues[i].len() < max_frames * OVERDRAFT && st.bytes[i] + frame.len() <= max_bytes * OVERDRAFT;
+        let node_behind = peers_behind || load.node_overloaded() || !self.writing.load(Ordering::Relaxed);
+        within_hard && node_behind && load.take_overdraft(frame.len())
+    }
+
+    /// The session's writer entered (`true`) or left (`false`) a write to its transport.
+    pub fn set_writing(&self, writing: bool) {
+        self.writing.store(writing, Ordering::Relaxed);
+    }
+
+    /// Whether the room-data class is over half its bound.
+    pub fn is_backlogged(&self) -> bool {
+        self.backlog_flag.load(Ordering::Relaxed)
+    }
+
+    /// One of this session's room messages was fanned out to its room here.
+    pub fn own_message_fanned_out(&self) {
+        self.own_fanned_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many of this session's room messages were fanned out here so far.
+    pub fn own_fanned_out(&self) -> u64 {
+        self.own_fanned_out.load(Ordering::Relaxed)
+    }
+
+    /// A shared view of [`Outbound::is_backlogged`] (false once the queue is gone).
+    pub fn backlog_flag(&self) -> Arc<AtomicBool> {
+        self.backlog_flag.clone()
     }
 
     /// Queue a media frame; `tag` names its sender and track.
@@ -260,9 +384,31 @@ impl Outbound {
             while taken < max {
                 let Some(frame) = st.queues[i].pop_front() else { break };
                 st.bytes[i] -= frame.frame.len();
+                if i == Class::Data as usize {
+                    self.popped_data(&mut st, frame.frame.len());
+                }
                 out.push(frame);
                 taken += 1;
             }
+        }
+        self.settle(&mut st);
+    }
+
+    /// Wait until [`Outbound::pop_frames`] has a frame to take (true), or until a command
+    /// or the close is pending (false: [`Outbound::pop`] returns it). Takes nothing;
+    /// cancel-safe.
+    pub async fn frames_ready(&self) -> bool {
+        loop {
+            {
+                let st = self.lock();
+                if st.closed.is_some() || !st.commands.is_empty() {
+                    return false;
+                }
+                if st.queues.iter().any(|q| !q.is_empty()) {
+                    return true;
+                }
+            }
+            self.notify.notified().await;
         }
     }
 
@@ -280,11 +426,26 @@ impl Outbound {
                 for i in 0..4 {
                     if let Some(frame) = st.queues[i].pop_front() {
                         st.bytes[i] -= frame.frame.len();
+                        if i == Class::Data as usize {
+                            self.popped_data(&mut st, frame.frame.len());
+                            self.settle(&mut st);
+                        }
                         return Popped::Frame(frame);
                     }
                 }
             }
             self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if let Some(load) = &self.load {
+            let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            load.return_overdraft(std::mem::take(&mut st.overdraft));
+            load.session_removed(std::mem::take(&mut st.backlogged));
+            self.backlog_flag.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -364,6 +525,53 @@ mod tests {
             Popped::Closed(r) => assert_eq!(r.code, ErrorCode::SlowConsumer),
             other => panic!("expected close: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn behind_peers_excuse_reliable_overflow_up_to_the_hard_bound() {
+        let load = Arc::new(Load::default());
+        let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
+        for i in 0..2 {
+            assert_eq!(q.push(Class::Data, Bytes::from(vec![i]), false), Pushed::Queued);
+        }
+        assert!(q.is_backlogged());
+        assert_eq!(load.backlogged(), 1);
+        // Peers behind: past the bound into the overdraft, up to OVERDRAFT times the bound.
+        for i in 2..2 * OVERDRAFT {
+            assert_eq!(q.push_among(Class::Data, Bytes::from(vec![i as u8]), false, true), Pushed::Queued);
+        }
+        assert_eq!(load.overdraft_bytes(), 2 * OVERDRAFT - 2);
+        assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"x"), false, true), Pushed::Overflow);
+        drop(q);
+        assert_eq!((load.overdraft_bytes(), load.backlogged()), (0, 0), "given back");
+        // Alone behind while its writer waits on the transport: the client is slow.
+        let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
+        q.set_writing(true);
+        q.push(Class::Data, Bytes::from_static(b"1"), false);
+        q.push(Class::Data, Bytes::from_static(b"2"), false);
+        assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"3"), false, false), Pushed::Overflow);
+        // Alone behind, its writer outside a write (waiting for the node's CPU): excused.
+        let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
+        q.push(Class::Data, Bytes::from_static(b"1"), false);
+        q.push(Class::Data, Bytes::from_static(b"2"), false);
+        assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"3"), false, false), Pushed::Queued);
+    }
+
+    #[tokio::test]
+    async fn draining_returns_the_overdraft_and_the_backlog() {
+        let load = Arc::new(Load::default());
+        let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
+        for i in 0..5u8 {
+            q.push_among(Class::Data, Bytes::from(vec![i; 3]), false, true);
+        }
+        assert_eq!(load.overdraft_bytes(), 9);
+        let mut out = Vec::new();
+        q.pop_frames(3, &mut out);
+        assert_eq!(load.overdraft_bytes(), 0);
+        assert!(q.is_backlogged(), "2 of 2 frames still queued");
+        let _ = q.pop().await;
+        assert!(!q.is_backlogged());
+        assert_eq!(load.backlogged(), 0);
     }
 
     #[tokio::test]

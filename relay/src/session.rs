@@ -17,6 +17,7 @@ use crate::outbound::{Class, Outbound, Popped, Pushed, SessionCommand};
 use crate::rate::TokenBucket;
 use crate::rooms::{self, Member};
 use crate::transport::{Lane, MediaTag, Outgoing, Transport, TransportError};
+use crate::writing::{while_handling, write_batch, WriteFailed, WRITE_BATCH};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::BTreeSet;
@@ -48,6 +49,8 @@ struct Session {
     live: bool,
     /// Calls the client asked to resume (`Hello.calls`).
     resume_calls: Vec<String>,
+    /// Publisher pushback while the node or a room is behind.
+    pushback: crate::overload::Pushback,
 }
 
 /// Whatever the session holds in the node is given back on every exit path: the normal one
@@ -80,9 +83,6 @@ async fn release(node: &Arc<NodeContext>, id: &str, user: &str, rooms: BTreeSet<
         node.unregister_session(id);
     }
 }
-
-/// Frames written per wake-up of the session's writer, at most.
-const WRITE_BATCH: usize = 32;
 
 /// A frame handling outcome that ends the session.
 struct Fatal(ErrorCode, String);
@@ -276,6 +276,22 @@ async fn accept_hello<T: Transport>(
             frame.id,
         ));
     }
+    // Before verifying the token: refusing is the cheap part of a reconnect storm.
+    if let Err(hint) = node.session_rate.admit() {
+        node.metrics.admission_refusals.get_or_create(&crate::metrics::ReasonLabel { reason: "session_rate" }).inc();
+        let after = hint.as_millis().min(u128::from(u32::MAX)) as u32;
+        let go_away = GoAway { reason: "node admitting sessions at its rate limit".into(), reconnect_after_ms: after };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            transport.send(server(server_frame::Kind::GoAway(go_away)).into()),
+        )
+        .await;
+        return Err(Refusal::Error(
+            ErrorCode::RateLimited,
+            format!("the node is admitting new sessions at its rate limit; retry after {after} ms"),
+            frame.id,
+        ));
+    }
     let claims = node.verifier.verify(&hello.token).map_err(|e| {
         node.metrics.auth_failures.get_or_create(&crate::metrics::CodeLabel { code: e.code().as_str_name() }).inc();
         Refusal::Error(e.code(), e.to_string(), frame.id)
@@ -300,7 +316,7 @@ async fn accept_hello<T: Transport>(
         node: node.clone(),
         id: crate::ids::session_id(),
         expires_at: expiry_deadline(claims.exp),
-        outbound: Arc::new(Outbound::new(node.config.queue_limits)),
+        outbound: Arc::new(Outbound::with_load(node.config.queue_limits, node.load.clone())),
         rooms: BTreeSet::new(),
         requests: TokenBucket::new(node.config.request_rate),
         media_bytes: TokenBucket::new(node.config.media_bytes_rate),
@@ -308,6 +324,7 @@ async fn accept_hello<T: Transport>(
         refusals: TokenBucket::new(refusal_tolerance(node.config.request_rate)),
         live: false,
         resume_calls: hello.calls.into_iter().take(crate::calls::resume::MAX_RESUME_CALLS).collect(),
+        pushback: Default::default(),
         claims,
     };
     let media_lanes = transport.open_media_lanes(hello.media_lanes);
@@ -372,24 +389,19 @@ impl Session {
         let mut batch: Vec<Outgoing> = Vec::new();
         let mut dropped: Vec<MediaTag> = Vec::new();
         loop {
+            let pause = self.pushback.pause();
+            let paused = pause.is_some();
             tokio::select! {
                 biased;
                 popped = self.outbound.pop() => match popped {
                     Popped::Frame(bytes) => {
-                        // Write what is queued now as one batch under one timer: a burst
-                        // costs one wake-up and one deadline, not one per frame.
+                        // Write what is queued now as one batch under one timer.
                         batch.push(bytes);
                         self.outbound.pop_frames(WRITE_BATCH - 1, &mut batch);
-                        let write = transport.send_all(&mut batch, &mut dropped);
-                        match tokio::time::timeout(self.node.config.write_timeout, write).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return (ErrorCode::Unspecified, format!("write failed: {e}")),
-                            Err(_) => {
-                                self.node.metrics.slow_consumer_disconnects.inc();
-                                return Box::pin(self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading")).await;
-                            }
+                        let written = write_batch(transport, &self.outbound, &mut batch, &mut dropped, self.node.config.write_timeout).await;
+                        if let Err(failed) = written {
+                            return Box::pin(self.write_failed(transport, failed)).await;
                         }
-                        batch.clear();
                         if !dropped.is_empty() {
                             Box::pin(self.media_dropped(&mut dropped)).await;
                         }
@@ -402,7 +414,12 @@ impl Session {
                         }
                     }
                 },
-                received = transport.recv() => {
+                // Pushback: while paused, read nothing more from this publisher (TCP and
+                // QUIC flow control slow it down); keep writing to it.
+                cleared = crate::overload::Pushback::wait(&self.node.load, pause, || self.outbound.own_fanned_out()), if paused => {
+                    self.pushback.resumed(cleared, &self.node.load, self.outbound.own_fanned_out());
+                }
+                received = transport.recv(), if !paused => {
                     let incoming = match received {
                         None => return (ErrorCode::Unspecified, "client closed".into()),
                         Some(Err(TransportError::Io(e))) => {
@@ -419,9 +436,19 @@ impl Session {
                     idle_deadline = Instant::now() + idle_limit;
                     self.node.metrics.bytes_in.inc_by(incoming.frame.len() as u64);
                     // Boxed: handling a frame (joins, calls, history) is a large future that
-                    // would otherwise sit inline in every idle session's task.
-                    if let Err(Fatal(code, msg)) = Box::pin(self.handle(incoming.frame, incoming.lane)).await {
+                    // would otherwise sit inline in every idle session's task. What is
+                    // queued meanwhile is written meanwhile (crate::writing).
+                    let (outbound, deadline) = (self.outbound.clone(), self.node.config.write_timeout);
+                    let handling = Box::pin(self.handle(incoming.frame, incoming.lane));
+                    let (handled, written) = while_handling(transport, &outbound, handling, &mut dropped, deadline).await;
+                    if let Err(Fatal(code, msg)) = handled {
                         return Box::pin(self.fatal(transport, code, &msg)).await;
+                    }
+                    if let Err(failed) = written {
+                        return Box::pin(self.write_failed(transport, failed)).await;
+                    }
+                    if !dropped.is_empty() {
+                        Box::pin(self.media_dropped(&mut dropped)).await;
                     }
                 }
                 // One timer for both deadlines (a timer is ~100 bytes in every idle session).
@@ -461,6 +488,18 @@ impl Session {
             self.outbound.skip_to_keyframe(&tag.origin.session, tag.track);
             rooms::request_keyframe(&self.node, &tag.origin.room, tag.origin.session.clone(), tag.track).await;
             asked.push(tag);
+        }
+    }
+
+    /// Writing to the client failed: a transport error ends the session; a write that timed
+    /// out ends it as a slow consumer.
+    async fn write_failed<T: Transport>(&self, transport: &mut T, failed: WriteFailed) -> (ErrorCode, String) {
+        match failed {
+            WriteFailed::Transport(e) => (ErrorCode::Unspecified, format!("write failed: {e}")),
+            WriteFailed::TimedOut => {
+                self.node.metrics.slow_consumer_disconnects.inc();
+                self.fatal(transport, ErrorCode::SlowConsumer, "write timed out: the client is not reading").await
+            }
         }
     }
 
@@ -691,6 +730,10 @@ impl Session {
         if p.kind.len() > limits::MAX_KIND_LEN {
             return self.error(ErrorCode::InvalidArgument, "kind longer than 64 bytes", id);
         }
+        let kind = if p.reliable { "reliable" } else { "unreliable" };
+        if !self.admit_publish(&p.room, p.reliable, kind, id) {
+            return;
+        }
         let msg = switchboard_protocol::pb::Message {
             room: p.room.clone(),
             from: Some(self.sender()),
@@ -719,6 +762,33 @@ impl Session {
         }
         let subject = self.node.subjects.room(&p.room, RoomChannel::Msg);
         self.publish_or_error(subject, bus_envelope::Kind::Message(msg), id).await;
+    }
+
+    /// Shed at the source while the node or the room is behind ([`crate::overload`]):
+    /// unreliable data and media are dropped, a reliable message is taken and the session's
+    /// reads pause (or, after a pause that did not help, refused with `RATE_LIMITED`).
+    /// Returns whether to go on with the publish.
+    fn admit_publish(&mut self, room: &str, reliable: bool, kind: &'static str, id: u64) -> bool {
+        use crate::overload::Verdict;
+        let verdict = if kind == "media" {
+            self.pushback.media(&self.node.load, room)
+        } else {
+            self.pushback.publish(&self.node.load, room, reliable, self.outbound.own_fanned_out())
+        };
+        match verdict {
+            Verdict::Accept | Verdict::AcceptAndWait => true,
+            Verdict::AcceptAndPause => {
+                self.node.metrics.overload_pushbacks.inc();
+                true
+            }
+            Verdict::Shed => {
+                self.node.metrics.overload_shed.get_or_create(&crate::metrics::KindLabel { kind }).inc();
+                if reliable || id != 0 {
+                    self.error(ErrorCode::RateLimited, "the node is overloaded: publish later", id);
+                }
+                false
+            }
+        }
     }
 
     async fn signal(&mut self, id: u64, s: switchboard_protocol::pb::Signal) {
@@ -797,6 +867,9 @@ impl Session {
         }
         if m.codec.len() > limits::MAX_CODEC_LEN {
             return self.error(ErrorCode::InvalidArgument, "codec longer than 32 bytes", id);
+        }
+        if !self.admit_publish(&m.room, false, "media", id) {
+            return;
         }
         let event = MediaEvent {
             room: m.room.clone(),

@@ -80,6 +80,32 @@ impl Tally {
     }
 }
 
+/// Push a room message from session `from` to the room's local members but its sender
+/// (those `wanted`): first [`crate::overload::survey`] whether the room is behind (then its
+/// members' reliable overflow is excused), and count the message as fanned out for its
+/// sender (publisher pushback waits for that).
+pub(super) fn deliver_message(
+    node: &NodeContext,
+    room: &str,
+    st: &RoomState,
+    from: &str,
+    bytes: &Bytes,
+    droppable: bool,
+    wanted: impl Fn(&super::Member) -> bool,
+) {
+    let mut tally = Tally::default();
+    let behind = crate::overload::survey(&node.load, room, st.local.values().map(|m| &*m.outbound));
+    for (sid, member) in &st.local {
+        if sid != from && wanted(member) {
+            tally.add(member.outbound.push_among(Class::Data, bytes.clone(), droppable, behind), bytes.len());
+        }
+    }
+    if let Some(publisher) = st.local.get(from) {
+        publisher.outbound.own_message_fanned_out();
+    }
+    tally.flush(node, "message", Class::Data);
+}
+
 pub(super) fn push(node: &NodeContext, q: &Outbound, class: Class, bytes: Bytes, droppable: bool, kind: &'static str) {
     let mut tally = Tally::default();
     let len = bytes.len();
@@ -114,13 +140,7 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
                 let latency_ms = switchboard_protocol::now_ms().saturating_sub(m.sent_at_ms);
                 node.metrics.delivery_latency_seconds.observe(latency_ms as f64 / 1000.0);
                 let bytes = frame(server_frame::Kind::Message(m));
-                let mut tally = Tally::default();
-                for (sid, member) in &st.local {
-                    if *sid != from {
-                        tally.add(member.outbound.push(Class::Data, bytes.clone(), !reliable), bytes.len());
-                    }
-                }
-                tally.flush(node, "message", Class::Data);
+                deliver_message(node, &room.id, &st, &from, &bytes, !reliable, |_| true);
             }
             bus_envelope::Kind::Presence(update) => {
                 // Our own joins were applied when they happened; our own leaves are applied

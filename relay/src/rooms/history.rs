@@ -2,11 +2,10 @@
 //! reliable messages, and the one history follower per room that fans entries out in the
 //! log's order.
 
-use super::fanout::{frame, Tally};
+use super::fanout::{deliver_message, frame};
 use super::Room;
 use crate::bus::{BusError, Log, LogAck, LogEntry};
 use crate::context::NodeContext;
-use crate::outbound::Class;
 use futures_util::StreamExt;
 use prost::Message as _;
 use std::sync::Arc;
@@ -179,13 +178,7 @@ fn deliver_history(node: &NodeContext, room: &Room, entry: LogEntry) {
     let latency_ms = switchboard_protocol::now_ms().saturating_sub(m.sent_at_ms);
     node.metrics.delivery_latency_seconds.observe(latency_ms as f64 / 1000.0);
     let bytes = frame(server_frame::Kind::Message(m));
-    let mut tally = Tally::default();
-    for (sid, member) in &st.local {
-        if *sid != from && seq > member.floor {
-            tally.add(member.outbound.push(Class::Data, bytes.clone(), false), bytes.len());
-        }
-    }
-    tally.flush(node, "message", Class::Data);
+    deliver_message(node, &room.id, &st, &from, &bytes, false, |member| seq > member.floor);
 }
 
 /// Restart every room's history follower after the bus reconnected (its consumer died

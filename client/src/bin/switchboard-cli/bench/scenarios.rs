@@ -422,9 +422,44 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
     Ok(r)
 }
 
+/// A uniformly random delay in `[0, max_ms)` milliseconds.
+fn fastrand_ms(max_ms: u64) -> u64 {
+    rand::random_range(0..max_ms.max(1))
+}
+
+/// Refusals (with a retry hint) one idle connection waits out before the run fails.
+const MAX_REFUSALS: usize = 100;
+
 async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let conns = connect_many(0, args.clients, args.connect_concurrency, |i| target.connect(i, None)).await?;
+    let (refused, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    // A node admitting sessions at its rate limit says when to retry: wait its hint (a
+    // reconnect storm: `--connect-concurrency` as large as `--clients`).
+    let connect = |i| {
+        let (refused, failed) = (&refused, &failed);
+        async move {
+            for _ in 0..MAX_REFUSALS {
+                match target.connect(i, None).await {
+                    Err(e) => match e.downcast_ref::<switchboard_client::ClientError>() {
+                        Some(c) if c.retry_after().is_some() => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(c.retry_after().unwrap_or_default()).await;
+                        }
+                        // A connect that failed or timed out (a full listen backlog in a storm):
+                        // back off with full jitter, as `ReconnectingClient` does.
+                        Some(c) if !switchboard_client::is_final(c.code()) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(fastrand_ms(2_000))).await;
+                        }
+                        _ => return Err(e),
+                    },
+                    ok => return ok,
+                }
+            }
+            anyhow::bail!("refused {MAX_REFUSALS} times")
+        }
+    };
+    let conns = connect_many(0, args.clients, args.connect_concurrency, connect).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     let mut r = report(args, target, conns.len(), rss_before);
     // Held idle: the servers' CPU now is the cost of heartbeats and keep-alives.
@@ -437,6 +472,9 @@ async fn idle(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> any
         r.extra.insert("rss_bytes_per_connection".into(), per.into());
     }
     r.extra.insert("connect_secs".into(), connect_secs.into());
+    r.extra.insert("refused_for_now".into(), refused.load(Ordering::Relaxed).into());
+    r.extra.insert("connects_failed_and_retried".into(), failed.load(Ordering::Relaxed).into());
+    r.extra.insert("admitted_per_sec".into(), (conns.len() as f64 / connect_secs.max(1e-9)).round().into());
     r.window = args.duration();
     drop(conns);
     Ok(r)
