@@ -24,6 +24,9 @@ struct Args {
     /// A flag for every node's `switchboard serve` (repeat: `--node-arg=--heartbeat --node-arg=5`).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// HAProxy's global `maxconn` (default: the template's 8,000); raise it for large runs.
+    #[arg(long)]
+    haproxy_maxconn: Option<u32>,
     /// HS256 secret of the nodes' tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", default_value = "local-cluster-secret-change-me-0123456789")]
     jwt_secret: String,
@@ -52,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         load_hosts: args.load_hosts,
         node_args: args.node_args,
         jwt_secret: args.jwt_secret,
+        haproxy_maxconn: args.haproxy_maxconn,
         ..ClusterConfig::default()
     };
     let mut cluster = Cluster::start(config).await?;

@@ -103,6 +103,9 @@ pub struct ClusterConfig {
     pub ready_timeout: Duration,
     /// Limit for a node to exit after SIGTERM (its drain); keep above its `--drain-timeout`.
     pub stop_timeout: Duration,
+    /// HAProxy's global `maxconn` (concurrent client connections); `None` keeps the
+    /// template's (8,000). HAProxy sizes its own descriptor limit from it.
+    pub haproxy_maxconn: Option<u32>,
 }
 
 impl Default for ClusterConfig {
@@ -120,6 +123,7 @@ impl Default for ClusterConfig {
             nats_lame_duck: None,
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(40),
+            haproxy_maxconn: None,
         }
     }
 }
@@ -195,7 +199,7 @@ impl Cluster {
         let nats_url = nats_url(&nats_hosts);
         let nodes =
             node_hosts.iter().enumerate().map(|(i, h)| pieces::node(h, i, &nats_url, &config, &dir.0)).collect();
-        let haproxy = pieces::haproxy(&haproxy_host, &node_hosts, &dir.0)?;
+        let haproxy = pieces::haproxy(&haproxy_host, &node_hosts, config.haproxy_maxconn, &dir.0)?;
         let nginx = pieces::nginx(&nginx_host, &node_hosts, &dir.0)?;
         let mut cluster = Self { nats, nodes, haproxy, nginx, loads, config, cert_hash, lab, dir };
 

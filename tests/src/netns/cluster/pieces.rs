@@ -93,10 +93,23 @@ pub fn node(host: &Host, index: usize, nats_url: &str, config: &ClusterConfig, d
         .env("RUST_LOG", &config.log_level)
 }
 
-/// HAProxy on `host` over the nodes' HTTP ports, from `deploy/haproxy/haproxy.cfg.tmpl`.
-pub fn haproxy(host: &Host, nodes: &[Host], dir: &Path) -> anyhow::Result<HostProcess> {
-    let template = std::fs::read_to_string(deploy_dir().join("haproxy/haproxy.cfg.tmpl"))
+/// HAProxy on `host` over the nodes' HTTP ports, from `deploy/haproxy/haproxy.cfg.tmpl`,
+/// with the template's global `maxconn` replaced by `maxconn` if given.
+pub fn haproxy(host: &Host, nodes: &[Host], maxconn: Option<u32>, dir: &Path) -> anyhow::Result<HostProcess> {
+    let mut template = std::fs::read_to_string(deploy_dir().join("haproxy/haproxy.cfg.tmpl"))
         .context("reading deploy/haproxy/haproxy.cfg.tmpl")?;
+    if let Some(maxconn) = maxconn {
+        template = template
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("maxconn ") {
+                    format!("    maxconn {maxconn}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+    }
     let servers: Vec<String> = nodes
         .iter()
         .enumerate()
