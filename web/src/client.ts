@@ -1,8 +1,8 @@
 /**
  * The Switchboard browser client: one API over WebTransport or WebSocket, with
  * heartbeats, request/response matching, auto-reconnect (exponential backoff with full
- * jitter, across a list of nodes), room rejoin with recovery from the last offset seen,
- * token refresh and typed events.
+ * jitter, or a node's retry hint, across a list of nodes), room rejoin with recovery from the
+ * last offset seen, calls resumed, token refresh and typed events.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -29,7 +29,8 @@ import type {
   SignalEvent,
   Welcome,
 } from "./gen/switchboard_pb";
-import { backoffDelay, type BackoffOptions } from "./backoff";
+import { reconnectDelay, type BackoffOptions } from "./backoff";
+import { CallTracker } from "./calls-resume";
 import { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
 import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo, type Transport, type TransportKind } from "./transport";
 import { Emitter } from "./emitter";
@@ -102,12 +103,17 @@ export interface ConnectionState {
   error?: string;
 }
 
-/** An error answered by the server (or a local failure: code UNSPECIFIED/UNAVAILABLE). */
+/**
+ * An error answered by the server (or a local failure: code UNSPECIFIED/UNAVAILABLE).
+ * `retryAfterMs`: the node refused the session for now and said when to retry (a `GoAway`
+ * before its refusal, e.g. RATE_LIMITED while it admits sessions at its rate limit).
+ */
 export class SwitchboardError extends Error {
   constructor(
     public readonly code: ErrorCode,
     message: string,
     public readonly fatal = false,
+    public readonly retryAfterMs?: number,
   ) {
     super(`${ErrorCode[code] ?? code}: ${message}`);
     this.name = "SwitchboardError";
@@ -118,12 +124,12 @@ export class SwitchboardError extends Error {
  * The error behind a close: the server closes with 4000 + `ErrorCode` (the same code as its
  * fatal `Error` frame, should that frame be lost); anything else is UNAVAILABLE.
  */
-function closeError(info: CloseInfo, what: string): SwitchboardError {
+function closeError(info: CloseInfo, what: string, retryAfterMs?: number): SwitchboardError {
   const detail = `${what} (${info.code}${info.reason ? ` ${info.reason}` : ""})`;
   if (info.code >= 4000 && info.code < 5000 && ErrorCode[info.code - 4000] !== undefined) {
-    return new SwitchboardError(info.code - 4000, detail, true);
+    return new SwitchboardError(info.code - 4000, detail, true, retryAfterMs);
   }
-  return new SwitchboardError(ErrorCode.UNAVAILABLE, detail);
+  return new SwitchboardError(ErrorCode.UNAVAILABLE, detail, false, retryAfterMs);
 }
 
 /** Any failure as a `SwitchboardError` (local ones as UNAVAILABLE). */
@@ -242,6 +248,8 @@ export class SwitchboardClient {
   private nextId = 1n;
   private readonly pending = new Map<bigint, Pending>();
   private readonly rooms = new Map<string, RoomState>();
+  /** Calls seen: resumed after a reconnect (`Hello.calls`), stale states dropped. */
+  private readonly calls = new CallTracker();
   private token = "";
   private stopped = false;
   private nodeIndex = 0;
@@ -324,6 +332,8 @@ export class SwitchboardClient {
    * `Welcome`; rejects with a `SwitchboardError` on a final error (its `code`: the server's
    * `ErrorCode`, e.g. TOKEN_EXPIRED, or TOO_MANY_CONNECTIONS with `reconnect: false`),
    * or with code UNAVAILABLE on `close()` or when no node could be reached (`reconnect: false`).
+   * A node refusing for now with a retry hint (RATE_LIMITED, `retryAfterMs`) is tried again
+   * after the hint, not the backoff (with `reconnect: false`, `connect()` rejects with it).
    */
   connect(): Promise<Welcome> {
     if (this.loop) throw new Error("connect() was already called");
@@ -417,7 +427,9 @@ export class SwitchboardClient {
       case: "callInvite",
       value: { callees, media: media === "audio" ? CallMedia.AUDIO : CallMedia.VIDEO },
     });
-    return f.kind.case === "ack" ? f.kind.value.call : "";
+    const call = f.kind.case === "ack" ? f.kind.value.call : "";
+    if (call) this.calls.placed(call);
+    return call;
   }
 
   async answer(call: string, accept: boolean): Promise<void> {
@@ -599,7 +611,9 @@ export class SwitchboardClient {
       // Next try: another node after a failure or a GoAway (the same one otherwise).
       this.nodeIndex = (this.nodeIndex + 1) % n;
       this.setState({ status: "reconnecting", attempt, error: outcome.error });
-      if (!immediate) await new Promise((r) => setTimeout(r, backoffDelay(attempt, this.opts.backoff)));
+      // A refusal before Welcome may say when to retry: then wait that, not the backoff.
+      const delay = reconnectDelay(attempt, this.opts.backoff, outcome.cause?.retryAfterMs);
+      if (!immediate) await new Promise((r) => setTimeout(r, delay));
       immediate = false;
       attempt++;
     }
@@ -634,6 +648,8 @@ export class SwitchboardClient {
     let fatal: SwitchboardError | undefined;
     let goAway = false;
     let welcomed = false;
+    // A `GoAway` before `Welcome`: the refusal that follows says to retry after this.
+    let retryAfterMs: number | undefined;
     const closed = new Promise<{ code: number; reason: string }>((resolve) => {
       transport.onclose = resolve;
     });
@@ -653,23 +669,32 @@ export class SwitchboardClient {
         }
         if (f.kind.case === "error" && f.kind.value.fatal) {
           const e = f.kind.value;
-          fatal = new SwitchboardError(e.code, e.message, true);
+          fatal = new SwitchboardError(e.code, e.message, true, welcomed ? undefined : retryAfterMs);
           if (!welcomed) reject(fatal);
         }
         if (f.kind.case === "goAway") {
+          if (!welcomed) {
+            // Not a drain but a refusal for now: the node closes the session itself, and the
+            // hint goes with the refusal to time the next attempt (it is no `goAway` event).
+            retryAfterMs ??= f.kind.value.reconnectAfterMs;
+            return;
+          }
           goAway = true;
           const after = f.kind.value.reconnectAfterMs;
           setTimeout(() => transport.close(1000, "going away"), after);
         }
         this.dispatch(f);
       };
-      closed.then((info) => reject(fatal ?? closeError(info, "closed before Welcome")));
+      closed.then((info) => reject(fatal ?? closeError(info, "closed before Welcome", retryAfterMs)));
     });
     this.setState({ status: this.welcomeInfo ? "reconnecting" : "connecting", url: transport.url, transport: transport.kind });
     const mediaLanes = this.opts.mediaLanes && transport.openMediaLanes !== undefined;
+    // `calls`: the live calls seen (none on the first connect); the node answers each with
+    // its current state, so a transition made while this client was away is not lost.
+    const calls = this.calls.live();
     this.sendFrame({
       id: 0n,
-      kind: { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, token, client: this.opts.client, mediaLanes } },
+      kind: { case: "hello", value: { protocolVersion: PROTOCOL_VERSION, token, client: this.opts.client, mediaLanes, calls } },
     });
     let w: Welcome;
     try {
@@ -833,7 +858,7 @@ export class SwitchboardClient {
         this.events.emit("signal", k.value);
         break;
       case "call":
-        this.events.emit("call", k.value);
+        if (this.calls.accept(k.value)) this.events.emit("call", k.value);
         break;
       case "media":
         this.stats.inControl++;

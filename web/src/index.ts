@@ -11,7 +11,8 @@
  * ```
  */
 export * from "./client";
-export { backoffDelay, type BackoffOptions } from "./backoff";
+export { backoffDelay, reconnectDelay, MAX_RETRY_HINT_MS, type BackoffOptions } from "./backoff";
+export { CallTracker, MAX_TRACKED_CALLS, MAX_RESUME_CALLS } from "./calls-resume";
 export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
 export { encodeRecord, RecordDecoder } from "./framing";
 export { MediaLanes, MAX_LANE_RECORD, MAX_INCOMING_STREAMS, MAX_OUTGOING_GROUPS, MAX_GROUP_BACKLOG, MAX_TOTAL_BACKLOG, type LaneFrame, type LaneKind, type LaneSession } from "./lanes";

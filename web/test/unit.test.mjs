@@ -1,6 +1,7 @@
-// Unit tests of the library: its pure parts (framing, backoff, protobuf round trips, JWT
-// expiry) and how connect() fails (against a stand-in WebSocket), bundled from the
-// TypeScript sources with esbuild and run by node's test runner.
+// Unit tests of the library: its pure parts (framing, backoff and retry hints, protobuf round
+// trips, JWT expiry, the call tracker) and how connect() fails and reconnects (against a
+// stand-in WebSocket), bundled from the TypeScript sources with esbuild and run by node's
+// test runner.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -50,6 +51,16 @@ test("backoff is full jitter under an exponential, capped ceiling", () => {
   assert.equal(lib.backoffDelay(50, opts, () => 0), 0);
 });
 
+test("reconnect delay: a node's retry hint plus at most 10 % jitter, capped, instead of the backoff", () => {
+  const opts = { baseMs: 100, maxMs: 1000 };
+  assert.equal(lib.reconnectDelay(3, opts, undefined, () => 0.5), lib.backoffDelay(3, opts, () => 0.5), "no hint: the backoff");
+  assert.equal(lib.reconnectDelay(3, opts, 2000, () => 0), 2000, "the hint, past the backoff's ceiling");
+  assert.equal(lib.reconnectDelay(0, opts, 2000, () => 0.999999), 2199, "at most 10 % more");
+  assert.equal(lib.reconnectDelay(0, opts, 0, () => 0.5), 0);
+  assert.equal(lib.reconnectDelay(0, opts, 10 ** 6, () => 0), lib.MAX_RETRY_HINT_MS, "a hint is not trusted blindly");
+  assert.equal(lib.reconnectDelay(0, opts, lib.MAX_RETRY_HINT_MS, () => 0.999999), lib.MAX_RETRY_HINT_MS, "the cap holds jitter included");
+});
+
 test("frames round-trip through the generated protobuf types", async () => {
   const { create, toBinary, fromBinary } = await import("@bufbuild/protobuf");
   const frame = create(lib.ClientFrameSchema, { id: 7n, kind: { case: "join", value: { room: "demo", resumeFrom: 42n } } });
@@ -69,10 +80,57 @@ test("jwtExpiry reads exp and tolerates garbage", () => {
   assert.equal(lib.jwtExpiry("not a token"), 0);
 });
 
+test("call tracker: live calls are resumed (newest first, bounded), ended ones not; stale and repeated states are dropped; bounded", async () => {
+  const { create } = await import("@bufbuild/protobuf");
+  const { CallState, PartyStatus } = lib;
+  const party = (user, status) => ({ user, status });
+  const event = (id, state, parties = [], over = {}) => ({
+    call: create(lib.CallSchema, { id, caller: "alice", room: `call-${id}`, state: over.callState ?? state, parties }),
+    state,
+    by: over.by,
+    answeredElsewhere: false,
+  });
+  const ringing = [party("alice", PartyStatus.CALLER), party("bob", PartyStatus.RINGING)];
+  const accepted = [party("alice", PartyStatus.CALLER), party("bob", PartyStatus.ACCEPTED)];
+  const t = new lib.CallTracker();
+  assert.deepEqual(t.live(), [], "nothing to resume on the first connect");
+  assert.equal(t.accept(event("a", CallState.RINGING, ringing, { by: { user: "alice", session: "s1" } })), true);
+  assert.equal(t.accept(event("a", CallState.RINGING, ringing)), false, "the resumed state repeating the live one (by empty)");
+  assert.equal(t.accept(event("a", CallState.ACCEPTED, accepted)), true);
+  assert.equal(t.accept(event("b", CallState.RINGING, ringing)), true);
+  assert.deepEqual(t.live(), ["b", "a"], "most recent first");
+  assert.equal(t.accept(event("a", CallState.ENDED, accepted)), true);
+  assert.equal(t.accept(event("a", CallState.ACCEPTED, accepted)), false, "a resumed ACCEPTED after ENDED is stale");
+  assert.equal(t.accept(event("a", CallState.ENDED, accepted)), false, "ENDED again, same record");
+  assert.deepEqual(t.live(), ["b"], "an ended call is not resumed");
+  // States of one rank are all news when the call record changed: a callee rejects a group
+  // call, another accepts it.
+  const group = (carol, dave) => [party("alice", PartyStatus.CALLER), party("carol", carol), party("dave", dave)];
+  assert.equal(t.accept(event("g", CallState.REJECTED, group(PartyStatus.REJECTED, PartyStatus.RINGING), { callState: CallState.RINGING })), true);
+  assert.equal(t.accept(event("g", CallState.ACCEPTED, group(PartyStatus.REJECTED, PartyStatus.ACCEPTED))), true);
+  assert.equal(t.accept({ state: CallState.ENDED, answeredElsewhere: false }), true, "an event without a call is delivered");
+  // A call placed is live before its first event, which is then delivered.
+  t.placed("p");
+  assert.deepEqual(t.live(), ["p", "g", "b"]);
+  assert.equal(t.accept(event("p", CallState.RINGING, ringing)), true);
+  t.placed("a");
+  assert.deepEqual(t.live(), ["p", "g", "b"], "placing a known call changes nothing");
+  // At most MAX_RESUME_CALLS (the node's MAX_RESUME_CALLS) in one Hello, the newest.
+  assert.equal(lib.MAX_RESUME_CALLS, 16);
+  for (let i = 0; i < 20; i++) t.accept(event(`l${i}`, CallState.RINGING, ringing));
+  assert.equal(t.live().length, lib.MAX_RESUME_CALLS);
+  assert.equal(t.live()[0], "l19");
+  // Bounded: ended calls are forgotten first, live ones kept.
+  for (let i = 0; i < 1000; i++) t.accept(event(`e${i}`, CallState.ENDED, accepted));
+  assert.equal(t.size, lib.MAX_TRACKED_CALLS);
+  assert.deepEqual(t.live(), [...Array(16)].map((_, i) => `l${19 - i}`));
+  assert.equal(t.accept(event("a", CallState.ACCEPTED, accepted)), true, "a forgotten call starts over");
+});
+
 let protobuf;
 
 // A WebSocket stand-in (node has none before v22) whose server answers `Hello` with
-// `answer(ws)`.
+// `answer(ws, hello)`.
 function fakeWebSocket(answer) {
   return class FakeWebSocket {
     static OPEN = 1;
@@ -86,7 +144,8 @@ function fakeWebSocket(answer) {
     }
     send(bytes) {
       const { fromBinary } = protobuf;
-      if (fromBinary(lib.ClientFrameSchema, bytes).kind.case === "hello") answer(this);
+      const { kind } = fromBinary(lib.ClientFrameSchema, bytes);
+      if (kind.case === "hello") answer(this, kind.value);
     }
     serverSend(kind) {
       const { create, toBinary } = protobuf;
@@ -140,6 +199,90 @@ test("connect() rejects with the server's ErrorCode", async () => {
   e = await connectWith((ws) => ws.close(1001, "going away"), { reconnect: false });
   assert.ok(e instanceof lib.SwitchboardError, String(e));
   assert.equal(e.code, lib.ErrorCode.UNAVAILABLE);
+  assert.equal(e.retryAfterMs, undefined);
+
+  // Refused for now (a node admitting sessions at its rate limit): the GoAway before the
+  // refusal says when to retry.
+  const goAway = { case: "goAway", value: { reason: "node admitting sessions at its rate limit", reconnectAfterMs: 1500 } };
+  const refuse = fatal(lib.ErrorCode.RATE_LIMITED, "retry after 1500 ms");
+  e = await connectWith((ws) => (ws.serverSend(goAway), refuse(ws)), { reconnect: false });
+  assert.equal(e.code, lib.ErrorCode.RATE_LIMITED);
+  assert.equal(e.retryAfterMs, 1500);
+  e = await connectWith((ws) => (ws.serverSend(goAway), ws.close(4000 + lib.ErrorCode.RATE_LIMITED)), { reconnect: false });
+  assert.equal(e.code, lib.ErrorCode.RATE_LIMITED, "the Error frame lost");
+  assert.equal(e.retryAfterMs, 1500);
+});
+
+/** Poll (every 5 ms, at most 3 s) until `cond()` holds. */
+async function eventually(what, cond) {
+  for (let t = 0; t < 3000; t += 5) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+test("reconnect: a refusal with a retry hint waits the hint; Hello.calls resumes the live calls; stale and repeated states are not delivered", async () => {
+  protobuf ??= await import("@bufbuild/protobuf");
+  const { CallState, PartyStatus } = lib;
+  const call = (state) => ({
+    id: "c1",
+    caller: "alice",
+    room: "call-c1",
+    state,
+    parties: [
+      { user: "alice", status: PartyStatus.CALLER },
+      { user: "bob", status: state === CallState.RINGING ? PartyStatus.RINGING : PartyStatus.ACCEPTED },
+    ],
+  });
+  const callEvent = (state, by) => ({ case: "call", value: { call: call(state), state, by } });
+  const welcome = (ws) => ws.serverSend({ case: "welcome", value: { protocolVersion: 1, sessionId: "s", node: "n1", user: "bob", heartbeatMs: 15_000 } });
+  const hellos = [];
+  // What the node does for each Hello, in turn.
+  const script = [
+    (ws) => (welcome(ws), ws.serverSend(callEvent(CallState.RINGING, { user: "alice", session: "a1" })), ws.close(1006, "lost")),
+    (ws) => {
+      ws.serverSend({ case: "goAway", value: { reason: "rate limit", reconnectAfterMs: 80 } });
+      ws.serverSend({ case: "error", value: { code: lib.ErrorCode.RATE_LIMITED, message: "retry after 80 ms", fatal: true } });
+      ws.close(4000 + lib.ErrorCode.RATE_LIMITED);
+    },
+    (ws) => {
+      welcome(ws);
+      ws.serverSend(callEvent(CallState.RINGING)); // the resumed state: the same as seen live
+      ws.serverSend(callEvent(CallState.ENDED, { user: "alice", session: "a1" }));
+      ws.serverSend(callEvent(CallState.ACCEPTED)); // older than ENDED
+    },
+    (ws) => welcome(ws),
+  ];
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket((ws, hello) => {
+    hellos.push({ calls: [...hello.calls], at: Date.now() });
+    script[hellos.length - 1](ws);
+  });
+  const client = new lib.SwitchboardClient({
+    nodes: ["ws://127.0.0.1:9/ws"],
+    token: "t",
+    transport: "websocket",
+    backoff: { baseMs: 1, maxMs: 1 }, // the hint, not the backoff, must make the wait
+  });
+  const states = [];
+  const goAways = [];
+  client.on("call", (ev) => states.push(ev.state));
+  client.on("goAway", (g) => goAways.push(g));
+  try {
+    await client.connect();
+    await eventually("the third session's events", () => states.length === 2);
+    assert.deepEqual(states, [CallState.RINGING, CallState.ENDED]);
+    assert.deepEqual(hellos.map((h) => h.calls), [[], ["c1"], ["c1"]], "the live call named after each reconnect");
+    assert.ok(hellos[2].at - hellos[1].at >= 75, `waited ${hellos[2].at - hellos[1].at} ms after the hint of 80 ms`);
+    assert.deepEqual(goAways, [], "a GoAway before Welcome is a refusal, not a drain");
+    client.dropConnection();
+    await eventually("the fourth Hello", () => hellos.length === 4);
+    assert.deepEqual(hellos[3].calls, [], "the ended call is not resumed");
+  } finally {
+    client.close();
+    globalThis.WebSocket = saved;
+  }
 });
 
 test("media ordering: stale frames are dropped, a newer keyframe always passes, state is bounded", () => {
