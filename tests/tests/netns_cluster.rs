@@ -76,14 +76,7 @@ async fn clients_behind_both_balancers_share_a_room_and_a_cut_nodes_client_moves
         node_args: ["--heartbeat", "2", "--node-timeout", "3", "--drain-timeout", "5"].map(String::from).to_vec(),
         ..Default::default()
     };
-    let mut cluster = match Cluster::start(config).await {
-        Ok(cluster) => cluster,
-        Err(e) if e.is_unavailable() => {
-            eprintln!("SKIPPED: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(mut cluster) = Cluster::start_or_skip(config).await else { return };
     let tag = cluster.lab().tag().to_owned();
     eprintln!("cluster up:\n{}", cluster.describe());
     let (wt_host, ws_host) = (cluster.load_host(0).runtime().unwrap(), cluster.load_host(1).runtime().unwrap());

@@ -118,14 +118,7 @@ async fn start(name: &str) -> Option<Cluster> {
         log_level: "warn,switchboard_relay::calls=info,switchboard_relay::heal=info".into(),
         ..Default::default()
     };
-    match Cluster::start(config).await {
-        Ok(c) => Some(c),
-        Err(e) if e.is_unavailable() => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    Cluster::start_or_skip(config).await
 }
 
 /// Poll `check` (a mismatch description or `None`) until `None`; the time it took.

@@ -67,14 +67,7 @@ async fn run(scale: Scale, load_hosts: usize) {
         log_level: std::env::var("SB_UPGRADE_LOG").unwrap_or_else(|_| "warn".into()),
         ..Default::default()
     };
-    let mut cluster = match Cluster::start(config).await {
-        Ok(cluster) => cluster,
-        Err(e) if e.is_unavailable() => {
-            eprintln!("SKIPPED: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(mut cluster) = Cluster::start_or_skip(config).await else { return };
     let tag = cluster.lab().tag().to_owned();
     let began = Instant::now();
     let mut work = Workload::start(&cluster, &scale).await.expect("the workload starts");

@@ -170,6 +170,19 @@ impl Drop for WorkDir {
 }
 
 impl Cluster {
+    /// [`Cluster::start`] for a test: `None` (after printing `SKIPPED: <why>`) where the
+    /// machine cannot run it (no root, a tool missing); panics on any other failure.
+    pub async fn start_or_skip(config: ClusterConfig) -> Option<Self> {
+        match Self::start(config).await {
+            Ok(cluster) => Some(cluster),
+            Err(e) if e.is_unavailable() => {
+                eprintln!("SKIPPED: {e}");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Make the hosts, start every piece and wait until each serves: NATS healthy with its
     /// routes, every node ready, HAProxy routing to a ready node, nginx listening.
     pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
