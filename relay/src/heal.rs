@@ -20,7 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Rounds of one repair before it waits for the next return or reconnect.
-const ROUNDS: u32 = 6;
+const ROUNDS: u32 = 10;
+
+/// Longest wait between two rounds of the presence repair. Short: JetStream re-forms within
+/// seconds to tens of seconds after a heal, and every second waited past its return is a
+/// second of wrong presence (with a 10 s cap, convergence took up to 25 s after a 2|1 NATS
+/// split healed); a round costs one store write per local participant.
+const PRESENCE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Nodes this node reported lost, and whether a repair is scheduled.
 #[derive(Default)]
@@ -76,7 +82,7 @@ async fn repair(weak: std::sync::Weak<NodeContext>) {
         tracing::warn!(round, retry_in = ?backoff, "presence repair after a heal incomplete (JetStream not back yet)");
         drop(node);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff = (backoff * 2).min(PRESENCE_RETRY_MAX);
     }
 }
 

@@ -37,6 +37,16 @@ pub(crate) async fn resync_presence(node: &Arc<NodeContext>) -> bool {
             if let Err(e) = node.bus.presence_put(&room.id, &p).await {
                 tracing::warn!(room = %room.id, error = %e, "putting back a presence record failed");
                 complete = false;
+                continue;
+            }
+            // Announced too: a node whose view lost the participant with the record (its
+            // removal landed after this node's republish) may have finished its own repair.
+            let update =
+                PresenceUpdate { room: room.id.clone(), participant: Some(p), joined: true, reason: String::new() };
+            let subject = node.subjects.room(&room.id, RoomChannel::Presence);
+            if let Err(e) = node.publish(subject, bus_envelope::Kind::Presence(update)).await {
+                tracing::warn!(room = %room.id, error = %e, "announcing a put-back participant failed");
+                complete = false;
             }
         }
         let mut st = room.lock();
