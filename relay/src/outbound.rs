@@ -19,6 +19,17 @@ use std::sync::{Arc, Mutex};
 use switchboard_protocol::ErrorCode;
 use tokio::sync::Notify;
 
+/// How long a session's writer may be stuck in one transport write before an overflow of
+/// its reliable room data is the client's (closed) rather than the node's (overdraft).
+pub const SLOW_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Milliseconds since the first call in this process, plus a day (a clock an atomic can
+/// hold; never 0, and a time a while before the first call is still representable).
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 86_400_000
+}
+
 /// Most (sender, track) pairs a session waits on for a keyframe at once.
 const MAX_AWAITING_KEYFRAME: usize = 256;
 
@@ -135,8 +146,9 @@ pub struct Outbound {
     /// Room messages of this session fanned out on this node so far (publisher pushback
     /// waits for its messages in flight).
     own_fanned_out: AtomicU64,
-    /// The session is inside a write to its transport ([`Outbound::set_writing`]).
-    writing: AtomicBool,
+    /// When the session's current transport write began, in ms on [`clock_ms`]; 0 while it
+    /// is not inside one ([`Outbound::set_writing`]).
+    write_began_ms: AtomicU64,
 }
 
 impl Outbound {
@@ -169,7 +181,7 @@ impl Outbound {
             load,
             backlog_flag: Arc::default(),
             own_fanned_out: AtomicU64::new(0),
-            writing: AtomicBool::new(false),
+            write_began_ms: AtomicU64::new(0),
         }
     }
 
@@ -256,25 +268,41 @@ impl Outbound {
     /// room or this session's writer is behind (not the client), the hard bound holds and
     /// the node's budget has room.
     ///
-    /// The writer is behind when the session is not inside a transport write: a client that
-    /// does not read keeps its session waiting inside one (its connection takes nothing more),
-    /// while a session outside one is waiting for the node's CPU. That happens to a few
-    /// sessions at a time: an edge's worker thread polls tasks woken from other threads (by
-    /// a fan-out) once per 31 polls of tasks woken on its own, so under load a fan-out's
-    /// recipients can wait there in a group while others write.
+    /// The writer is behind unless it has been stuck in one transport write for
+    /// [`SLOW_WRITE`]: a client that does not read keeps its session waiting inside a write
+    /// (its connection takes nothing more), while a session outside one, or briefly inside
+    /// one, waits for the node's CPU (its own task, or the edge's connection task that takes
+    /// what it wrote). That happens to a few sessions at a time: an edge's worker thread
+    /// polls tasks woken from other threads (by a fan-out) once per 31 polls of tasks woken
+    /// on its own, so under load a fan-out's recipients can wait there in a group while
+    /// others write. A client that reads too slowly is still closed at the hard bound.
     fn excused(&self, st: &State, frame: &Bytes, peers_behind: bool) -> bool {
         let Some(load) = &self.load else { return false };
         let i = Class::Data as usize;
         let (max_frames, max_bytes) = self.limits.per_class[i];
         let within_hard =
             st.queues[i].len() < max_frames * OVERDRAFT && st.bytes[i] + frame.len() <= max_bytes * OVERDRAFT;
-        let node_behind = peers_behind || load.node_overloaded() || !self.writing.load(Ordering::Relaxed);
+        let node_behind = peers_behind || load.node_overloaded() || !self.write_stuck();
         within_hard && node_behind && load.take_overdraft(frame.len())
     }
 
     /// The session's writer entered (`true`) or left (`false`) a write to its transport.
     pub fn set_writing(&self, writing: bool) {
-        self.writing.store(writing, Ordering::Relaxed);
+        self.write_began_ms.store(if writing { clock_ms() } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// Whether the writer has been inside its current transport write for [`SLOW_WRITE`].
+    fn write_stuck(&self) -> bool {
+        let began = self.write_began_ms.load(Ordering::Relaxed);
+        began != 0 && clock_ms().saturating_sub(began) >= SLOW_WRITE.as_millis() as u64
+    }
+
+    /// Pretend the current write began `ago` earlier (tests of [`SLOW_WRITE`]).
+    #[cfg(test)]
+    fn backdate_write(&self, ago: std::time::Duration) {
+        let _ = self.write_began_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            (b != 0).then(|| b.saturating_sub(ago.as_millis() as u64).max(1))
+        });
     }
 
     /// Whether the room-data class is over half its bound.
@@ -547,6 +575,7 @@ mod tests {
         // Alone behind while its writer waits on the transport: the client is slow.
         let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
         q.set_writing(true);
+        q.backdate_write(SLOW_WRITE);
         q.push(Class::Data, Bytes::from_static(b"1"), false);
         q.push(Class::Data, Bytes::from_static(b"2"), false);
         assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"3"), false, false), Pushed::Overflow);
@@ -555,6 +584,16 @@ mod tests {
         q.push(Class::Data, Bytes::from_static(b"1"), false);
         q.push(Class::Data, Bytes::from_static(b"2"), false);
         assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"3"), false, false), Pushed::Queued);
+        // Alone behind, inside a write that began just now (the edge has not taken it yet):
+        // excused; stuck in it for SLOW_WRITE: the client's.
+        let q = Outbound::with_load(QueueLimits { per_class: [(4, 100), (4, 100), (2, 100), (2, 100)] }, load.clone());
+        q.set_writing(true);
+        q.push(Class::Data, Bytes::from_static(b"1"), false);
+        q.push(Class::Data, Bytes::from_static(b"2"), false);
+        assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"3"), false, false), Pushed::Queued);
+        q.backdate_write(SLOW_WRITE);
+        assert_eq!(q.push_among(Class::Data, Bytes::from_static(b"4"), false, false), Pushed::Overflow);
+        q.set_writing(false);
     }
 
     #[tokio::test]

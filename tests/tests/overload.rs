@@ -13,7 +13,8 @@
 //! edge's worker thread polls tasks woken from other threads (every fan-out's recipients)
 //! once per 31 polls of tasks woken on its own, so a fan-out's recipients could wait there
 //! together while others wrote; too few to make the room behind, they looked like slow
-//! clients. A session outside a transport write is now excused (`Outbound::set_writing`).
+//! clients. A session whose writer has not been stuck in one transport write for a second
+//! (`outbound::SLOW_WRITE`) is now excused.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
