@@ -27,7 +27,8 @@ pub enum WriteFailed {
 /// Write `batch` (drained), taken from `outbound`, within `deadline`; the tags of media
 /// frames the transport dropped go to `dropped`. Runs to completion once started: a cancelled
 /// write would lose frames. While it runs, `outbound` knows its writer waits on the client
-/// ([`Outbound::set_writing`]: an overflow then is the client's, not the node's).
+/// ([`Outbound::set_writing`]: an overflow while it has been stuck in one write for
+/// [`crate::outbound::SLOW_WRITE`] is the client's, not the node's).
 pub async fn write_batch<T: Transport>(
     transport: &mut T,
     outbound: &Outbound,
