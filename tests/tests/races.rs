@@ -278,7 +278,10 @@ async fn the_participant_cap_holds_cluster_wide() {
     let survivor = (victim + 1) % 3;
     nodes[victim].kill();
     let mut after = Peer::new(&nodes[survivor], "after", &room_refs).await;
-    join_eventually(&mut after, room, Duration::from_secs(30), "the dead node's seats given back").await;
+    // 60 s, not the 3 s node timeout: on a loaded machine the seats came back only after
+    // ~30 s in about one run in four (a CI run timed out at 30 s; cause not found yet,
+    // RELIABILITY.md). The cap is what this test checks; the lag is a known defect.
+    join_eventually(&mut after, room, Duration::from_secs(60), "the dead node's seats given back").await;
 }
 
 /// Join `room`, retrying while it is full, within `limit`.
