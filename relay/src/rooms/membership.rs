@@ -34,7 +34,11 @@ pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinReques
             }
         }
         if max_participants > 0 {
-            let count = room.lock().view.len();
+            // Participants of nodes that stopped heartbeating do not count: their records
+            // stay in the store until a node hosting the room reaps them, or until they
+            // expire when no live node does (then a join waited for that, ~30 s).
+            let now = Instant::now();
+            let count = room.lock().view.values().filter(|p| !node.node_is_dead(&p.node, now)).count();
             if count >= max_participants {
                 teardown_if_empty(node, &room);
                 return Err(JoinError::Full { room: room_id.to_owned(), limit: max_participants });
@@ -173,8 +177,11 @@ async fn subscribe(node: &Arc<NodeContext>, room: &Arc<Room>) -> Result<(), BusE
         st.follower = Some(node.runtime.spawn(follow_history(Arc::downgrade(node), room.clone())));
     }
     for p in snapshot {
-        // Starts the liveness clock of nodes we have not heard from yet.
-        node.node_is_dead(&p.node, now);
+        // Starts the liveness clock of nodes we have not heard from yet. Records of nodes
+        // known dead are left out: no live node may host the room to reap them.
+        if node.node_is_dead(&p.node, now) {
+            continue;
+        }
         st.view.insert(p.session.clone(), p);
     }
     st.reader = Some(node.runtime.spawn(read_room(Arc::downgrade(node), room.clone(), sub)));
