@@ -50,19 +50,21 @@ impl Lab {
                 self.iptables(&["-t", table, "-A", hook, "-j", &chain])?;
             }
         }
-        for table in ["raw", "nat", "filter"] {
-            self.iptables(&["-t", table, "-F", &chain])?;
-        }
         // One zone per (host, rebinding): host indexes are below 256, k below 100.
         let zone = (i * 256 + usize::from(k)).to_string();
         let (rif, addr, public_s) = (host.router_if(), host.addr().to_string(), public.to_string());
-        self.iptables(&["-t", "raw", "-A", &chain, "-i", &rif, "-j", "CT", "--zone", &zone])?;
-        self.iptables(&["-t", "raw", "-A", &chain, "-d", &public_s, "-j", "CT", "--zone", &zone])?;
+        // The NAT and filter rules first, the switch of zones (raw) last: NAT is bound at a
+        // connection's first packet, so a packet that reached the new zone before the SNAT
+        // rules existed made an un-NATed entry, and its flow stayed broken for good (the
+        // filter drops what is not SNAT'd). On a loaded machine that window was hit in most
+        // runs of `tests/tests/migration.rs`.
+        self.iptables(&["-t", "nat", "-F", &chain])?;
         let first = REBIND_PORT_BASE + 100 * u16::from(k);
         let to = format!("{public}:{first}-{}", first + 99);
         self.iptables(&["-t", "nat", "-A", &chain, "-s", &addr, "-p", "udp", "-j", "SNAT", "--to-source", &to])?;
         self.iptables(&["-t", "nat", "-A", &chain, "-s", &addr, "-p", "tcp", "-j", "SNAT", "--to-source", &to])?;
         self.iptables(&["-t", "nat", "-A", &chain, "-s", &addr, "-j", "SNAT", "--to-source", &public_s])?;
+        self.iptables(&["-t", "filter", "-F", &chain])?;
         self.iptables(&[
             "-t",
             "filter",
@@ -78,6 +80,9 @@ impl Lab {
             "-j",
             "DROP",
         ])?;
+        self.iptables(&["-t", "raw", "-F", &chain])?;
+        self.iptables(&["-t", "raw", "-A", &chain, "-i", &rif, "-j", "CT", "--zone", &zone])?;
+        self.iptables(&["-t", "raw", "-A", &chain, "-d", &public_s, "-j", "CT", "--zone", &zone])?;
         self.rebinds.insert(i, k);
         Ok(public)
     }
