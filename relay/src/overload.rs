@@ -68,6 +68,9 @@ pub struct Load {
     /// Rooms whose local members were mostly backlogged at their last fan-out, with those
     /// members' backlog flags (re-read, so a room clears as its members catch up).
     behind_rooms: Mutex<HashMap<String, Vec<Arc<AtomicBool>>>>,
+    /// `behind_rooms.len()`, readable without the lock: every fan-out and publish asks, and
+    /// almost always no room is behind.
+    behind_count: AtomicUsize,
     /// Woken when the node or a room stops being behind.
     cleared: Notify,
     overloaded_gauge: Gauge,
@@ -98,6 +101,7 @@ impl Load {
             backlogged: AtomicUsize::new(0),
             overdraft_bytes: AtomicUsize::new(0),
             behind_rooms: Mutex::default(),
+            behind_count: AtomicUsize::new(0),
             cleared: Notify::new(),
             overloaded_gauge: overloaded,
             excused,
@@ -117,6 +121,9 @@ impl Load {
     }
 
     fn room_is_behind(&self, room: &str) -> bool {
+        if self.behind_count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         let rooms = self.rooms();
         let Some(flags) = rooms.get(room) else { return false };
         room_behind(flags.iter().filter(|f| f.load(Ordering::Relaxed)).count(), flags.len())
@@ -130,16 +137,21 @@ impl Load {
     /// Record whether `room` is behind (from a fan-out, see [`survey`]); `flags` gives its
     /// members' backlog flags when it just fell behind.
     fn note_room(&self, room: &str, behind: bool, flags: impl FnOnce() -> Vec<Arc<AtomicBool>>) {
+        if !behind && self.behind_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let removed = {
             let mut rooms = self.rooms();
-            if behind {
+            let removed = if behind {
                 if !rooms.contains_key(room) {
                     rooms.insert(room.to_owned(), flags());
                 }
                 false
             } else {
                 rooms.remove(room).is_some()
-            }
+            };
+            self.behind_count.store(rooms.len(), Ordering::Relaxed);
+            removed
         };
         if removed {
             self.cleared.notify_waiters();
