@@ -7,7 +7,7 @@
  * application a call state older than one it already delivered, nor the same state again.
  */
 import { toBinary } from "@bufbuild/protobuf";
-import { CallSchema, CallState, type CallEvent } from "./gen/switchboard_pb";
+import { CallSchema, CallState, type CallEvent } from "./gen/switchboard_pb.js";
 
 /** Calls remembered at most (live ones first; ended ones only to drop stale repeats). */
 export const MAX_TRACKED_CALLS = 256;

@@ -12,7 +12,7 @@ import {
   ErrorCode,
   ServerFrameSchema,
   SignalKind,
-} from "./gen/switchboard_pb";
+} from "./gen/switchboard_pb.js";
 import type {
   Ack,
   CallEvent,
@@ -25,17 +25,18 @@ import type {
   Message,
   ParticipantJoined,
   ParticipantLeft,
+  RoomStats,
   ServerFrame,
   SignalEvent,
   Welcome,
-} from "./gen/switchboard_pb";
-import { reconnectDelay, type BackoffOptions } from "./backoff";
-import { CallTracker } from "./calls-resume";
-import { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
-import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo, type Transport, type TransportKind } from "./transport";
-import { Emitter } from "./emitter";
-import type { LaneKind, MediaLanes } from "./lanes";
-import { MediaOrder } from "./media-order";
+} from "./gen/switchboard_pb.js";
+import { reconnectDelay, type BackoffOptions } from "./backoff.js";
+import { CallTracker } from "./calls-resume.js";
+import { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints.js";
+import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo, type Transport, type TransportKind } from "./transport.js";
+import { Emitter } from "./emitter.js";
+import type { LaneKind, MediaLanes } from "./lanes.js";
+import { MediaOrder } from "./media-order.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -164,6 +165,18 @@ export interface ClientEvents {
   message: Message;
   participantJoined: ParticipantJoined;
   participantLeft: ParticipantLeft;
+  /**
+   * `RoomStats{room, participantCount}`: in rooms above the node's presence-event limit
+   * (`--presence-events-max`, 500) there are no `participantJoined` / `participantLeft`
+   * events; the node sends the room's cluster-wide count instead, at most once per heartbeat
+   * and only when it changed (droppable: a later one carries the latest count).
+   */
+  roomStats: RoomStats;
+  /**
+   * A joined room's participant count changed (`participantCount(room)`): from `Joined`,
+   * a presence event or `RoomStats`.
+   */
+  participantCount: { room: string; count: number };
   signal: SignalEvent;
   call: CallEvent;
   media: MediaEvent;
@@ -223,6 +236,8 @@ export interface CallRecord {
 interface RoomState {
   /** The offset of the last reliable message seen (or the room's last offset at join). */
   lastOffset?: bigint;
+  /** Participants (sessions), cluster-wide: `Joined`, then presence events or `RoomStats`. */
+  participantCount?: number;
   /** Offsets of this client's own messages (not echoed live; skipped on replay). */
   own: Set<bigint>;
 }
@@ -325,6 +340,16 @@ export class SwitchboardClient {
   /** The last reliable offset seen in a room. */
   lastOffset(room: string): bigint | undefined {
     return this.rooms.get(room)?.lastOffset;
+  }
+
+  /**
+   * Participants (sessions) in a joined room, cluster-wide, as last known: `Joined`'s
+   * `participantCount` (not the length of its list, which stops at 500), kept by
+   * `participantJoined` / `participantLeft` events and, in large rooms, by `roomStats`.
+   * Undefined for a room not joined (or before its `Joined`).
+   */
+  participantCount(room: string): number | undefined {
+    return this.rooms.get(room)?.participantCount;
   }
 
   /**
@@ -793,6 +818,18 @@ export class SwitchboardClient {
     return true;
   }
 
+  private setParticipantCount(room: string, count: number): void {
+    const st = this.rooms.get(room);
+    if (!st || st.participantCount === count) return;
+    st.participantCount = count;
+    this.events.emit("participantCount", { room, count });
+  }
+
+  private addParticipants(room: string, delta: number): void {
+    const st = this.rooms.get(room);
+    if (st?.participantCount !== undefined) this.setParticipantCount(room, Math.max(0, st.participantCount + delta));
+  }
+
   /** A frame from a media lane: media only (anything else has no business there). */
   private onLaneFrame(bytes: Uint8Array, lane: LaneKind): void {
     let f: ServerFrame;
@@ -824,9 +861,14 @@ export class SwitchboardClient {
       case "ack":
         this.settle(k.value.refId, f);
         break;
-      case "joined":
-        this.settle(k.value.refId, f);
+      case "joined": {
+        // Counted before the request settles: presence events read in the same batch (a
+        // WebTransport chunk) are dispatched before the awaiting code resumes.
+        const j = k.value;
+        this.setParticipantCount(j.room, j.participantCount || j.participants.length);
+        this.settle(j.refId, f);
         break;
+      }
       case "error": {
         const e = new SwitchboardError(k.value.code, k.value.message, k.value.fatal);
         if (!this.settle(k.value.refId, f, e) || e.fatal) this.events.emit("error", e);
@@ -849,10 +891,16 @@ export class SwitchboardClient {
         this.events.emit("left", k.value);
         break;
       case "participantJoined":
+        this.addParticipants(k.value.room, 1);
         this.events.emit("participantJoined", k.value);
         break;
       case "participantLeft":
+        this.addParticipants(k.value.room, -1);
         this.events.emit("participantLeft", k.value);
+        break;
+      case "roomStats":
+        this.setParticipantCount(k.value.room, k.value.participantCount);
+        this.events.emit("roomStats", k.value);
         break;
       case "signal":
         this.events.emit("signal", k.value);

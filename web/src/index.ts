@@ -10,12 +10,12 @@
  * await client.publish("demo", "hello", { kind: "chat" });
  * ```
  */
-export * from "./client";
-export { backoffDelay, reconnectDelay, MAX_RETRY_HINT_MS, type BackoffOptions } from "./backoff";
-export { CallTracker, MAX_TRACKED_CALLS, MAX_RESUME_CALLS } from "./calls-resume";
-export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints";
-export { encodeRecord, RecordDecoder } from "./framing";
-export { MediaLanes, MAX_LANE_RECORD, MAX_INCOMING_STREAMS, MAX_OUTGOING_GROUPS, MAX_GROUP_BACKLOG, MAX_TOTAL_BACKLOG, type LaneFrame, type LaneKind, type LaneSession } from "./lanes";
-export { MediaOrder, type OrderedFrame } from "./media-order";
-export { webTransportSupported, type TransportKind } from "./transport";
-export * from "./gen/switchboard_pb";
+export * from "./client.js";
+export { backoffDelay, reconnectDelay, MAX_RETRY_HINT_MS, type BackoffOptions } from "./backoff.js";
+export { CallTracker, MAX_TRACKED_CALLS, MAX_RESUME_CALLS } from "./calls-resume.js";
+export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints.js";
+export { encodeRecord, RecordDecoder } from "./framing.js";
+export { MediaLanes, MAX_LANE_RECORD, MAX_INCOMING_STREAMS, MAX_OUTGOING_GROUPS, MAX_GROUP_BACKLOG, MAX_TOTAL_BACKLOG, type LaneFrame, type LaneKind, type LaneSession } from "./lanes.js";
+export { MediaOrder, type OrderedFrame } from "./media-order.js";
+export { webTransportSupported, type TransportKind } from "./transport.js";
+export * from "./gen/switchboard_pb.js";

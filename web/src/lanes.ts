@@ -17,7 +17,7 @@
  * (the receiver skips to the next keyframe and asks for one), and everything the node can make
  * the page hold is bounded (record size, streams read at once).
  */
-import { encodeRecord, RecordDecoder } from "./framing";
+import { encodeRecord, RecordDecoder } from "./framing.js";
 
 export type LaneKind = "datagram" | "stream";
 

@@ -2,8 +2,8 @@
  * The two transports behind one interface: WebTransport (one bidirectional stream of
  * length-prefixed frames) and WebSocket (one binary message per frame).
  */
-import { encodeRecord, RecordDecoder } from "./framing";
-import { MediaLanes, type LaneKind, type LaneSession } from "./lanes";
+import { encodeRecord, RecordDecoder } from "./framing.js";
+import { MediaLanes, type LaneKind, type LaneSession } from "./lanes.js";
 
 export type TransportKind = "webtransport" | "websocket";
 

@@ -1,7 +1,7 @@
 // Unit tests of the library: its pure parts (framing, backoff and retry hints, protobuf round
-// trips, JWT expiry, the call tracker) and how connect() fails and reconnects (against a
-// stand-in WebSocket), bundled from the TypeScript sources with esbuild and run by node's
-// test runner.
+// trips, JWT expiry, the call tracker), how connect() fails and reconnects and how rooms keep
+// their participant counts (against a stand-in WebSocket), bundled from the TypeScript
+// sources with esbuild and run by node's test runner.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -130,8 +130,8 @@ test("call tracker: live calls are resumed (newest first, bounded), ended ones n
 let protobuf;
 
 // A WebSocket stand-in (node has none before v22) whose server answers `Hello` with
-// `answer(ws, hello)`.
-function fakeWebSocket(answer) {
+// `answer(ws, hello)`, and any other frame with `onFrame(ws, frame)`.
+function fakeWebSocket(answer, onFrame) {
   return class FakeWebSocket {
     static OPEN = 1;
     constructor(url) {
@@ -144,8 +144,9 @@ function fakeWebSocket(answer) {
     }
     send(bytes) {
       const { fromBinary } = protobuf;
-      const { kind } = fromBinary(lib.ClientFrameSchema, bytes);
-      if (kind.case === "hello") answer(this, kind.value);
+      const frame = fromBinary(lib.ClientFrameSchema, bytes);
+      if (frame.kind.case === "hello") answer(this, frame.kind.value);
+      else onFrame?.(this, frame);
     }
     serverSend(kind) {
       const { create, toBinary } = protobuf;
@@ -279,6 +280,72 @@ test("reconnect: a refusal with a retry hint waits the hint; Hello.calls resumes
     client.dropConnection();
     await eventually("the fourth Hello", () => hellos.length === 4);
     assert.deepEqual(hellos[3].calls, [], "the ended call is not resumed");
+  } finally {
+    client.close();
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("participant count: Joined's count (not its truncated list), presence events, RoomStats in large rooms (a roomStats event)", async () => {
+  protobuf ??= await import("@bufbuild/protobuf");
+  const person = (i) => ({ user: `u${i}`, session: `s${i}`, name: `U${i}`, node: "n1" });
+  let server;
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket(
+    (ws) => {
+      server = ws;
+      ws.serverSend({ case: "welcome", value: { protocolVersion: 1, sessionId: "s0", node: "n1", user: "u0", heartbeatMs: 15_000 } });
+    },
+    (ws, frame) => {
+      const { kind, id } = frame;
+      // Answered a turn later, as over a network.
+      setTimeout(() => {
+        if (kind.case === "leave") ws.serverSend({ case: "ack", value: { refId: id } });
+        if (kind.case !== "join") return;
+        const room = kind.value.room;
+        if (room === "big") {
+          // A large room: 500 listed of 600, and a join dispatched in the same turn as the
+          // Joined (as the frames of one WebTransport chunk are), before join() resumes.
+          const participants = Array.from({ length: 500 }, (_, i) => person(i));
+          ws.serverSend({ case: "joined", value: { refId: id, room, participants, participantCount: 600, participantsTruncated: true } });
+          ws.serverSend({ case: "participantJoined", value: { room, participant: person(600) } });
+        } else {
+          ws.serverSend({ case: "joined", value: { refId: id, room, participants: [person(0), person(1)], participantCount: 2 } });
+        }
+      }, 0);
+    },
+  );
+  const client = new lib.SwitchboardClient({ nodes: ["ws://127.0.0.1:9/ws"], token: "t", transport: "websocket", reconnect: false });
+  const stats = [];
+  const counts = [];
+  client.on("roomStats", (s) => stats.push([s.room, s.participantCount]));
+  client.on("participantCount", (c) => counts.push([c.room, c.count]));
+  try {
+    await client.connect();
+    assert.equal(client.participantCount("big"), undefined, "not joined");
+    const joined = await client.join("big");
+    assert.equal(joined.participants.length, 500);
+    assert.equal(client.participantCount("big"), 601, "Joined's count, plus the join that came with it");
+    server.serverSend({ case: "participantLeft", value: { room: "big", participant: person(3) } });
+    assert.equal(client.participantCount("big"), 600);
+    // Past the presence-event limit: counts instead of events.
+    server.serverSend({ case: "roomStats", value: { room: "big", participantCount: 750 } });
+    assert.equal(client.participantCount("big"), 750);
+    server.serverSend({ case: "roomStats", value: { room: "big", participantCount: 750 } });
+    server.serverSend({ case: "roomStats", value: { room: "elsewhere", participantCount: 9 } });
+    assert.equal(client.participantCount("elsewhere"), undefined, "a room not joined is not counted");
+    assert.deepEqual(stats, [["big", 750], ["big", 750], ["elsewhere", 9]]);
+
+    await client.join("small");
+    assert.equal(client.participantCount("small"), 2);
+    server.serverSend({ case: "participantJoined", value: { room: "small", participant: person(2) } });
+    server.serverSend({ case: "participantLeft", value: { room: "big", participant: person(4) } });
+    assert.deepEqual([client.participantCount("small"), client.participantCount("big")], [3, 749], "each room its own count");
+    await client.leave("big");
+    assert.equal(client.participantCount("big"), undefined, "forgotten on leave");
+    server.serverSend({ case: "roomStats", value: { room: "big", participantCount: 800 } });
+    assert.equal(client.participantCount("big"), undefined);
+    assert.deepEqual(counts, [["big", 600], ["big", 601], ["big", 600], ["big", 750], ["small", 2], ["small", 3], ["big", 749]], "one event per change");
   } finally {
     client.close();
     globalThis.WebSocket = saved;
