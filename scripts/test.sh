@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, then format check, clippy
 # (warnings are errors), build, and every test (unit, integration over real nats-server
-# processes, real sockets and real QUIC), the Helm chart checks and the browser tests
-# (Debian's Chromium driving the demo against a real cluster).
+# processes, real sockets and real QUIC), the Helm chart checks, the package checks (the
+# published crates and the npm package, packed and used as their users get them) and the
+# browser tests (Debian's Chromium driving the demo against a real cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +44,7 @@ echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}"
 echo "==> Helm chart: lint, render, validate (offline)"
 ./scripts/check-chart.sh
+echo "==> packages: cargo package of the published crates, npm pack of the TypeScript client"
+./scripts/package-check.sh
 echo "==> browser tests (Chromium, TypeScript client, demo)"
 ./scripts/browser-test.sh
