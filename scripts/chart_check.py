@@ -36,7 +36,27 @@ CHART = ROOT / "helm" / "switchboard"
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]  # oldest supported target, newest schemas shipped
 RELEASE, NAMESPACE = "rt", "realtime"
 # Custom resources: kubernetes-validate ships no schema for them.
-CRD_KINDS = {"ServiceMonitor": "monitoring.coreos.com/v1", "Certificate": "cert-manager.io/v1"}
+CRD_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "Certificate": "cert-manager.io/v1",
+}
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
+RULES = CHART / "files" / "prometheus-rules.yaml"
+# What the dashboard and the alerts must cover (the issue's list), by panel title and alert name.
+DASHBOARD_PANELS = [
+    "Ready", "Draining", "NATS connection", "Connections by transport", "Connections against the caps", "Joins",
+    "Deliveries", "Delivery latency", "Drops by class", "Slow consumers", "Errors by code", "Certificate lifetime left",
+]
+ALERTS = [
+    "SwitchboardNodeNotReady", "SwitchboardNatsDisconnected", "SwitchboardSlowConsumersHigh", "SwitchboardErrorRateHigh",
+    "SwitchboardInternalErrors", "SwitchboardReliableDataDropped", "SwitchboardConnectionsNearLimit",
+    "SwitchboardCertificateExpiring",
+]
+# Fields of a PrometheusRule (monitoring.coreos.com/v1) the chart may set; anything else is a typo.
+RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_strategy", "query_offset", "labels"}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+PROM_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
 passed = failed = 0
 
@@ -296,6 +316,107 @@ def check_others(name: str, docs: list[tuple[str, dict]], v: dict, notes: str) -
     check("switchboard token" in notes and "/ws" in notes and "/wt" in notes, f"{name}: NOTES tells how to connect and mint a token")
 
 
+def check_monitoring(name: str, docs: list[tuple[str, dict]], v: dict) -> None:
+    """The dashboard ConfigMap and the PrometheusRule: present iff enabled, well formed, and
+    carrying the values they were rendered with."""
+    rules = [d for _, d in docs if d["kind"] == "PrometheusRule"]
+    dashboards = [d for _, d in docs if d["kind"] == "ConfigMap" and "switchboard.json" in (d.get("data") or {})]
+    check(len(rules) == (1 if get(v, "prometheusRule.enabled") else 0), f"{name}: PrometheusRule iff prometheusRule.enabled")
+    check(len(dashboards) == (1 if get(v, "grafanaDashboard.enabled") else 0), f"{name}: dashboard ConfigMap iff grafanaDashboard.enabled")
+    for cm in dashboards:
+        meta = cm["metadata"]
+        check(meta.get("namespace") == (get(v, "grafanaDashboard.namespace") or NAMESPACE), f"{name}: dashboard ConfigMap namespace")
+        check(meta["labels"].get(get(v, "grafanaDashboard.label")) == get(v, "grafanaDashboard.labelValue"), f"{name}: dashboard ConfigMap carries the sidecar's label")
+        for key, val in (get(v, "grafanaDashboard.annotations") or {}).items():
+            check((meta.get("annotations") or {}).get(key) == val, f"{name}: dashboard annotation {key}")
+        try:
+            shipped = json.loads(cm["data"]["switchboard.json"])
+        except json.JSONDecodeError as e:
+            check(False, f"{name}: the dashboard ConfigMap holds JSON ({e})")
+            continue
+        check(shipped == json.loads(DASHBOARD.read_text()), f"{name}: the ConfigMap ships files/grafana-dashboard.json unchanged")
+    for rule in rules:
+        check(rule["apiVersion"] == CRD_KINDS["PrometheusRule"], f"{name}: PrometheusRule apiVersion")
+        for key, val in (get(v, "prometheusRule.labels") or {}).items():
+            check(rule["metadata"]["labels"].get(key) == val, f"{name}: PrometheusRule label {key}")
+        check(set(rule["spec"]) == {"groups"}, f"{name}: PrometheusRule spec has groups only")
+        alerts = {}
+        for group in rule["spec"]["groups"]:
+            check(set(group) <= RULE_GROUP_FIELDS and group.get("name") and group.get("rules"), f"{name}: rule group {group.get('name')} is well formed: {sorted(group)}")
+            for r in group.get("rules") or []:
+                who = f"{name}: alert {r.get('alert')}"
+                check(set(r) <= RULE_FIELDS, f"{who}: only known rule fields ({sorted(set(r) - RULE_FIELDS)})")
+                check(r.get("alert") not in alerts, f"{who}: alert names are unique")
+                alerts[r.get("alert")] = r
+                expr = r.get("expr")
+                check(isinstance(expr, str) and expr.strip(), f"{who}: has an expression")
+                expr = expr or ""
+                check("{{" not in expr and ".Values" not in expr, f"{who}: no template left in the expression")
+                check(f'namespace="{NAMESPACE}"' in expr, f"{who}: selectors scoped to the release's namespace")
+                check(expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), f"{who}: balanced brackets")
+                if "for" in r:
+                    check(isinstance(r["for"], str) and PROM_DURATION.match(r["for"]), f"{who}: 'for' is a Prometheus duration ({r['for']!r})")
+                labels = r.get("labels") or {}
+                check(labels.get("severity") in ("warning", "critical"), f"{who}: severity warning or critical (its own, over alertLabels)")
+                for key, val in (get(v, "prometheusRule.alertLabels") or {}).items():
+                    if key != "severity":
+                        check(labels.get(key) == val, f"{who}: alert label {key} from alertLabels")
+                ann = r.get("annotations") or {}
+                check(ann.get("summary") and ann.get("description"), f"{who}: summary and description")
+                text = " ".join(str(x) for x in ann.values())
+                check("{{ $labels.pod }}" in text and "{{`" not in text, f"{who}: annotations carry Prometheus' templates ($labels.pod), not Helm's")
+        disabled = set(get(v, "prometheusRule.disabledAlerts") or [])
+        check(set(alerts) == set(ALERTS) - disabled, f"{name}: alerts {sorted(alerts)} == the expected ones less {sorted(disabled)}")
+        t = get(v, "prometheusRule.thresholds") or {}
+
+        def has(alert: str, text: str, where: str = "expr") -> None:
+            if alert in alerts:
+                got = str(alerts[alert].get(where))
+                check(text in got, f"{name}: {alert} {where} has {text!r}: {got}")
+
+        has("SwitchboardNodeNotReady", str(t.get("notReadyFor")), "for")
+        has("SwitchboardNatsDisconnected", str(t.get("natsDisconnectedFor")), "for")
+        has("SwitchboardSlowConsumersHigh", f"> {t.get('slowConsumersPerSecond')}")
+        has("SwitchboardErrorRateHigh", f"> {t.get('errorsPerSecond')}")
+        has("SwitchboardConnectionsNearLimit", f"> {t.get('connectionsNearLimitRatio')}")
+        has("SwitchboardCertificateExpiring", f"< {t.get('certificateExpiryDays')} * 86400")
+        has("SwitchboardCertificateExpiring", f"< {t.get('generatedCertificateExpiryDays')} * 86400")
+
+
+def check_dashboard_file() -> None:
+    """files/grafana-dashboard.json: a Grafana dashboard whose panels cover the issue's list,
+    query through the ${datasource} variable, filter by $namespace and $pod, and do not overlap."""
+    d = json.loads(DASHBOARD.read_text())
+    check(d.get("uid") and d.get("title") and d.get("schemaVersion", 0) >= 36, "dashboard: uid, title, schemaVersion")
+    variables = {x["name"]: x for x in get(d, "templating.list", [])}
+    check(get(variables, "datasource.type") == "datasource" and get(variables, "datasource.query") == "prometheus", "dashboard: a Prometheus data source variable")
+    check({"namespace", "pod"} <= set(variables), "dashboard: namespace and pod variables")
+    panels = d.get("panels") or []
+    titles = [p.get("title") for p in panels]
+    for want in DASHBOARD_PANELS:
+        check(want in titles, f"dashboard: a panel {want!r}")
+    check(len(set(p.get("id") for p in panels)) == len(panels), "dashboard: panel ids are unique")
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        g = p.get("gridPos") or {}
+        ok = all(isinstance(g.get(k), int) for k in "hwxy") and g["x"] >= 0 and g["x"] + g["w"] <= 24
+        check(ok, f"dashboard: panel {p.get('title')!r} fits the 24-column grid")
+        if not ok:
+            continue
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        check(not (mine & cells), f"dashboard: panel {p.get('title')!r} overlaps another")
+        cells |= mine
+        if p.get("type") == "row":
+            continue
+        targets = p.get("targets") or []
+        check(targets and get(p, "datasource.uid") == "${datasource}", f"dashboard: panel {p.get('title')!r} queries the ${{datasource}} variable")
+        for target in targets:
+            expr = target.get("expr") or ""
+            check(get(target, "datasource.uid") == "${datasource}", f"dashboard: {p.get('title')!r} target uses ${{datasource}}")
+            check('namespace="$namespace"' in expr and 'pod=~"$pod"' in expr,
+                  f"dashboard: {p.get('title')!r} filters by $namespace and $pod: {expr}")
+
+
 # --------------------------------------------------------------------------- documentation
 
 
@@ -344,6 +465,10 @@ def check_docs(chart: helm_python.Chart) -> None:
     for t in sorted(table - set(documented)):
         check(False, f"README.md: table row {t} is not a value in values.yaml")
     check(all(x in readme for x in ("jetstream:", "cluster:", "replicas: 3", "nats://nats:4222", "2.10")), "README.md: the official NATS chart snippet")
+    documented_alerts = set(re.findall(r"^\| \*\*(Switchboard\w+)\*\* \|", readme, re.M))
+    check(documented_alerts == set(ALERTS), f"README.md: the alerts table lists every alert ({sorted(documented_alerts ^ set(ALERTS))})")
+    rule_file = RULES.read_text()
+    check(all(f"- alert: {a}\n" in rule_file for a in ALERTS), "files/prometheus-rules.yaml: has every alert")
 
     # The schema types every value and accepts the defaults.
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -391,6 +516,7 @@ def main() -> int:
     validator_self_test()
     chart = helm_python.Chart.load(str(CHART))
     check_docs(chart)
+    check_dashboard_file()
 
     value_sets = sorted((CHART / "ci").glob("*.yaml"))
     check(len(value_sets) >= 7, f"at least 7 value sets in ci/ (found {len(value_sets)})")
@@ -431,6 +557,7 @@ def main() -> int:
         check_deployments(name, docs, v, secrets)
         check_services(name, docs, v)
         check_others(name, docs, v, notes)
+        check_monitoring(name, docs, v)
         kinds = sorted({d["kind"] for _, d in docs})
         print(f"ok: {name}: {len(docs)} manifests ({', '.join(kinds)})")
 

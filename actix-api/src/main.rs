@@ -133,6 +133,12 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("admin API disabled (no --admin-key)");
     }
     let workers = args.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // Each worker holds at most its own share of the connections.
+    let http_limit = i64::try_from(workers.saturating_mul(HTTP_MAX_CONNECTIONS_PER_WORKER)).unwrap_or(i64::MAX);
+    node.metrics()
+        .connection_limit
+        .get_or_create(&switchboard_relay::metrics::TransportLabel { transport: "websocket" })
+        .set(http_limit);
     let server = actix_web::HttpServer::new(move || {
         let origins = state.allowed_origins.clone();
         actix_web::App::new()
@@ -161,7 +167,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     .max_connections(HTTP_MAX_CONNECTIONS_PER_WORKER)
     .max_connection_rate(HTTP_MAX_TLS_HANDSHAKES_PER_WORKER);
     let tls = match (&args.http_tls_cert, &args.http_tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert.clone(), key.clone())?),
+        (Some(cert), Some(key)) => Some(tls::server_config(cert.clone(), key.clone(), node.clone())?),
         _ => None,
     };
     let scheme = if tls.is_some() { "https/wss" } else { "http/ws" };

@@ -11,6 +11,7 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
+use switchboard_relay::Node;
 
 /// How often the files are checked for changes.
 const POLL: Duration = Duration::from_secs(2);
@@ -49,25 +50,34 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// A rustls server configuration serving `cert`/`key` (HTTP/1.1), reloaded on change by a
-/// task on the current runtime.
-pub fn server_config(cert: PathBuf, key: PathBuf) -> anyhow::Result<rustls::ServerConfig> {
+/// task on the current runtime. The served certificate's expiry is shown in `node`'s
+/// `tls_certificate_expiry_timestamp_seconds{listener="http"}`.
+pub fn server_config(cert: PathBuf, key: PathBuf, node: Arc<Node>) -> anyhow::Result<rustls::ServerConfig> {
     // Stamp the files before reading them: a rotation landing between the read and the
     // watcher's start is then still seen as a change.
     let seen = (modified(&cert), modified(&key));
-    let resolver = Arc::new(ReloadingCert { current: RwLock::new(Arc::new(load(&cert, &key)?)) });
+    let loaded = load(&cert, &key)?;
+    record_expiry(&node, &loaded);
+    let resolver = Arc::new(ReloadingCert { current: RwLock::new(Arc::new(loaded)) });
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio::spawn(watch(resolver, cert, key, seen));
+    tokio::spawn(watch(resolver, cert, key, seen, node));
     Ok(config)
+}
+
+fn record_expiry(node: &Node, certified: &CertifiedKey) {
+    if let Some(leaf) = certified.cert.first() {
+        switchboard_node::record_certificate(node.metrics(), "http", "file", leaf);
+    }
 }
 
 type Stamps = (Option<SystemTime>, Option<SystemTime>);
 
-async fn watch(resolver: Arc<ReloadingCert>, cert: PathBuf, key: PathBuf, mut seen: Stamps) {
+async fn watch(resolver: Arc<ReloadingCert>, cert: PathBuf, key: PathBuf, mut seen: Stamps, node: Arc<Node>) {
     loop {
         tokio::time::sleep(POLL).await;
         let now = (modified(&cert), modified(&key));
@@ -76,6 +86,7 @@ async fn watch(resolver: Arc<ReloadingCert>, cert: PathBuf, key: PathBuf, mut se
         }
         match load(&cert, &key) {
             Ok(loaded) => {
+                record_expiry(&node, &loaded);
                 *resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
                 seen = now;
                 tracing::info!(cert = %cert.display(), "HTTP/WebSocket TLS certificate reloaded");

@@ -261,6 +261,31 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
     Ok(Node::start(config, verifier, bus).await?)
 }
 
+/// When the X.509 certificate `leaf_der` (DER) expires, in Unix seconds; `None` when it
+/// cannot be parsed.
+pub fn certificate_expiry(leaf_der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf_der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Show in `tls_certificate_expiry_timestamp_seconds{listener, source}` when the certificate
+/// a TLS listener now serves (its leaf, DER) expires. A certificate that cannot be parsed is
+/// logged and leaves the gauge as it was.
+pub fn record_certificate(
+    metrics: &switchboard_relay::metrics::Metrics,
+    listener: &'static str,
+    source: &'static str,
+    leaf_der: &[u8],
+) {
+    match certificate_expiry(leaf_der) {
+        Some(expiry) => {
+            let label = switchboard_relay::metrics::CertificateLabel { listener, source };
+            metrics.tls_certificate_expiry.get_or_create(&label).set(expiry);
+        }
+        None => tracing::warn!(listener, "cannot read the expiry of the served certificate"),
+    }
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()

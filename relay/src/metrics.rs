@@ -50,6 +50,39 @@ pub struct LaneLabel {
     pub direction: &'static str,
 }
 
+/// Label: a bus kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BusLabel {
+    /// `nats` or `local` (the embedded in-process bus).
+    pub bus: &'static str,
+}
+
+/// Labels: a TLS listener and where its certificate comes from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// `http` (HTTPS and WSS) or `webtransport`.
+    pub listener: &'static str,
+    /// `file` (configured, reloaded when it changes) or `generated` (self-signed at start,
+    /// never renewed: valid 13 days).
+    pub source: &'static str,
+}
+
+/// The node's state as the `ready`, `draining` and `bus_connected` gauges show it, read
+/// when the metrics are encoded (see [`Metrics::set_state_source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    /// What `/readyz` answers.
+    pub ready: bool,
+    /// Draining after SIGTERM.
+    pub draining: bool,
+    /// The bus kind (`nats` or `local`).
+    pub bus: &'static str,
+    /// Whether the bus is connected.
+    pub bus_connected: bool,
+}
+
+type StateSource = Box<dyn Fn() -> Option<NodeState> + Send + Sync>;
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +104,23 @@ pub struct Metrics {
     pub sessions_total: Family<TransportLabel, Counter>,
     /// Rooms with at least one local participant.
     pub rooms: Gauge,
+    /// 1 while the node is ready for new sessions (what `/readyz` answers), else 0.
+    pub ready: Gauge,
+    /// 1 while the node drains (after SIGTERM), else 0.
+    pub draining: Gauge,
+    /// 1 while the bus is connected, else 0, by bus (`nats` or `local`).
+    pub bus_connected: Family<BusLabel, Gauge>,
+    /// Connections a transport accepts at once on this node (WebSocket: the HTTP server's
+    /// connection cap, HTTP connections included; WebTransport: `--wt-max-sessions`). Only
+    /// for the transports the node serves.
+    pub connection_limit: Family<TransportLabel, Gauge>,
+    /// `--max-pending-connections`: connections of the node that may be authenticating at
+    /// once (0: unlimited).
+    pub pending_connections_limit: Gauge,
+    /// When the certificate a TLS listener serves expires, in Unix seconds.
+    pub tls_certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// Reads `ready`, `draining` and `bus_connected` at encoding time.
+    state_source: std::sync::OnceLock<StateSource>,
     /// Frames received from clients, by kind.
     pub frames_in: Family<KindLabel, Counter>,
     /// Frames queued to clients, by kind.
@@ -164,6 +214,13 @@ impl Metrics {
             rate_limited: Family::default(),
             sessions_total: Family::default(),
             rooms: Gauge::default(),
+            ready: Gauge::default(),
+            draining: Gauge::default(),
+            bus_connected: Family::default(),
+            connection_limit: Family::default(),
+            pending_connections_limit: Gauge::default(),
+            tls_certificate_expiry: Family::default(),
+            state_source: std::sync::OnceLock::new(),
             frames_in: Family::default(),
             frames_out: Family::default(),
             bytes_in: Counter::default(),
@@ -209,6 +266,24 @@ impl Metrics {
         registry.register("session_panics", "Session tasks that panicked", m.session_panics.clone());
         registry.register("rate_limited", "Frames refused over a rate limit", m.rate_limited.clone());
         registry.register("rooms", "Rooms with local participants", m.rooms.clone());
+        registry.register("ready", "1 while the node is ready for new sessions", m.ready.clone());
+        registry.register("draining", "1 while the node drains", m.draining.clone());
+        registry.register("bus_connected", "1 while the cluster bus is connected", m.bus_connected.clone());
+        registry.register(
+            "connection_limit",
+            "Connections a transport accepts at once on this node",
+            m.connection_limit.clone(),
+        );
+        registry.register(
+            "pending_connections_limit",
+            "Connections that may be authenticating at once (0: unlimited)",
+            m.pending_connections_limit.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (Unix time)",
+            m.tls_certificate_expiry.clone(),
+        );
         registry.register("frames_in", "Frames received from clients", m.frames_in.clone());
         registry.register("frames_out", "Frames queued to clients", m.frames_out.clone());
         registry.register("bytes_in", "Bytes received from clients", m.bytes_in.clone());
@@ -291,6 +366,17 @@ impl Metrics {
             let _ = m.pending_connections.get_or_create(&TransportLabel { transport });
             let _ = m.abrupt_closes.get_or_create(&TransportLabel { transport });
         }
+        // And counters that alerts watch with `increase`/`rate`: a series that first appears
+        // at 1 shows no increase, so its first event would go unseen.
+        for class in ["control", "signal", "data", "media"] {
+            let _ = m.queue_drops.get_or_create(&ClassLabel { class });
+        }
+        for code in [ErrorCode::Internal, ErrorCode::Unavailable] {
+            let _ = m.errors.get_or_create(&CodeLabel { code: code.as_str_name() });
+        }
+        for kind in ["reliable", "unreliable", "media"] {
+            let _ = m.overload_shed.get_or_create(&KindLabel { kind });
+        }
         Self { registry, ..m }
     }
 
@@ -299,8 +385,20 @@ impl Metrics {
         self.errors.get_or_create(&CodeLabel { code: code.as_str_name() }).inc();
     }
 
+    /// Where the `ready`, `draining` and `bus_connected` gauges are read from when the
+    /// metrics are encoded (set once, by the node; later calls are ignored). The source
+    /// answers `None` once the node is gone.
+    pub fn set_state_source(&self, source: impl Fn() -> Option<NodeState> + Send + Sync + 'static) {
+        let _ = self.state_source.set(Box::new(source));
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(state) = self.state_source.get().and_then(|source| source()) {
+            self.ready.set(i64::from(state.ready));
+            self.draining.set(i64::from(state.draining));
+            self.bus_connected.get_or_create(&BusLabel { bus: state.bus }).set(i64::from(state.bus_connected));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -72,7 +72,20 @@ impl Node {
             node.runtime.spawn(restore_after_reconnect(Arc::downgrade(&node), epochs));
         }
         tracing::info!(node = %node.config.node_id, bus = node.bus.kind(), "node started");
-        Ok(Arc::new(Self { ctx: node }))
+        let node = Arc::new(Self { ctx: node });
+        node.ctx.metrics.pending_connections_limit.set(gauge_value(node.ctx.config.max_pending_connections));
+        // The gauges show what `/readyz` answers at the moment of the scrape.
+        let weak = Arc::downgrade(&node);
+        node.ctx.metrics.set_state_source(move || {
+            let node = weak.upgrade()?;
+            Some(crate::metrics::NodeState {
+                ready: node.is_ready(),
+                draining: node.is_draining(),
+                bus: node.ctx.bus.kind(),
+                bus_connected: node.ctx.bus.is_connected(),
+            })
+        });
+        Ok(node)
     }
 
     /// The state the node's parts share: what [`crate::admin`] and [`crate::calls`] take.
@@ -160,6 +173,11 @@ impl Node {
         }
         tracing::info!("drained");
     }
+}
+
+/// A count as a gauge value (saturating: a cap beyond `i64::MAX` is as good as none).
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Admit a connection as it arrives (see [`crate::admission`]): caps per address and the

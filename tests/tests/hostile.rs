@@ -351,7 +351,10 @@ async fn a_vanished_client_is_not_an_error() {
     .await;
     assert_eq!(node.metric("switchboard_abrupt_closes_total{transport=\"websocket\"}").await, 1.0);
     let (_, metrics) = node.get("/metrics").await;
-    assert!(!metrics.contains("switchboard_errors_total{code="), "no error counted:\n{metrics}");
+    // (Series the node creates at 0 for its alerts are not errors.)
+    let counted: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("switchboard_errors_total{code=") && !l.ends_with(" 0")).collect();
+    assert!(counted.is_empty(), "no error counted: {counted:?}");
 }
 
 /// A token without the media grant may not ask for keyframes either, and signals of a kind

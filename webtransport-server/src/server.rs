@@ -166,6 +166,8 @@ impl Drop for Slot {
 pub struct WtServer {
     endpoint: Arc<Endpoint<Server>>,
     cert_hash: String,
+    /// The leaf certificate (DER), for its expiry gauge.
+    cert_der: Vec<u8>,
     generated: bool,
     config: WtConfig,
 }
@@ -222,15 +224,15 @@ impl WtServer {
             (None, None) => (generate_identity()?, true),
             _ => return Err(WtError::HalfIdentity),
         };
-        let cert_hash = identity
+        let leaf = identity
             .certificate_chain()
             .as_slice()
             .first()
-            .map(sha256_hex)
             .ok_or_else(|| WtError::Certificate("the certificate file holds no certificate".into()))?;
+        let (cert_hash, cert_der) = (sha256_hex(leaf), leaf.der().to_vec());
         let endpoint = Endpoint::server(server_config(&config, identity)?)
             .map_err(|source| WtError::Bind { addr: config.addr, source })?;
-        Ok(Self { endpoint: Arc::new(endpoint), cert_hash, generated, config })
+        Ok(Self { endpoint: Arc::new(endpoint), cert_hash, cert_der, generated, config })
     }
 
     /// The bound address.
@@ -254,7 +256,14 @@ impl WtServer {
     /// in its own task. Once draining, new connections are refused while existing sessions
     /// carry on; returns when they have all ended (their close frames sent).
     pub async fn serve(self, node: Arc<Node>) {
-        let watcher = tokio::spawn(watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone()));
+        let source = if self.generated { "generated" } else { "file" };
+        switchboard_node::record_certificate(node.metrics(), "webtransport", source, &self.cert_der);
+        node.metrics()
+            .connection_limit
+            .get_or_create(&switchboard_relay::metrics::TransportLabel { transport: "webtransport" })
+            .set(i64::try_from(self.config.max_sessions).unwrap_or(i64::MAX));
+        let watcher =
+            tokio::spawn(watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone(), node.clone()));
         let mut drain = node.drain_signal();
         let draining = drain.wait_for(|d| *d);
         tokio::pin!(draining);
@@ -316,7 +325,7 @@ impl WtServer {
 /// Reload the configured certificate whenever its files change (cert-manager renewals,
 /// rotated secrets). Existing sessions keep their connections; new ones get the new
 /// certificate. A failed load keeps the old certificate and logs why.
-async fn watch_certificate(endpoint: std::sync::Weak<Endpoint<Server>>, config: WtConfig) {
+async fn watch_certificate(endpoint: std::sync::Weak<Endpoint<Server>>, config: WtConfig, node: Arc<Node>) {
     let (Some(cert), Some(key)) = (config.cert_pem.clone(), config.key_pem.clone()) else { return };
     let mut seen = (modified(&cert), modified(&key));
     loop {
@@ -327,12 +336,19 @@ async fn watch_certificate(endpoint: std::sync::Weak<Endpoint<Server>>, config: 
             continue;
         }
         let reloaded = match Identity::load_pemfiles(&cert, &key).await {
-            Ok(identity) => server_config(&config, identity)
-                .and_then(|c| endpoint.reload_config(c, false).map_err(|e| WtError::Certificate(e.to_string()))),
+            Ok(identity) => {
+                let leaf = identity.certificate_chain().as_slice().first().map(|c| c.der().to_vec());
+                server_config(&config, identity)
+                    .and_then(|c| endpoint.reload_config(c, false).map_err(|e| WtError::Certificate(e.to_string())))
+                    .map(|()| leaf)
+            }
             Err(e) => Err(WtError::Certificate(e.to_string())),
         };
         match reloaded {
-            Ok(()) => {
+            Ok(leaf) => {
+                if let Some(der) = leaf {
+                    switchboard_node::record_certificate(node.metrics(), "webtransport", "file", &der);
+                }
                 seen = now;
                 tracing::info!(cert = %cert.display(), "WebTransport certificate reloaded");
             }
