@@ -96,3 +96,46 @@ async fn watch(resolver: Arc<ReloadingCert>, cert: PathBuf, key: PathBuf, mut se
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_relay::{LocalBus, RelayConfig, Verifier, VerifyKey};
+
+    /// Write a self-signed certificate valid until `year`-01-01 into `dir`; its expiry.
+    fn write(dir: &Path, year: i32) -> i64 {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        for (name, pem) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
+            std::fs::write(dir.join(format!("{name}.tmp")), pem).expect("write");
+            std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).expect("rename");
+        }
+        params.not_after.unix_timestamp()
+    }
+
+    #[tokio::test]
+    async fn the_served_certificate_expiry_is_a_gauge_that_follows_reloads() {
+        let dir = std::env::temp_dir().join(format!("switchboard-tls-gauge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = write(&dir, 2031);
+        let verifier = Verifier::new(&VerifyKey::Hmac(b"0123456789abcdef0123456789abcdef".to_vec()), 5).expect("key");
+        let node = Node::start(RelayConfig::default(), verifier, Arc::new(LocalBus::new())).await.expect("node");
+        server_config(dir.join("cert.pem"), dir.join("key.pem"), node.clone()).expect("TLS config");
+        let label = switchboard_relay::metrics::CertificateLabel { listener: "http", source: "file" };
+        let gauge = node.metrics().tls_certificate_expiry.get_or_create(&label).clone();
+        assert_eq!(gauge.get(), first);
+        assert!(node.metrics().encode().contains(&format!(
+            "switchboard_tls_certificate_expiry_timestamp_seconds{{listener=\"http\",source=\"file\"}} {first}"
+        )));
+        // A renewal: the watcher reloads the files and the gauge follows (bounded wait).
+        let second = write(&dir, 2033);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while gauge.get() != second {
+            assert!(tokio::time::Instant::now() < deadline, "the gauge did not follow the renewal");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
