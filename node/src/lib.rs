@@ -200,7 +200,8 @@ async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn B
         tracing::info!("no NATS configured: embedded single node on the in-process bus");
         return Ok(Arc::new(LocalBus::with_limits(store_limits(args))));
     };
-    let opts = NatsOptions {
+    let limit = Duration::from_secs(args.nats_connect_timeout);
+    let mut opts = NatsOptions {
         url: url.clone(),
         name: format!("switchboard-{node_id}"),
         prefix: args.subject_prefix.clone(),
@@ -208,11 +209,14 @@ async fn connect_bus(args: &NodeArgs, node_id: &str) -> anyhow::Result<Arc<dyn B
         credentials_file: args.nats_creds.clone(),
         limits: store_limits(args),
         ping_interval: Duration::from_secs(args.nats_ping_interval),
+        jetstream_timeout: limit,
     };
-    // NATS may start after us (or its JetStream may still be electing a leader): retry.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.nats_connect_timeout);
+    // NATS may start after us: retry connecting. Once connected, `NatsBus::connect` itself
+    // waits for JetStream (a fresh cluster electing its meta leader), within the same limit.
+    let deadline = tokio::time::Instant::now() + limit;
     let mut backoff = Duration::from_millis(200);
     loop {
+        opts.jetstream_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         match NatsBus::connect(&opts).await {
             Ok(bus) => return Ok(Arc::new(bus)),
             Err(e) if tokio::time::Instant::now() + backoff < deadline => {

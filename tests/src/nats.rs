@@ -50,6 +50,13 @@ impl NatsServer {
     }
 
     async fn start_with(cluster: Option<(&str, u16, &[u16])>, extra: &[&str]) -> Self {
+        let mut server = Self::prepare(cluster, extra);
+        server.spawn().await;
+        server
+    }
+
+    /// A server on its own ports and store, not started yet.
+    fn prepare(cluster: Option<(&str, u16, &[u16])>, extra: &[&str]) -> Self {
         let port = free_tcp_port();
         let monitor_port = free_tcp_port();
         let store = tempdir::TempDir::new("nats");
@@ -79,9 +86,7 @@ impl NatsServer {
             ]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = Self { child: None, port, monitor_port, cluster_port, args, _store: store };
-        server.spawn().await;
-        server
+        Self { child: None, port, monitor_port, cluster_port, args, _store: store }
     }
 
     async fn spawn(&mut self) {
@@ -180,15 +185,42 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Start `n` clustered servers and wait until each sees the others as routes.
     pub async fn start(n: usize) -> Self {
+        let mut cluster = Self::prepare(n);
+        cluster.start_rest().await;
+        cluster
+    }
+
+    /// `n` clustered servers of which only the first is started: with `n` ≥ 3 its
+    /// JetStream has no meta leader (no majority) until [`NatsCluster::start_rest`].
+    pub async fn start_first_of(n: usize) -> Self {
+        let mut cluster = Self::prepare(n);
+        cluster.servers[0].spawn().await;
+        cluster
+    }
+
+    fn prepare(n: usize) -> Self {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_tcp_port()).collect();
         let name = format!("sbtest{}", switchboard_relay::ids::random_id(6));
-        let mut servers = Vec::new();
-        for &cport in &cluster_ports {
-            let routes: Vec<u16> = cluster_ports.iter().copied().filter(|p| *p != cport).collect();
-            servers.push(NatsServer::start_with(Some((&name, cport, &routes)), &[]).await);
+        let servers = cluster_ports
+            .iter()
+            .map(|&cport| {
+                let routes: Vec<u16> = cluster_ports.iter().copied().filter(|p| *p != cport).collect();
+                NatsServer::prepare(Some((&name, cport, &routes)), &[])
+            })
+            .collect();
+        Self { servers }
+    }
+
+    /// Start the servers not running yet, then wait until each sees the others as routes
+    /// and reports JetStream healthy (a meta leader elected).
+    pub async fn start_rest(&mut self) {
+        let n = self.servers.len();
+        for s in &mut self.servers {
+            if s.child.is_none() {
+                s.spawn().await;
+            }
         }
-        let cluster = Self { servers };
-        for s in &cluster.servers {
+        for s in &self.servers {
             let port = s.monitor_port;
             wait_for(Duration::from_secs(20), "cluster routes", || async move {
                 let (_, body) = crate::http::get(port, "/routez").await.ok()?;
@@ -197,14 +229,13 @@ impl NatsCluster {
             })
             .await;
         }
-        for s in &cluster.servers {
+        for s in &self.servers {
             let port = s.monitor_port;
             wait_for(Duration::from_secs(30), "clustered JetStream health", || async move {
                 matches!(crate::http::get(port, "/healthz").await, Ok((200, _))).then_some(())
             })
             .await;
         }
-        cluster
     }
 
     /// All client URLs, comma separated.

@@ -15,6 +15,8 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Append the node's stderr (its log) to this file instead of dropping it.
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 /// A running `switchboard serve` process (killed on drop).
@@ -72,7 +74,13 @@ impl TestNode {
             .env_remove("SWITCHBOARD_NATS_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_NODE_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+            .stderr(match &opts.log_file {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("node log file"),
+                ),
+                None if std::env::var_os("TEST_NODE_LOG").is_some() => Stdio::inherit(),
+                None => Stdio::null(),
+            });
         if let Some(url) = &opts.nats_url {
             cmd.args(["--nats-url", url]);
         }

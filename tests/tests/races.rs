@@ -175,6 +175,7 @@ async fn a_call_ended_by_a_node_that_dies_is_still_recorded_once() {
         node_id: Some(id.into()),
         env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         args: args(&["--call-ring-timeout", "30"]),
+        ..Default::default()
     };
     let crash = [("SWITCHBOARD_TEST_CRASH_BEFORE_HISTORY_APPEND", "1")];
     let (alpha, mut beta) =

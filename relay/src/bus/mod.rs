@@ -6,6 +6,8 @@
 //! semantics, used by the embedded single-node default and by unit tests.
 
 mod consumers;
+mod jetstream_open;
+mod jetstream_ready;
 mod local;
 mod nats;
 mod work;

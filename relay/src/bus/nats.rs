@@ -2,6 +2,7 @@
 //! for presence, calls and accounts, JetStream streams for room and call history.
 
 use super::consumers::{create_consumer, DeleteOnDrop};
+use super::jetstream_open::{open_bucket, open_log};
 use super::{
     Bucket, Bus, BusError, BusMessage, KvEntry, KvWork, Log, LogAck, LogEntry, LogStream, LogUsage, StoreLimits,
     Subscription,
@@ -32,6 +33,9 @@ pub struct NatsOptions {
     /// How often the client pings the server; three unanswered pings in a row count as a
     /// lost connection (a silent network partition is noticed within about 3× this).
     pub ping_interval: Duration,
+    /// How long [`NatsBus::connect`] waits for JetStream to answer before it creates its
+    /// streams (a fresh NATS cluster first elects its meta leader).
+    pub jetstream_timeout: Duration,
 }
 
 /// NATS implementation of [`Bus`].
@@ -50,20 +54,6 @@ pub struct NatsBus {
     call_history: jetstream::stream::Stream,
     prefix: String,
     epochs: tokio::sync::watch::Receiver<u64>,
-}
-
-/// Create a key-value bucket, or open it if it exists.
-async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
-    let bucket = config.bucket.clone();
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        Err(create_err) => js.get_key_value(&bucket).await.map_err(|e| {
-            other(format!(
-                "bucket {bucket}: {create_err}; {e} \
-                 (Switchboard needs nats-server 2.10 or later with JetStream enabled: -js)"
-            ))
-        }),
-    }
 }
 
 /// A log stream's configuration: one subject per key under `<prefix>.<log>.`, bounded per
@@ -88,16 +78,6 @@ fn log_config(
         allow_direct: true,
         ..Default::default()
     }
-}
-
-/// Create a log stream, or update its limits if it exists.
-async fn open_log(
-    js: &jetstream::Context,
-    config: jetstream::stream::Config,
-) -> Result<jetstream::stream::Stream, BusError> {
-    let name = config.name.clone();
-    js.create_or_update_stream(config).await.map_err(|e| other(format!("stream {name}: {e}")))?;
-    js.get_stream(&name).await.map_err(|e| other(format!("stream {name}: {e}")))
 }
 
 fn other(e: impl std::fmt::Display) -> BusError {
@@ -139,6 +119,7 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS at {}: {e}", opts.url)))?;
         let js = jetstream::new(client.clone());
+        super::jetstream_ready::wait(&js, opts.jetstream_timeout).await?;
         let name = opts.prefix.replace('.', "_");
         let replicas = opts.replicas.max(1);
         let config = kv::Config {
