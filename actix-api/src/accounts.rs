@@ -208,7 +208,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
     // The handlers parse the body themselves, so that a disabled node answers 404 whatever
     // the body, and bad JSON gets this module's error shape.
     let body_limit = || web::PayloadConfig::new(MAX_BODY_BYTES);
-    let cors = || crate::origin::cors(origins, &[Method::POST]);
+    let cors = || crate::cors::cors(origins, &[Method::POST]);
     cfg.service(
         web::resource("/api/auth/register").app_data(body_limit()).wrap(cors()).route(web::post().to(register)),
     )

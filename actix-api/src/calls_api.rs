@@ -20,7 +20,7 @@ const MAX_LIMIT: usize = 200;
 /// Register the route, readable cross-origin by `origins` (CORS).
 pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
     cfg.service(
-        web::resource("/api/calls").wrap(crate::origin::cors(origins, &[Method::GET])).route(web::get().to(list_calls)),
+        web::resource("/api/calls").wrap(crate::cors::cors(origins, &[Method::GET])).route(web::get().to(list_calls)),
     );
 }
 

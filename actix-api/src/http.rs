@@ -31,7 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
         .route("/metrics", web::get().to(metrics))
         .service(
             web::resource("/certificate.sha256")
-                .wrap(crate::origin::cors(origins, &[Method::GET]))
+                .wrap(crate::cors::cors(origins, &[Method::GET]))
                 .route(web::get().to(certificate)),
         )
         .route("/ws", web::get().to(crate::ws::upgrade))

@@ -6,6 +6,7 @@
 mod accounts;
 mod admin;
 mod calls_api;
+mod cors;
 mod http;
 mod openapi;
 mod origin;

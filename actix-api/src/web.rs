@@ -84,12 +84,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
         .route("/app/{file}", web::get().to(asset))
         .service(
             web::resource("/api/endpoints")
-                .wrap(crate::origin::cors(origins, &[Method::GET]))
+                .wrap(crate::cors::cors(origins, &[Method::GET]))
                 .route(web::get().to(endpoints)),
         )
         .service(
             web::resource("/api/dev/token")
-                .wrap(crate::origin::cors(origins, &[Method::POST]))
+                .wrap(crate::cors::cors(origins, &[Method::POST]))
                 .route(web::post().to(dev_token)),
         );
 }

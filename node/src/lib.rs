@@ -130,9 +130,10 @@ pub struct NodeArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_PARTICIPANTS", default_value_t = 0)]
     pub max_participants: usize,
     /// Origins allowed to use the node from a browser (comma separated, e.g.
-    /// `https://app.example.com`): WebSocket upgrades, WebTransport sessions and CORS on the
-    /// browser-facing HTTP API. Empty allows any. Requests without an `Origin` header (native
-    /// clients) are always allowed: the check guards browsers' cross-site use.
+    /// `https://app.example.com`; `https://*.example.com` allows its subdomains, `*` any):
+    /// WebSocket upgrades, WebTransport sessions and CORS on the browser-facing HTTP API.
+    /// Empty allows any. Requests without an `Origin` header (native clients) are always
+    /// allowed: the check guards browsers' cross-site use.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).

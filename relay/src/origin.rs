@@ -5,10 +5,13 @@
 //!   which always send one on cross-origin requests, WebSocket and WebTransport.
 //! - More than one `Origin` header: refused, whatever the list (a request has at most one;
 //!   two would let a check that reads the first disagree with a proxy that reads the last).
-//! - One `Origin`: allowed when the list is empty, else when it equals an entry of the list,
-//!   ignoring a trailing `/` and ASCII case (scheme and host are case-insensitive; browsers
-//!   send them in lowercase). `https://app.example.com` does not allow
-//!   `https://app.example.com.evil.net` nor `http://app.example.com`.
+//! - One `Origin`: allowed when the list is empty or holds `*`, else when it matches an
+//!   entry of the list, ignoring a trailing `/` and ASCII case (scheme and host are
+//!   case-insensitive; browsers send them in lowercase). An entry matches exactly:
+//!   `https://app.example.com` does not allow `https://app.example.com.evil.net`,
+//!   `http://app.example.com` nor `https://app.example.com:8443`. An entry
+//!   `https://*.example.com` allows every subdomain of `example.com` (any depth) with that
+//!   scheme and port, not `example.com` itself.
 
 use std::sync::Arc;
 
@@ -31,6 +34,35 @@ fn normalise(origin: &str) -> &str {
     origin.trim().trim_end_matches('/')
 }
 
+/// `text` without `prefix`, compared ignoring ASCII case.
+fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+}
+
+/// `text` without `suffix`, compared ignoring ASCII case.
+fn strip_suffix_ci<'a>(text: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = text.len().checked_sub(suffix.len())?;
+    let tail = text.get(cut..)?;
+    tail.eq_ignore_ascii_case(suffix).then(|| &text[..cut])
+}
+
+/// Whether `origin` matches one list entry: exactly, or as a subdomain of a
+/// `scheme://*.domain[:port]` entry (one or more DNS labels in place of the `*`).
+fn matches(entry: &str, origin: &str) -> bool {
+    let Some((scheme, domain)) = entry.split_once("://*.") else {
+        return entry.eq_ignore_ascii_case(origin);
+    };
+    let Some(host) = strip_prefix_ci(origin, scheme).and_then(|rest| rest.strip_prefix("://")) else {
+        return false;
+    };
+    let Some(labels) = strip_suffix_ci(host, domain).and_then(|rest| rest.strip_suffix('.')) else {
+        return false;
+    };
+    !labels.is_empty()
+        && labels.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 impl AllowedOrigins {
     /// The list as configured (entries trimmed, a trailing `/` dropped, empty ones skipped).
     pub fn new<I, S>(origins: I) -> Self
@@ -41,15 +73,15 @@ impl AllowedOrigins {
         Self(origins.into_iter().map(|o| normalise(o.as_ref()).to_owned()).filter(|o| !o.is_empty()).collect())
     }
 
-    /// Whether any origin is allowed (no list configured).
+    /// Whether any origin is allowed (no list configured, or `*` in it).
     pub fn allows_any(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() || self.0.iter().any(|o| o == "*")
     }
 
     /// Whether one `Origin` value is allowed.
     pub fn allows(&self, origin: &str) -> bool {
         let origin = normalise(origin);
-        self.allows_any() || self.0.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        self.allows_any() || self.0.iter().any(|entry| matches(entry, origin))
     }
 
     /// Check a request by the values of all its `Origin` headers (as received, in order).
@@ -106,6 +138,41 @@ mod tests {
             Err(OriginRefused::Duplicate)
         );
         let any = AllowedOrigins::default();
+        assert_eq!(check(&any, &["https://a.example", "https://b.example"]), Err(OriginRefused::Duplicate));
+    }
+
+    #[test]
+    fn wildcard_subdomains() {
+        let list = AllowedOrigins::new(["https://*.example.com", "http://*.dev.test:3000"]);
+        assert!(!list.allows_any());
+        for ok in
+            ["https://app.example.com", "https://a.b.example.com", "HTTPS://App.Example.COM/", "http://x.dev.test:3000"]
+        {
+            assert_eq!(check(&list, &[ok]), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://example.com",
+            "https://.example.com",
+            "https://a..example.com",
+            "https://evilexample.com",
+            "https://app.example.com.evil.net",
+            "https://app.example.com:8443",
+            "http://app.example.com",
+            "https://a_b.example.com",
+            "https://user@app.example.com",
+            "http://x.dev.test",
+            "http://x.dev.test:30001",
+            "null",
+        ] {
+            assert!(check(&list, &[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_star_allows_any_single_origin() {
+        let any = AllowedOrigins::new(["https://app.example.com", "*"]);
+        assert!(any.allows_any());
+        assert_eq!(check(&any, &["https://evil.example.net"]), Ok(()));
         assert_eq!(check(&any, &["https://a.example", "https://b.example"]), Err(OriginRefused::Duplicate));
     }
 

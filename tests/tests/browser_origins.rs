@@ -47,11 +47,32 @@ fn assert_allowed(res: &Response, origin: &str, what: &str) {
     assert_eq!(res.header("access-control-allow-origin"), Some(origin), "{what}: {res:?}");
     let vary = res.header("vary").unwrap_or_default().to_ascii_lowercase();
     assert!(vary.contains("origin"), "{what}: Vary names Origin: {res:?}");
+    // Nothing uses cookies: no credentialed requests.
+    assert_eq!(res.header("access-control-allow-credentials"), None, "{what}: {res:?}");
 }
 
+/// A preflight that lets the request through: 204, the origin reflected, the method and
+/// both headers allowed, cacheable.
+fn assert_allowed_preflight(res: &Response, origin: &str, method: &str, what: &str) {
+    assert_eq!(res.status, 204, "{what}: preflight allowed: {res:?}");
+    assert_allowed(res, origin, what);
+    let allowed = res.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{what}: {res:?}");
+    assert!(res.header("access-control-allow-methods").unwrap_or_default().contains(method), "{what}: {res:?}");
+    let max_age: u64 = res.header("access-control-max-age").and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!((60..=7200).contains(&max_age), "{what}: max-age {max_age}");
+}
+
+fn assert_no_cors(res: &Response, what: &str) {
+    for name in ["access-control-allow-origin", "access-control-allow-methods", "access-control-allow-headers"] {
+        assert_eq!(res.header(name), None, "{what}: no {name}: {res:?}");
+    }
+}
+
+/// A preflight refused for its origin: 403, no CORS headers.
 fn assert_refused_preflight(res: &Response, what: &str) {
-    assert!(!(200..300).contains(&res.status), "{what}: preflight refused: {res:?}");
-    assert_eq!(res.header("access-control-allow-origin"), None, "{what}: {res:?}");
+    assert_eq!(res.status, 403, "{what}: preflight refused: {res:?}");
+    assert_no_cors(res, what);
 }
 
 #[tokio::test]
@@ -60,13 +81,7 @@ async fn cors_follows_the_allow_list() {
     for &(path, method, header) in BROWSER_FACING {
         // An allowed origin: the preflight lets the request through, the answer is readable.
         let res = preflight(&node, path, method, header, &[APP]).await;
-        assert!((200..300).contains(&res.status), "{path}: preflight allowed: {res:?}");
-        assert_allowed(&res, APP, path);
-        let allowed = res.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
-        assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{path}: {res:?}");
-        assert!(res.header("access-control-allow-methods").unwrap_or_default().contains(method), "{path}: {res:?}");
-        let max_age: u64 = res.header("access-control-max-age").and_then(|v| v.parse().ok()).unwrap_or(0);
-        assert!((60..=7200).contains(&max_age), "{path}: max-age {max_age}");
+        assert_allowed_preflight(&res, APP, method, path);
         assert_allowed(&actual(&node, path, method, &[APP]).await, APP, path);
 
         // Another origin, or two Origin headers (the first allowed): no preflight, nothing
@@ -74,9 +89,12 @@ async fn cors_follows_the_allow_list() {
         for origins in [&[EVIL][..], &[APP, EVIL][..], &["https://app.example.com.evil.net"][..]] {
             let what = format!("{path} from {origins:?}");
             assert_refused_preflight(&preflight(&node, path, method, header, origins).await, &what);
-            let res = actual(&node, path, method, origins).await;
-            assert_eq!(res.header("access-control-allow-origin"), None, "{what}: {res:?}");
+            assert_no_cors(&actual(&node, path, method, origins).await, &what);
         }
+        // A method the endpoint does not take is no preflight's to allow.
+        let other = if method == "GET" { "DELETE" } else { "PUT" };
+        let res = preflight(&node, path, other, header, &[APP]).await;
+        assert!(!(200..300).contains(&res.status), "{path}: {other} refused: {res:?}");
     }
     // The answer a page reads cross-origin is the real one.
     let res = actual(&node, "/api/calls?user=alice", "GET", &[APP]).await;
@@ -84,7 +102,8 @@ async fn cors_follows_the_allow_list() {
     assert!(res.body.contains("\"calls\""), "{res:?}");
     // The admin API is for servers, not pages: no CORS at all.
     let res = preflight(&node, "/api/rooms", "GET", "authorization", &[APP]).await;
-    assert_refused_preflight(&res, "admin API");
+    assert!(!(200..300).contains(&res.status), "admin API: {res:?}");
+    assert_no_cors(&res, "admin API");
 }
 
 #[tokio::test]
@@ -92,12 +111,33 @@ async fn cors_without_a_list_allows_any_single_origin() {
     let node = TestNode::start(NodeOptions::default()).await;
     for &(path, method, header) in BROWSER_FACING {
         let res = preflight(&node, path, method, header, &[EVIL]).await;
-        assert!((200..300).contains(&res.status), "{path}: {res:?}");
         // The origin is reflected (not `*`): the same answer as with a list.
-        assert_allowed(&res, EVIL, path);
+        assert_allowed_preflight(&res, EVIL, method, path);
         assert_allowed(&actual(&node, path, method, &[EVIL]).await, EVIL, path);
         assert_refused_preflight(&preflight(&node, path, method, header, &[APP, EVIL]).await, path);
     }
+}
+
+#[tokio::test]
+async fn cors_allow_lists_take_wildcard_subdomains_and_a_star() {
+    let node = TestNode::start(node_with(&["--allowed-origins", "https://*.example.com,http://127.0.0.1:3000"])).await;
+    let (path, method, header) = ("/api/calls?user=alice", "GET", "authorization");
+    for origin in ["https://app.example.com", "https://pr-12.preview.example.com", "http://127.0.0.1:3000"] {
+        assert_allowed_preflight(&preflight(&node, path, method, header, &[origin]).await, origin, method, origin);
+        assert_allowed(&actual(&node, path, method, &[origin]).await, origin, origin);
+        assert_eq!(ws_upgrade_status(&node, &[origin]).await, 101, "{origin}");
+    }
+    for origin in ["https://example.com", "https://app.example.com.evil.net", "http://app.example.com", EVIL] {
+        assert_refused_preflight(&preflight(&node, path, method, header, &[origin]).await, origin);
+        assert_no_cors(&actual(&node, path, method, &[origin]).await, origin);
+        assert_eq!(ws_upgrade_status(&node, &[origin]).await, 403, "{origin}");
+    }
+
+    // `*` spells out the default: any one origin, reflected.
+    let any = TestNode::start(node_with(&["--allowed-origins", "*"])).await;
+    assert_allowed_preflight(&preflight(&any, path, method, header, &[EVIL]).await, EVIL, method, "*");
+    assert_allowed(&actual(&any, path, method, &[EVIL]).await, EVIL, "*");
+    assert_refused_preflight(&preflight(&any, path, method, header, &[APP, EVIL]).await, "* and two origins");
 }
 
 /// The status line of a WebSocket upgrade sent with these `Origin` headers (raw TCP: client
