@@ -204,6 +204,17 @@ def check_deployments(name: str, docs: list[tuple[str, dict]], v: dict, secrets:
             if combined and (get(v, "auth.adminKey") or get(v, "auth.existingSecret")):
                 ref = get(env, "SWITCHBOARD_ADMIN_KEY.valueFrom.secretKeyRef") or {}
                 check(ref.get("key") == get(v, "auth.adminKeyKey"), f"{who}: SWITCHBOARD_ADMIN_KEY from the Secret")
+            # Webhooks: every node delivers, with the endpoints and the secret from a Secret.
+            endpoints = get(v, "webhooks.endpoints") or []
+            if endpoints:
+                specs = [e["url"] + (" " + ",".join(e["events"]) if e.get("events") else "") for e in endpoints]
+                check(val("SWITCHBOARD_WEBHOOKS") == ";".join(specs), f"{who}: SWITCHBOARD_WEBHOOKS lists the endpoints")
+                ref = get(env, "SWITCHBOARD_WEBHOOK_SECRET.valueFrom.secretKeyRef") or {}
+                secret = get(v, "webhooks.existingSecret") or f"{RELEASE}-switchboard-webhooks"
+                check(ref.get("name") == secret and ref.get("key") == get(v, "webhooks.secretKey"), f"{who}: SWITCHBOARD_WEBHOOK_SECRET from its Secret")
+                check(val("SWITCHBOARD_WEBHOOK_RETRY_FOR") == str(get(v, "webhooks.retryFor")), f"{who}: webhook retry time")
+            else:
+                check("SWITCHBOARD_WEBHOOKS" not in env, f"{who}: no webhooks unless configured")
             # Every secretKeyRef to a chart-made Secret names a key the Secret has.
             for e in env.values():
                 ref = get(e, "valueFrom.secretKeyRef")

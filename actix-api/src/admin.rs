@@ -155,44 +155,116 @@ struct MessageBody {
 
 impl MessageBody {
     fn payload(self) -> Result<(bytes::Bytes, String), ApiError> {
-        let kind = self.kind.unwrap_or_else(|| "server".into());
-        if kind.len() > switchboard_protocol::limits::MAX_KIND_LEN {
-            return Err(ApiError(StatusCode::BAD_REQUEST, "invalid_argument", "kind longer than 64 bytes".into()));
-        }
-        let payload = match (self.text, self.payload_base64) {
-            (Some(t), None) => bytes::Bytes::from(t),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map(bytes::Bytes::from)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_argument", format!("payload_base64: {e}")))?,
-            _ => {
-                return Err(ApiError(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_argument",
-                    "give `text` or `payload_base64`".into(),
-                ))
+        payload_of(self.text, self.payload_base64, self.kind)
+    }
+}
+
+/// Body of a backend publish to a room: a server message's fields, plus `reliable`
+/// (default true), `from` (a sender other than the server) and `idempotency_key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomMessageBody {
+    text: Option<String>,
+    payload_base64: Option<String>,
+    kind: Option<String>,
+    reliable: Option<bool>,
+    from: Option<FromBody>,
+    idempotency_key: Option<String>,
+}
+
+/// Who a backend publishes as.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromBody {
+    user: String,
+    name: Option<String>,
+}
+
+/// Longest display name a backend may give a sender.
+const MAX_NAME_LEN: usize = 128;
+/// Longest idempotency key.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+impl RoomMessageBody {
+    fn publish(self) -> Result<admin::RoomPublish, ApiError> {
+        let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid_argument", m);
+        let from = match self.from {
+            None => None,
+            Some(FromBody { user, name }) => {
+                validate_id(&user).map_err(|e| bad(format!("from.user {user:?}: {e}")))?;
+                if admin::is_reserved_user_id(&user) {
+                    return Err(bad(format!("from.user {user:?} is reserved (omit `from` to send as the server)")));
+                }
+                let name = name.unwrap_or_else(|| user.clone());
+                if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+                    return Err(bad(format!("from.name: at most {MAX_NAME_LEN} bytes, no control characters")));
+                }
+                Some((user, name))
             }
         };
-        if payload.len() > switchboard_protocol::limits::MAX_FRAME_BYTES / 2 {
-            return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "payload too large".into()));
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.chars().any(|c| c.is_control()) {
+                return Err(bad(format!(
+                    "idempotency_key: 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, no control characters"
+                )));
+            }
         }
-        Ok((payload, kind))
+        let (payload, kind) = payload_of(self.text, self.payload_base64, self.kind)?;
+        Ok(admin::RoomPublish {
+            payload,
+            kind,
+            reliable: self.reliable.unwrap_or(true),
+            from,
+            idempotency_key: self.idempotency_key,
+        })
     }
+}
+
+fn payload_of(
+    text: Option<String>,
+    payload_base64: Option<String>,
+    kind: Option<String>,
+) -> Result<(bytes::Bytes, String), ApiError> {
+    let kind = kind.unwrap_or_else(|| "server".into());
+    if kind.len() > switchboard_protocol::limits::MAX_KIND_LEN {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "invalid_argument", "kind longer than 64 bytes".into()));
+    }
+    let payload = match (text, payload_base64) {
+        (Some(t), None) => bytes::Bytes::from(t),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(bytes::Bytes::from)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_argument", format!("payload_base64: {e}")))?,
+        _ => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, "invalid_argument", "give `text` or `payload_base64`".into()))
+        }
+    };
+    if payload.len() > switchboard_protocol::limits::MAX_FRAME_BYTES / 2 {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "payload too large".into()));
+    }
+    Ok((payload, kind))
 }
 
 async fn message_room(
     req: HttpRequest,
     state: web::Data<AppState>,
     room: web::Path<String>,
-    body: web::Json<MessageBody>,
+    body: web::Json<RoomMessageBody>,
 ) -> HttpResponse {
     respond(
         async {
             authorize(&req, &state)?;
             valid("invalid_room", &room)?;
-            let (payload, kind) = body.into_inner().payload()?;
-            admin::message_room(state.node.context(), &room, payload, &kind).await.map_err(unavailable)?;
-            Ok(accepted())
+            let publish = body.into_inner().publish()?;
+            let reliable = publish.reliable;
+            match admin::publish_room(state.node.context(), &room, publish).await.map_err(unavailable)? {
+                // Stored in the room's history: the offset participants see it at.
+                Some(offset) => Ok(HttpResponse::Ok().json(json!({"room": *room, "offset": offset, "reliable": true}))),
+                None => {
+                    Ok(HttpResponse::Accepted()
+                        .json(json!({"status": "accepted", "room": *room, "reliable": reliable})))
+                }
+            }
         }
         .await,
     )

@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchboard_relay::auth::DEV_SECRET;
 use switchboard_relay::bus::StoreLimits;
 use switchboard_relay::config::{generate_node_id, RelayConfig};
+use switchboard_relay::webhooks::{Endpoint, WebhookConfig};
 use switchboard_relay::{AllowedOrigins, Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
 
 /// Bus, identity, auth and logging flags of a node.
@@ -139,6 +140,29 @@ pub struct NodeArgs {
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// A webhook endpoint: `URL`, or `URL TYPES` with a comma-separated filter of event types
+    /// (`room.*,call.ended`); repeat the flag for several (in the environment, separate them
+    /// with `;`). Events are POSTed as signed JSON (see the README's "Webhooks").
+    #[arg(long = "webhook", env = "SWITCHBOARD_WEBHOOKS", value_delimiter = ';')]
+    pub webhooks: Vec<String>,
+    /// Shared secret of the `Webhook-Signature` HMAC (at least 16 bytes; required with a
+    /// `--webhook`).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Seconds a webhook event is retried (with backoff) before it is dropped.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_RETRY_FOR", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub webhook_retry_for: u64,
+    /// Seconds allowed for one webhook POST (kept under the 30 s after which another node
+    /// takes the event over).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=25))]
+    pub webhook_timeout: u64,
+    /// Webhook events a node holds before storing them for delivery; more are dropped
+    /// (`switchboard_webhook_dropped_total{reason="queue_full"}`).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_QUEUE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub webhook_queue: u64,
+    /// Webhook POSTs a node has in flight at once.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
 }
 
 impl NodeArgs {
@@ -146,6 +170,27 @@ impl NodeArgs {
     pub fn allowed_origins(&self) -> AllowedOrigins {
         AllowedOrigins::new(&self.allowed_origins)
     }
+}
+
+/// The webhook settings of the flags.
+pub fn webhook_config(args: &NodeArgs) -> anyhow::Result<WebhookConfig> {
+    let endpoints = args
+        .webhooks
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Endpoint::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--webhook")?;
+    let config = WebhookConfig {
+        endpoints,
+        secret: args.webhook_secret.clone().unwrap_or_default(),
+        queue: args.webhook_queue as usize,
+        retry_for: Duration::from_secs(args.webhook_retry_for),
+        timeout: Duration::from_secs(args.webhook_timeout),
+        concurrency: args.webhook_concurrency as usize,
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 /// Initialise logging (call once, before anything logs).
@@ -259,6 +304,7 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
             per_sec: args.session_rate.max(0.0),
             burst: args.session_rate.max(1.0),
         },
+        webhooks: webhook_config(args)?,
         ..defaults
     };
     let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;

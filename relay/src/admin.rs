@@ -48,7 +48,11 @@ pub async fn kick(node: &NodeContext, kick: AdminKick) -> Result<(), BusError> {
     if kick.ban_until_ms > 0 && !kick.user.is_empty() {
         crate::bans::store_ban(node, &kick.user, kick.ban_until_ms).await?;
     }
-    broadcast(node, admin_command::Kind::Kick(kick)).await
+    let (user, session, room, reason, ban) =
+        (kick.user.clone(), kick.session.clone(), kick.room.clone(), kick.reason.clone(), kick.ban_until_ms);
+    broadcast(node, admin_command::Kind::Kick(kick)).await?;
+    crate::webhooks::kicked(node, &user, &session, &room, &reason, ban);
+    Ok(())
 }
 
 fn server_sender(node: &NodeContext) -> Sender {
@@ -73,10 +77,48 @@ fn server_message(node: &NodeContext, room: &str, payload: bytes::Bytes, kind: &
     }
 }
 
-/// Publish a server message to `room` (delivered to every participant).
-pub async fn message_room(node: &NodeContext, room: &str, payload: bytes::Bytes, kind: &str) -> Result<(), BusError> {
-    let msg = server_message(node, room, payload, kind);
-    node.publish(node.subjects.room(room, RoomChannel::Msg), bus_envelope::Kind::Message(msg)).await
+/// A backend's publish to a room ([`publish_room`]).
+#[derive(Debug, Clone, Default)]
+pub struct RoomPublish {
+    /// The message payload.
+    pub payload: bytes::Bytes,
+    /// The application's message kind (at most 64 bytes).
+    pub kind: String,
+    /// Reliable: ordered, in the room's history, with an offset. Unreliable: live only.
+    pub reliable: bool,
+    /// The sender shown to participants: a user id and display name; `None` for the server
+    /// ([`SERVER_USER`], "Server").
+    pub from: Option<(String, String)>,
+    /// Retries with the same key within two minutes are stored once (reliable messages).
+    pub idempotency_key: Option<String>,
+}
+
+/// Publish to `room` with a client publish's semantics: a reliable message goes into the
+/// room's history (when history is on) in order with the participants' messages, and the
+/// answer is its offset once stored; otherwise it is delivered live (`None`).
+pub async fn publish_room(node: &Arc<NodeContext>, room: &str, p: RoomPublish) -> Result<Option<u64>, BusError> {
+    let mut msg = server_message(node, room, p.payload, &p.kind);
+    msg.reliable = p.reliable;
+    if let Some((user, name)) = p.from {
+        msg.from = Some(Sender { user, session: String::new(), name, node: node.config.node_id.clone() });
+    }
+    if p.reliable && node.config.history {
+        let dedupe = p.idempotency_key.map(|k| format!("api:{k}"));
+        let ack = crate::rooms::append_history(node, room, msg, dedupe).await?;
+        return ack.await.map(Some);
+    }
+    node.publish(node.subjects.room(room, RoomChannel::Msg), bus_envelope::Kind::Message(msg)).await.map(|()| None)
+}
+
+/// Publish a reliable server message to `room` (delivered to every participant, in the
+/// room's history when history is on); the offset it was stored at, if stored.
+pub async fn message_room(
+    node: &Arc<NodeContext>,
+    room: &str,
+    payload: bytes::Bytes,
+    kind: &str,
+) -> Result<Option<u64>, BusError> {
+    publish_room(node, room, RoomPublish { payload, kind: kind.into(), reliable: true, ..Default::default() }).await
 }
 
 /// Send a server message to every session of `user`, wherever connected.

@@ -68,6 +68,8 @@ pub struct RelayConfig {
     /// New sessions (valid or not `Hello`s) this node admits per second, with a burst;
     /// over it `RATE_LIMITED` with a spread `GoAway` retry hint. `per_sec` 0 is unlimited.
     pub session_rate: Rate,
+    /// Webhook endpoints and delivery bounds; none by default.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl Default for RelayConfig {
@@ -96,6 +98,7 @@ impl Default for RelayConfig {
             max_pending_per_ip: 256,
             ping_rate: Rate { per_sec: 5.0, burst: 20.0 },
             session_rate: Rate { per_sec: 2000.0, burst: 2000.0 },
+            webhooks: Default::default(),
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct NodeContext {
     pub(crate) load: Arc<crate::overload::Load>,
     /// Admission rate of new sessions.
     pub(crate) session_rate: crate::session_rate::SessionRate,
+    /// Webhook events waiting to be stored for delivery.
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 impl NodeContext {
@@ -67,6 +69,7 @@ impl NodeContext {
         let (drain_tx, _) = watch::channel(false);
         let call_bounds = crate::calls::bounds::CallBounds::new(config.call_invite_rate);
         let session_rate = crate::session_rate::SessionRate::new(config.session_rate);
+        let webhooks = crate::webhooks::Webhooks::new(config.webhooks.clone());
         let metrics = Metrics::new();
         let load =
             Arc::new(crate::overload::Load::new(metrics.node_overloaded.clone(), metrics.overload_excused.clone()));
@@ -75,6 +78,7 @@ impl NodeContext {
             verifier,
             bus,
             session_rate,
+            webhooks,
             metrics,
             load,
             subjects,

@@ -36,9 +36,9 @@ pub(crate) struct Heal {
 }
 
 impl Heal {
-    /// `node` was reported lost (its participants reaped).
-    pub(crate) fn lost(&self, node: &str) {
-        self.lost.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned());
+    /// `node` was reported lost (its participants reaped); whether it was not already.
+    pub(crate) fn lost(&self, node: &str) -> bool {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned())
     }
 
     /// `node` was heard from: whether it had been reported lost (it is back now).

@@ -48,6 +48,7 @@ mod rooms_cap;
 pub mod session;
 mod session_rate;
 pub mod transport;
+pub mod webhooks;
 mod writing;
 
 pub use admission::{Refused, Ticket};

@@ -188,6 +188,20 @@ pub struct Metrics {
     pub bus_publish_seconds: Histogram,
     /// Time from the origin node accepting a room message to this node fanning it out.
     pub delivery_latency_seconds: Histogram,
+    /// Webhook events stored for delivery, by type.
+    pub webhook_events: Family<KindLabel, Counter>,
+    /// Webhook POSTs answered 2xx.
+    pub webhook_sent: Counter,
+    /// Webhook POSTs that failed (error, timeout or non-2xx).
+    pub webhook_failed: Counter,
+    /// Failed webhook POSTs scheduled again.
+    pub webhook_retried: Counter,
+    /// Webhook events given up, by reason (`queue_full`, `store_failed`, `expired`).
+    pub webhook_dropped: Family<ReasonLabel, Counter>,
+    /// Webhook events waiting in this node's queue.
+    pub webhook_queue: Gauge,
+    /// Time from an event to its endpoint's 2xx, retries included.
+    pub webhook_latency_seconds: Histogram,
 }
 
 fn latency_buckets() -> Histogram {
@@ -252,6 +266,14 @@ impl Metrics {
             media_groups_superseded: Counter::default(),
             bus_publish_seconds: latency_buckets(),
             delivery_latency_seconds: latency_buckets(),
+            webhook_events: Family::default(),
+            webhook_sent: Counter::default(),
+            webhook_failed: Counter::default(),
+            webhook_retried: Counter::default(),
+            webhook_dropped: Family::default(),
+            webhook_queue: Gauge::default(),
+            // 10 ms .. ~1.4 h: retries stretch it.
+            webhook_latency_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
             registry: Registry::default(),
         };
         registry.register("connections", "Open client connections", m.connections.clone());
@@ -359,6 +381,20 @@ impl Metrics {
             "Time from the origin node accepting a room message to its fan-out here",
             m.delivery_latency_seconds.clone(),
         );
+        registry.register("webhook_events", "Webhook events stored for delivery", m.webhook_events.clone());
+        registry.register("webhook_sent", "Webhook POSTs answered 2xx", m.webhook_sent.clone());
+        registry.register("webhook_failed", "Webhook POSTs that failed", m.webhook_failed.clone());
+        registry.register("webhook_retried", "Failed webhook POSTs scheduled again", m.webhook_retried.clone());
+        registry.register("webhook_dropped", "Webhook events given up", m.webhook_dropped.clone());
+        registry.register("webhook_queue", "Webhook events waiting in this node's queue", m.webhook_queue.clone());
+        registry.register(
+            "webhook_latency_seconds",
+            "Time from a webhook event to its endpoint's 2xx",
+            m.webhook_latency_seconds.clone(),
+        );
+        for reason in ["queue_full", "store_failed", "expired"] {
+            let _ = m.webhook_dropped.get_or_create(&ReasonLabel { reason });
+        }
         // Series that dashboards expect to exist from the start, at 0.
         for transport in ["websocket", "webtransport"] {
             let _ = m.connections.get_or_create(&TransportLabel { transport });

@@ -48,6 +48,7 @@ impl Node {
     pub async fn start(config: RelayConfig, verifier: Verifier, bus: Arc<dyn Bus>) -> Result<Arc<Self>, NodeError> {
         switchboard_protocol::subject::validate_id(&config.node_id)
             .map_err(|e| NodeError::Config(format!("node id {:?}: {e}", config.node_id)))?;
+        config.webhooks.validate().map_err(|e| NodeError::Config(format!("webhooks: {e}")))?;
         let subjects = Subjects::new(&config.subject_prefix)
             .map_err(|e| NodeError::Config(format!("subject prefix {:?}: {e}", config.subject_prefix)))?;
         let node = Arc::new(NodeContext::new(config, verifier, bus, subjects));
@@ -63,6 +64,7 @@ impl Node {
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
         node.runtime.spawn(crate::calls::bounds::refresh_usage(Arc::downgrade(&node)));
         node.runtime.spawn(crate::calls::history::redrive(Arc::downgrade(&node)));
+        node.runtime.spawn(crate::webhooks::run(Arc::downgrade(&node)));
         match crate::bans::load_bans(&node).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(bans = n, "bans in force loaded"),
@@ -198,6 +200,7 @@ async fn heartbeat_listener(node: Weak<NodeContext>, mut sub: crate::bus::Subscr
             Ok(BusEnvelope { kind: Some(bus_envelope::Kind::Heartbeat(hb)), .. }) => {
                 if node.saw_node(&hb.node) {
                     crate::heal::schedule(&node);
+                    crate::webhooks::node_returned(&node, &hb.node);
                 }
             }
             Ok(_) => {}

@@ -745,7 +745,9 @@ impl Session {
             prev_offset: 0,
         };
         if p.reliable && self.node.config.history {
-            match rooms::append_history(&self.node, &p.room, msg, id).await {
+            // A client's retry of the same request is stored once.
+            let dedupe = (id != 0).then(|| format!("{}:{id}", self.id));
+            match rooms::append_history(&self.node, &p.room, msg, dedupe).await {
                 Ok(mut ack) => {
                     // An in-memory log has stored it already: answer now, no task.
                     if let Some(stored) = (&mut ack).now_or_never() {

@@ -9,10 +9,12 @@ pub mod nats;
 pub mod netns;
 pub mod node;
 pub mod proxy;
+pub mod webhook_receiver;
 pub mod workload;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use node::{NodeOptions, TestNode};
+pub use webhook_receiver::WebhookReceiver;
 
 use std::future::Future;
 use std::time::Duration;

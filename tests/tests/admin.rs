@@ -46,17 +46,68 @@ async fn admin_api_acts_cluster_wide() {
     assert_eq!(users, vec!["alice", "bob"]);
     assert_eq!(n1.admin(Some(KEY), "/api/rooms/bad.room/participants", None).await.1["error"]["code"], "invalid_room");
 
-    // A server message to the room reaches both nodes' clients.
-    let (status, _) = n1.admin(Some(KEY), "/api/rooms/demo/messages", Some(r#"{"text":"maintenance at 5"}"#)).await;
-    assert_eq!(status, 202);
+    // A server message to the room reaches both nodes' clients, and it is in the room's
+    // history: the answer names its offset.
+    let (status, body) = n1.admin(Some(KEY), "/api/rooms/demo/messages", Some(r#"{"text":"maintenance at 5"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let offset = body["offset"].as_u64().expect("an offset");
     for events in [&mut alice_events, &mut bob_events] {
         match next_event(events).await {
             Event::Message(m) => {
                 assert_eq!((&m.payload[..], m.kind.as_str()), (&b"maintenance at 5"[..], "server"));
                 assert_eq!(m.from.unwrap().user, "server");
+                assert_eq!(m.offset, offset);
             }
             other => panic!("expected the server message, got {other:?}"),
         }
+    }
+    // A backend publishes as a user of its own, with an idempotency key: a retry is stored
+    // once (same offset, delivered once), after the previous message.
+    let publish = r#"{"text":"order shipped","kind":"order","from":{"user":"shopbot","name":"Shop"},"idempotency_key":"order-17"}"#;
+    let (status, first) = n2.admin(Some(KEY), "/api/rooms/demo/messages", Some(publish)).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, retry) = n1.admin(Some(KEY), "/api/rooms/demo/messages", Some(publish)).await;
+    assert_eq!((status, &retry["offset"]), (200, &first["offset"]), "{retry}");
+    assert!(first["offset"].as_u64().unwrap() > offset);
+    for events in [&mut alice_events, &mut bob_events] {
+        match next_event(events).await {
+            Event::Message(m) => {
+                let from = m.from.unwrap();
+                assert_eq!((from.user.as_str(), from.name.as_str(), m.kind.as_str()), ("shopbot", "Shop", "order"));
+                assert_eq!(Some(m.offset), first["offset"].as_u64());
+                assert!(m.reliable);
+            }
+            other => panic!("expected the backend's message, got {other:?}"),
+        }
+    }
+    // An unreliable publish is live only: accepted, no offset; then a late joiner resuming
+    // from the start replays the two reliable messages (and not the unreliable one).
+    let (status, body) =
+        n1.admin(Some(KEY), "/api/rooms/demo/messages", Some(r#"{"text":"typing","reliable":false}"#)).await;
+    assert_eq!((status, body["offset"].is_null(), body["reliable"].as_bool()), (202, true, Some(false)), "{body}");
+    for events in [&mut alice_events, &mut bob_events] {
+        assert!(matches!(next_event(events).await, Event::Message(m) if !m.reliable && &m.payload[..] == b"typing"));
+    }
+    let (carol, mut carol_events) =
+        Client::connect(ClientConfig::new(n2.ws_url(), token("carol", &["demo"]))).await.unwrap();
+    let joined = carol.join_from("demo", Some(0)).await.unwrap();
+    assert_eq!(joined.replayed, 2, "{joined:?}");
+    for expected in [&b"maintenance at 5"[..], &b"order shipped"[..]] {
+        assert!(matches!(next_event(&mut carol_events).await, Event::Message(m) if &m.payload[..] == expected));
+    }
+    carol.leave("demo").await.unwrap();
+    for events in [&mut alice_events, &mut bob_events] {
+        assert!(matches!(next_event(events).await, Event::ParticipantJoined(_)));
+        assert!(matches!(next_event(events).await, Event::ParticipantLeft(_)));
+    }
+    // Reserved senders and bad keys are refused.
+    for bad in [
+        r#"{"text":"x","from":{"user":"admin"}}"#,
+        r#"{"text":"x","from":{"user":"bad.id"}}"#,
+        r#"{"text":"x","idempotency_key":""}"#,
+    ] {
+        let (status, body) = n1.admin(Some(KEY), "/api/rooms/demo/messages", Some(bad)).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")), "{bad}");
     }
     // A message to a user connected to the other node.
     assert_eq!(

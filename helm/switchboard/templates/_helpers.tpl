@@ -57,6 +57,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not .Values.auth.existingSecret) (or .Values.auth.jwtSecret .Values.auth.adminKey) -}}true{{- end -}}
 {{- end -}}
 
+{{/* The webhook endpoints as SWITCHBOARD_WEBHOOKS: `url[ type,type]` joined by `;`. */}}
+{{- define "switchboard.webhooks" -}}
+{{- $parts := list -}}
+{{- range .Values.webhooks.endpoints -}}
+{{- if .events -}}
+{{- $parts = append $parts (printf "%s %s" .url (join "," .events)) -}}
+{{- else -}}
+{{- $parts = append $parts .url -}}
+{{- end -}}
+{{- end -}}
+{{- join ";" $parts -}}
+{{- end -}}
+
+{{/* The Secret holding the webhook secret. */}}
+{{- define "switchboard.webhookSecretName" -}}
+{{- default (printf "%s-webhooks" (include "switchboard.fullname" .)) .Values.webhooks.existingSecret -}}
+{{- end -}}
+
 {{/* Whether tokens are verified with a public key. */}}
 {{- define "switchboard.usePublicKey" -}}
 {{- if or .Values.auth.publicKey .Values.auth.existingPublicKeySecret -}}true{{- end -}}
@@ -95,6 +113,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- if and (not (include "switchboard.hasJwtSecret" .)) (not (include "switchboard.usePublicKey" .)) (not $v.auth.allowDevelopmentSecret) -}}
 {{- fail "no token key: set auth.jwtSecret (>= 32 bytes, e.g. $(openssl rand -hex 32)), auth.existingSecret, auth.publicKey or auth.existingPublicKeySecret. Without one, nodes use the public development secret and anyone can mint tokens (auth.allowDevelopmentSecret=true allows that for a throwaway test)." -}}
+{{- end -}}
+{{- if and $v.webhooks.endpoints (not $v.webhooks.existingSecret) (lt (len $v.webhooks.secret) 16) -}}
+{{- fail "webhooks.endpoints needs webhooks.secret (at least 16 bytes, e.g. $(openssl rand -hex 32)) or webhooks.existingSecret: receivers verify every event's signature with it" -}}
 {{- end -}}
 {{- if and $v.auth.jwtSecret (not $v.auth.existingSecret) (lt (len $v.auth.jwtSecret) 32) -}}
 {{- fail "auth.jwtSecret must be at least 32 bytes" -}}
@@ -249,6 +270,21 @@ spec:
               name: {{ include "switchboard.secretName" $ctx }}
               key: {{ $v.auth.adminKeyKey }}
               optional: true
+        {{- end }}
+        {{- if $v.webhooks.endpoints }}
+        - name: SWITCHBOARD_WEBHOOKS
+          value: {{ include "switchboard.webhooks" $ctx | quote }}
+        - name: SWITCHBOARD_WEBHOOK_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "switchboard.webhookSecretName" $ctx }}
+              key: {{ $v.webhooks.secretKey }}
+        - name: SWITCHBOARD_WEBHOOK_RETRY_FOR
+          value: {{ $v.webhooks.retryFor | quote }}
+        - name: SWITCHBOARD_WEBHOOK_TIMEOUT
+          value: {{ $v.webhooks.timeout | quote }}
+        - name: SWITCHBOARD_WEBHOOK_QUEUE
+          value: {{ $v.webhooks.queue | quote }}
         {{- end }}
         {{- if and .wt $v.tls.secretName }}
         - name: SWITCHBOARD_TLS_CERT

@@ -335,6 +335,18 @@ impl Bus for LocalBus {
         async { Ok(()) }.boxed()
     }
 
+    fn kv_purge_if(&self, bucket: Bucket, key: &str, revision: u64) -> BoxFuture<'_, Result<(), BusError>> {
+        let mut kv = lock(&self.kv);
+        let r = match kv.get(bucket, key, &self.limits) {
+            Some(e) if e.revision == revision => {
+                kv.entries.remove(&(bucket, key.to_owned()));
+                Ok(())
+            }
+            _ => Err(BusError::Conflict(format!("key {key} is not at revision {revision}"))),
+        };
+        async move { r }.boxed()
+    }
+
     fn kv_update(
         &self,
         bucket: Bucket,

@@ -42,6 +42,10 @@ pub enum Bucket {
     Bans,
     /// Seats of capped rooms, key = room id, value = JSON map session → node.
     Seats,
+    /// Running rooms (for webhooks), key = room id, value = start (Unix ms, decimal).
+    Rooms,
+    /// Webhook events waiting for delivery, key = endpoint and event id.
+    Webhooks,
 }
 
 impl Bucket {
@@ -52,9 +56,15 @@ impl Bucket {
             Bucket::Users => "users",
             Bucket::Bans => "bans",
             Bucket::Seats => "seats",
+            Bucket::Rooms => "rooms",
+            Bucket::Webhooks => "webhooks",
         }
     }
 }
+
+/// Keys of [`Bucket::Rooms`] not refreshed for this long are forgotten (nodes hosting a
+/// room refresh its key well within it).
+pub const ROOMS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A key-value entry with its revision (for compare-and-set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +247,8 @@ pub trait Bus: Send + Sync + 'static {
     fn kv_put(&self, bucket: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, BusError>>;
     /// Forget `key` without a trace (no tombstone); idempotent.
     fn kv_purge(&self, bucket: Bucket, key: &str) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Remove `key` if its revision is still `revision`; else [`BusError::Conflict`].
+    fn kv_purge_if(&self, bucket: Bucket, key: &str, revision: u64) -> BoxFuture<'_, Result<(), BusError>>;
     /// Replace `key` if its revision is still `revision`; else [`BusError::Conflict`].
     fn kv_update(&self, bucket: Bucket, key: &str, value: Bytes, revision: u64)
         -> BoxFuture<'_, Result<u64, BusError>>;

@@ -15,6 +15,12 @@ use prost::Message as _;
 use std::time::Duration;
 use switchboard_protocol::pb::Participant;
 
+/// Webhook events older than this are forgotten (the longest `--webhook-retry-for`, plus
+/// margin).
+const WEBHOOKS_MAX_AGE: Duration = Duration::from_secs(25 * 3600);
+/// Bytes of webhook events waiting in all; when full, new events are dropped (counted).
+const WEBHOOKS_MAX_BYTES: i64 = 256 << 20;
+
 /// How a node connects to NATS.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -50,6 +56,8 @@ pub struct NatsBus {
     users: kv::Store,
     bans: kv::Store,
     seats: kv::Store,
+    rooms: kv::Store,
+    webhooks: kv::Store,
     room_history: jetstream::stream::Stream,
     call_history: jetstream::stream::Stream,
     prefix: String,
@@ -169,6 +177,29 @@ impl NatsBus {
             ..Default::default()
         };
         let seats = open_bucket(&js, seats_config.clone()).await?;
+        let rooms_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Rooms.name()),
+            description: "Switchboard running rooms, for webhooks (key = room id, value = start, Unix ms)".into(),
+            history: 1,
+            // Nodes hosting a room refresh its key (`webhooks::refresh_rooms`); this bounds
+            // the keys of rooms whose every participant was on a node that died.
+            max_age: super::ROOMS_MAX_AGE,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let rooms = open_bucket(&js, rooms_config.clone()).await?;
+        let webhooks_config = kv::Config {
+            bucket: format!("{name}_{}", Bucket::Webhooks.name()),
+            description: "Switchboard webhook events waiting for delivery (key = endpoint.event)".into(),
+            history: 1,
+            max_age: WEBHOOKS_MAX_AGE,
+            max_bytes: WEBHOOKS_MAX_BYTES,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let webhooks = open_bucket(&js, webhooks_config.clone()).await?;
         let l = &opts.limits;
         let storage = if l.history_in_memory {
             jetstream::stream::StorageType::Memory
@@ -195,12 +226,22 @@ impl NatsBus {
             client,
             js,
             presence,
-            bucket_configs: vec![config, calls_config, users_config, bans_config, seats_config],
+            bucket_configs: vec![
+                config,
+                calls_config,
+                users_config,
+                bans_config,
+                seats_config,
+                rooms_config,
+                webhooks_config,
+            ],
             stream_configs: vec![room_history_config, call_history_config],
             calls,
             users,
             bans,
             seats,
+            rooms,
+            webhooks,
             room_history,
             call_history,
             prefix: opts.prefix.clone(),
@@ -214,6 +255,8 @@ impl NatsBus {
             Bucket::Users => &self.users,
             Bucket::Bans => &self.bans,
             Bucket::Seats => &self.seats,
+            Bucket::Rooms => &self.rooms,
+            Bucket::Webhooks => &self.webhooks,
         }
     }
 
@@ -385,6 +428,19 @@ impl Bus for NatsBus {
         purge_key(self.bucket(bucket), key).boxed()
     }
 
+    fn kv_purge_if(&self, bucket: Bucket, key: &str, revision: u64) -> BoxFuture<'_, Result<(), BusError>> {
+        let key = key.to_owned();
+        async move {
+            self.bucket(bucket).purge_expect_revision(&key, Some(revision)).await.map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {
+                    BusError::Conflict(format!("key {key} is not at revision {revision}"))
+                }
+                _ => other(e),
+            })
+        }
+        .boxed()
+    }
+
     fn kv_update(
         &self,
         bucket: Bucket,
@@ -406,7 +462,13 @@ impl Bus for NatsBus {
 
     fn kv_work(&self, bucket: Bucket, group: &str) -> BoxFuture<'_, Result<Option<KvWork>, BusError>> {
         let group = group.to_owned();
-        async move { super::work::follow(self.bucket(bucket), &group).await.map(Some) }.boxed()
+        // A webhook POST may take its whole timeout: give it longer before another node
+        // takes the event over.
+        let ack_wait = match bucket {
+            Bucket::Webhooks => super::work::SLOW_ACK_WAIT,
+            _ => super::work::ACK_WAIT,
+        };
+        async move { super::work::follow(self.bucket(bucket), &group, ack_wait).await.map(Some) }.boxed()
     }
 
     fn log_append(

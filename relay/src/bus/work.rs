@@ -14,12 +14,18 @@ use std::time::Duration;
 
 /// How long a taken change stays with its node before it goes to another.
 pub(super) const ACK_WAIT: Duration = Duration::from_secs(10);
+/// The same, for work that may take longer (a webhook POST waits up to its timeout).
+pub(super) const SLOW_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Changes handed out and not yet acknowledged, over all nodes.
 const MAX_IN_FLIGHT: i64 = 10_000;
 
 /// Follow `store`'s changes in the shared queue `<bucket>_<group>` (created on first use;
 /// changes written before that are not in it).
-pub(super) async fn follow(store: &async_nats::jetstream::kv::Store, group: &str) -> Result<KvWork, BusError> {
+pub(super) async fn follow(
+    store: &async_nats::jetstream::kv::Store,
+    group: &str,
+    ack_wait: Duration,
+) -> Result<KvWork, BusError> {
     let other = |e: &dyn std::fmt::Display| BusError::Unavailable(format!("work queue {group}: {e}"));
     let name = format!("{}_{group}", store.name);
     let config = pull::Config {
@@ -27,7 +33,7 @@ pub(super) async fn follow(store: &async_nats::jetstream::kv::Store, group: &str
         description: Some(format!("Switchboard: changes of {} for {group}, shared by every node", store.name)),
         filter_subject: format!("{}>", store.prefix),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait,
         deliver_policy: jetstream::consumer::DeliverPolicy::New,
         max_ack_pending: MAX_IN_FLIGHT,
         ..Default::default()

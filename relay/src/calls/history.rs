@@ -194,6 +194,8 @@ async fn pending_records(node: &Arc<NodeContext>, change: &KvChange) -> Result<O
         return Ok(Some(REFOLLOW));
     }
     node.metrics.call_history_redriven.inc();
+    // The ending node may have died before it reported the end too (same event id if not).
+    crate::webhooks::call(node, "call.ended", &call);
     for party in &call.parties {
         publish_event(node, &party.user, &call, CallState::Ended, &Sender::default()).await;
     }

@@ -190,6 +190,7 @@ pub async fn invite(
     };
     node.bus.kv_create(Bucket::Calls, &id, Bytes::from(call.encode_to_vec())).await?;
     node.metrics.call_transitions.get_or_create(&crate::metrics::KindLabel { kind: "invite" }).inc();
+    crate::webhooks::call(node, "call.created", &call);
     tracing::info!(call = %id, caller = %actor.user, callees = ?unique, "call invited");
     let by = sender(node, actor);
     // The caller's devices learn of the call; the callees are rung in the background
@@ -395,6 +396,11 @@ async fn transition(
                     tracing::info!(call = %call_id, transition = kind, by = %actor.user, "call transition");
                     for party in &call.parties {
                         publish_event(node, &party.user, &call, *state, &by).await;
+                    }
+                    match state {
+                        CallState::Accepted => crate::webhooks::call(node, "call.answered", &call),
+                        CallState::Ended => crate::webhooks::call(node, "call.ended", &call),
+                        _ => {}
                     }
                 }
                 // Records not written are left pending: another node re-drives them.

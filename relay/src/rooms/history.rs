@@ -91,18 +91,14 @@ pub(super) fn decode_history(room: &str, entry: LogEntry) -> Option<Message> {
 /// to the bus (a session's messages keep their order); the returned ack resolves with its
 /// offset once stored, so a publisher can have many messages in flight.
 ///
-/// `request` (the client's frame id, if any) makes a retry of the same request on the same
-/// session idempotent: it is stored once.
+/// Appends with the same `dedupe` id within two minutes are stored once (a client's retry
+/// of a request, a backend's retry with the same idempotency key).
 pub(crate) async fn append_history(
     node: &Arc<NodeContext>,
     room_id: &str,
     msg: Message,
-    request: u64,
+    dedupe: Option<String>,
 ) -> Result<LogAck, BusError> {
-    let dedupe = match (&msg.from, request) {
-        (Some(from), id) if id != 0 => Some(format!("{}:{id}", from.session)),
-        _ => None,
-    };
     let env = BusEnvelope { origin_node: node.config.node_id.clone(), kind: Some(bus_envelope::Kind::Message(msg)) };
     let started = Instant::now();
     let r = node.bus.log_append(Log::RoomHistory, room_id, encode(&env), dedupe).await;

@@ -97,7 +97,7 @@ pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinReques
                 }
             }
         }
-        {
+        let alone = {
             let mut st = room.lock();
             if st.view.insert(session.clone(), participant.clone()).is_none() {
                 let ev = server_frame::Kind::ParticipantJoined(ParticipantJoined {
@@ -146,7 +146,9 @@ pub(crate) async fn join(node: &Arc<NodeContext>, room_id: &str, req: JoinReques
             if let Some(seat) = seat {
                 seat.keep();
             }
-        }
+            participant_count == 1
+        };
+        crate::webhooks::participant_joined(node, room_id, &participant, alone);
         let update = PresenceUpdate {
             room: room_id.to_owned(),
             participant: Some(participant),
@@ -215,6 +217,7 @@ pub(crate) async fn leave(node: &Arc<NodeContext>, room_id: &str, session: &str,
         node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room_id.to_owned(), session.to_owned()));
     }
     let Some(p) = participant else { return true };
+    crate::webhooks::participant_left(node, room_id, &p, reason, empty);
     // Local members learn of the leave from the bus, in order with the participant's last
     // messages (see `handle_bus_message`); if the bus refuses, tell them now.
     let update =

@@ -117,6 +117,11 @@ impl Rooms {
             .clone()
     }
 
+    /// The ids of the rooms this node has local sessions in.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     fn all(&self) -> Vec<Arc<Room>> {
         self.lock().values().cloned().collect()
     }

@@ -17,7 +17,9 @@ pub(crate) async fn reap_dead_nodes(node: &Arc<NodeContext>) {
         return;
     }
     for lost in node.silent_nodes(now) {
-        node.heal.lost(&lost);
+        if node.heal.lost(&lost) {
+            crate::webhooks::node_lost(node, &lost);
+        }
     }
     let mut stale: Vec<(String, String)> = Vec::new();
     for room in node.rooms.all() {
@@ -32,6 +34,7 @@ pub(crate) async fn reap_dead_nodes(node: &Arc<NodeContext>) {
                 reason: "node_lost".into(),
             });
             notify_locals(node, &st, "", ev);
+            crate::webhooks::participant_left(node, &room.id, &p, "node_lost", false);
             stale.push((room.id.clone(), p.session));
         }
     }
