@@ -166,6 +166,8 @@ impl Node {
         while self.session_count() > 0 && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The last sessions' leaves (and any event before them) reach the webhook store.
+        crate::webhooks::stored(&self.ctx, FLUSH_ON_DRAIN).await;
         // Bounded: with NATS unreachable a flush would wait for its return, and the node
         // must still stop (the messages it could not hand over are lost either way).
         match tokio::time::timeout(FLUSH_ON_DRAIN, self.ctx.bus.flush()).await {

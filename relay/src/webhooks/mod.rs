@@ -177,6 +177,18 @@ fn counted(node: &NodeContext, kind: &'static str) {
     node.metrics.webhook_events.get_or_create(&KindLabel { kind }).inc();
 }
 
+/// Wait (at most `limit`) until every event this node queued is stored for delivery: a
+/// draining node's last sessions' leaves are not lost with it.
+pub(crate) async fn stored(node: &NodeContext, limit: std::time::Duration) {
+    if node.webhooks.tx.is_none() {
+        return;
+    }
+    let end = tokio::time::Instant::now() + limit;
+    while node.metrics.webhook_queue.get() > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Run the node's webhook delivery (spool and worker) while the node lives; nothing when no
 /// endpoint is configured.
 pub(crate) async fn run(node: Weak<NodeContext>) {

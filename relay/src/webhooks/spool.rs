@@ -29,21 +29,26 @@ pub(super) async fn run(node: Weak<NodeContext>, rx: mpsc::Receiver<Item>, sink:
             let node = node.clone();
             async move {
                 let Some(node) = node.upgrade() else { return };
+                handle(&node, sink, item).await;
+                // Counted until stored, so a draining node can wait for it (`stored`).
                 node.metrics.webhook_queue.dec();
-                if let Item::NodeLost(lost) = &item {
-                    if let Err(e) = super::lost::sweep(&node, sink, lost).await {
-                        node.metrics.webhook_dropped.get_or_create(&ReasonLabel { reason: "store_failed" }).inc();
-                        tracing::warn!(node = %lost, error = %e, "cannot report the rooms a lost node left behind");
-                    }
-                    return;
-                }
-
-                for event in events(&node, item).await {
-                    store(&node, sink, event).await;
-                }
             }
         })
         .await;
+}
+
+/// Store one item's events.
+async fn handle(node: &Arc<NodeContext>, sink: &Sink, item: Item) {
+    if let Item::NodeLost(lost) = &item {
+        if let Err(e) = super::lost::sweep(node, sink, lost).await {
+            node.metrics.webhook_dropped.get_or_create(&ReasonLabel { reason: "store_failed" }).inc();
+            tracing::warn!(node = %lost, error = %e, "cannot report the rooms a lost node left behind");
+        }
+        return;
+    }
+    for event in events(node, item).await {
+        store(node, sink, event).await;
+    }
 }
 
 /// The events an item stands for.
