@@ -42,6 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, origins: &AllowedOrigins) {
         }))
         .configure(crate::admin::routes)
         .configure(|cfg| crate::calls_api::routes(cfg, origins))
+        .configure(|cfg| crate::ice_api::routes(cfg, origins))
         .configure(|cfg| crate::accounts::routes(cfg, origins));
 }
 

@@ -8,6 +8,7 @@ mod admin;
 mod calls_api;
 mod cors;
 mod http;
+mod ice_api;
 mod openapi;
 mod origin;
 mod tls;

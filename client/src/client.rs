@@ -86,6 +86,7 @@ impl Events {
 enum Reply {
     Ack(pb::Ack),
     Joined(pb::Joined),
+    IceServers(pb::IceServers),
 }
 
 type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
@@ -312,6 +313,22 @@ impl Client {
         match self.request(kind).await? {
             Reply::Ack(a) => Ok(a),
             Reply::Joined(_) => Err(ClientError::Protocol("unexpected Joined".into())),
+            Reply::IceServers(_) => Err(ClientError::Protocol("unexpected IceServers".into())),
+        }
+    }
+
+    /// The ICE servers the node handed this session in `Welcome` (STUN, and TURN with
+    /// credentials valid until `expires_at`); `None` when the node has none configured.
+    pub fn ice_servers(&self) -> Option<&pb::IceServers> {
+        self.inner.welcome.ice_servers.as_ref()
+    }
+
+    /// Ask the node for the ICE servers again, with fresh TURN credentials (do it before
+    /// `expires_at` of the ones in use). Rate-limited like other requests.
+    pub async fn refresh_ice_servers(&self) -> Result<pb::IceServers, ClientError> {
+        match self.request(client_frame::Kind::IceServersRequest(pb::IceServersRequest {})).await? {
+            Reply::IceServers(servers) => Ok(servers),
+            _ => Err(ClientError::Protocol("expected IceServers".into())),
         }
     }
 
@@ -337,7 +354,7 @@ impl Client {
         let join = pb::Join { room: room.into(), resume_from };
         match self.request_with(client_frame::Kind::Join(join), rejoin.then(|| room.to_owned())).await? {
             Reply::Joined(j) => Ok(j),
-            Reply::Ack(_) => Err(ClientError::Protocol("expected Joined, got Ack".into())),
+            Reply::Ack(_) | Reply::IceServers(_) => Err(ClientError::Protocol("expected Joined".into())),
         }
     }
 
@@ -613,6 +630,10 @@ async fn read_loop(
             None | Some(server_frame::Kind::Pong(_)) | Some(server_frame::Kind::Welcome(_)) => continue,
             Some(server_frame::Kind::Ack(a)) => {
                 answer(&pending, a.ref_id, Ok(Reply::Ack(a)));
+                continue;
+            }
+            Some(server_frame::Kind::IceServers(servers)) => {
+                answer(&pending, servers.ref_id, Ok(Reply::IceServers(servers)));
                 continue;
             }
             Some(server_frame::Kind::Joined(j)) => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchboard_relay::auth::DEV_SECRET;
 use switchboard_relay::bus::StoreLimits;
 use switchboard_relay::config::{generate_node_id, RelayConfig};
+use switchboard_relay::ice::IceConfig;
 use switchboard_relay::webhooks::{Endpoint, WebhookConfig};
 use switchboard_relay::{AllowedOrigins, Bus, LocalBus, NatsBus, NatsOptions, Node, Verifier, VerifyKey};
 
@@ -163,6 +164,22 @@ pub struct NodeArgs {
     /// Webhook POSTs a node has in flight at once.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub webhook_concurrency: u64,
+    /// A STUN server URL (`stun:host[:port]`, `stuns:`) handed to clients for WebRTC;
+    /// repeatable (in the environment, comma separated).
+    #[arg(long = "stun-url", env = "SWITCHBOARD_STUN_URLS", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
+    /// A TURN server URL (`turn:host[:port][?transport=udp|tcp]`, `turns:`) handed to
+    /// clients with short-lived credentials; repeatable (in the environment, comma
+    /// separated). Needs `--turn-secret`.
+    #[arg(long = "turn-url", env = "SWITCHBOARD_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret` with
+    /// `use-auth-secret`), from which TURN credentials are derived.
+    #[arg(long, env = "SWITCHBOARD_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Seconds TURN credentials stay valid (300..=86400).
+    #[arg(long, env = "SWITCHBOARD_TURN_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(300..=86_400))]
+    pub turn_ttl: u64,
 }
 
 impl NodeArgs {
@@ -190,6 +207,22 @@ pub fn webhook_config(args: &NodeArgs) -> anyhow::Result<WebhookConfig> {
         concurrency: args.webhook_concurrency as usize,
     };
     config.validate()?;
+    Ok(config)
+}
+
+/// The ICE servers of the flags (`--stun-url`, `--turn-url`, `--turn-secret`, `--turn-ttl`).
+pub fn ice_config(args: &NodeArgs) -> anyhow::Result<IceConfig> {
+    let urls = |list: &[String]| list.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+    let config = IceConfig {
+        stun_urls: urls(&args.stun_urls),
+        turn_urls: urls(&args.turn_urls),
+        turn_secret: args.turn_secret.clone().filter(|s| !s.is_empty()),
+        ttl: Duration::from_secs(args.turn_ttl),
+    };
+    config.validate().context("ICE servers (--stun-url, --turn-url, --turn-secret, --turn-ttl)")?;
+    if config.turn_secret.is_some() && config.turn_urls.is_empty() {
+        tracing::warn!("--turn-secret without --turn-url: no TURN server is handed out");
+    }
     Ok(config)
 }
 
@@ -305,6 +338,7 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
             burst: args.session_rate.max(1.0),
         },
         webhooks: webhook_config(args)?,
+        ice: ice_config(args)?,
         ..defaults
     };
     let verifier = Verifier::new(&verify_key(args)?, config.token_leeway_secs).context("loading the JWT key")?;

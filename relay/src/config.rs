@@ -70,6 +70,9 @@ pub struct RelayConfig {
     pub session_rate: Rate,
     /// Webhook endpoints and delivery bounds; none by default.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// ICE servers (STUN, TURN with short-lived credentials) handed to sessions; none by
+    /// default.
+    pub ice: crate::ice::IceConfig,
 }
 
 impl Default for RelayConfig {
@@ -99,6 +102,7 @@ impl Default for RelayConfig {
             ping_rate: Rate { per_sec: 5.0, burst: 20.0 },
             session_rate: Rate { per_sec: 2000.0, burst: 2000.0 },
             webhooks: Default::default(),
+            ice: crate::ice::IceConfig::none(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod calls;
 pub mod config;
 mod context;
 mod heal;
+pub mod ice;
 pub mod ids;
 pub mod limiter;
 mod liveness;

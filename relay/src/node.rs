@@ -49,6 +49,7 @@ impl Node {
         switchboard_protocol::subject::validate_id(&config.node_id)
             .map_err(|e| NodeError::Config(format!("node id {:?}: {e}", config.node_id)))?;
         config.webhooks.validate().map_err(|e| NodeError::Config(format!("webhooks: {e}")))?;
+        config.ice.validate().map_err(|e| NodeError::Config(format!("ICE servers: {e}")))?;
         let subjects = Subjects::new(&config.subject_prefix)
             .map_err(|e| NodeError::Config(format!("subject prefix {:?}: {e}", config.subject_prefix)))?;
         let node = Arc::new(NodeContext::new(config, verifier, bus, subjects));

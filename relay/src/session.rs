@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::pb::{
     bus_envelope, client_frame, server_frame, signal, Ack, BusKeyframeRequest, BusSignal, ClientFrame, Error, GoAway,
-    KeyframeRequestEvent, Left, MediaEvent, Participant, Pong, Sender, ServerFrame, SignalEvent, Welcome,
+    IceServers, KeyframeRequestEvent, Left, MediaEvent, Participant, Pong, Sender, ServerFrame, SignalEvent, Welcome,
 };
 use switchboard_protocol::subject::{validate_id, RoomChannel};
 use switchboard_protocol::{decode_client_frame, encode, limits, now_ms, ErrorCode, PROTOCOL_VERSION};
@@ -120,6 +120,7 @@ fn kind_name(kind: &client_frame::Kind) -> &'static str {
         client_frame::Kind::Signal(_) => "signal",
         client_frame::Kind::Media(_) => "media",
         client_frame::Kind::KeyframeRequest(_) => "keyframe_request",
+        client_frame::Kind::IceServersRequest(_) => "ice_servers_request",
         client_frame::Kind::CallInvite(_) => "call_invite",
         client_frame::Kind::CallAnswer(_) => "call_answer",
         client_frame::Kind::CallCancel(_) => "call_cancel",
@@ -338,6 +339,7 @@ async fn accept_hello<T: Transport>(
         token_expires_at: session.claims.exp,
         max_frame_bytes: limits::MAX_FRAME_BYTES as u32,
         media_lanes,
+        ice_servers: session.ice_servers(0),
     };
     session.outbound.push(Class::Control, server(server_frame::Kind::Welcome(welcome)), false);
     Ok(session)
@@ -353,6 +355,13 @@ fn transport_error_code(e: &TransportError) -> ErrorCode {
 }
 
 impl Session {
+    /// The node's ICE servers for this session's user, with fresh TURN credentials
+    /// (`None` when the node has none configured).
+    fn ice_servers(&self, ref_id: u64) -> Option<IceServers> {
+        let ice = &self.node.config.ice;
+        (!ice.is_empty()).then(|| IceServers { ref_id, ..ice.servers(&self.claims.sub, now_ms() / 1000) })
+    }
+
     fn sender(&self) -> Sender {
         Sender {
             user: self.claims.sub.clone(),
@@ -555,6 +564,10 @@ impl Session {
                 self.error(ErrorCode::AlreadyAuthenticated, "Hello was already received", id)
             }
             client_frame::Kind::Ping(p) => self.reply(server(server_frame::Kind::Pong(Pong { nonce: p.nonce }))),
+            client_frame::Kind::IceServersRequest(_) => {
+                let servers = self.ice_servers(id).unwrap_or(IceServers { ref_id: id, ..Default::default() });
+                self.reply(server(server_frame::Kind::IceServers(servers)))
+            }
             client_frame::Kind::RefreshToken(r) => self.refresh(id, &r.token).await?,
             client_frame::Kind::Join(j) => self.join(id, &j.room, j.resume_from).await,
             client_frame::Kind::Leave(l) => {
