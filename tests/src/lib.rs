@@ -9,6 +9,7 @@ pub mod nats;
 pub mod netns;
 pub mod node;
 pub mod proxy;
+pub mod turn;
 pub mod webhook_receiver;
 pub mod workload;
 
