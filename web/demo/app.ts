@@ -5,7 +5,8 @@
  *
  * URL parameters: `name` and `room` sign in at once; `nodes` (comma-separated HTTP
  * origins, default this page's) lists the nodes to use, in order; `transport`
- * (`auto`, `webtransport`, `websocket`); `relay=1` forces relayed media.
+ * (`auto`, `webtransport`, `websocket`); `relay=1` forces relayed media; `iceRelay=1` makes
+ * WebRTC use TURN relay candidates only (`iceTransportPolicy: "relay"`).
  */
 import { CallState, SwitchboardClient, type CallEvent, type Participant } from "../src/index";
 import { ActiveCall, type MediaPath } from "./call";
@@ -340,7 +341,7 @@ async function startCall(call: NonNullable<CallEvent["call"]>, peer: string, isC
       badge.className = `badge ${path === "p2p" ? "ok" : "warn"}`;
       $("call-status").textContent = detail;
     },
-  });
+  }, params.get("iceRelay") === "1");
   $("in-call").hidden = false;
   $("call-status").textContent = `in a call with ${peer}: connecting…`;
   callInfo("");

@@ -49,6 +49,7 @@ export class ActiveCall {
     readonly isCaller: boolean,
     private readonly forceRelay: boolean,
     private readonly views: CallViews,
+    private readonly iceRelayOnly = false,
   ) {
     this.peerPresent = new Promise((r) => (this.peerPresentResolve = r));
   }
@@ -88,8 +89,19 @@ export class ActiveCall {
   }
 
   private setupPeerConnection(): void {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    // The node's STUN/TURN servers (TURN with short-lived credentials, renewed by the
+    // client library); `iceRelay` forces TURN relay candidates only (URL `iceRelay=1`).
+    const pc = new RTCPeerConnection({
+      iceServers: this.client.iceServers,
+      iceTransportPolicy: this.iceRelayOnly ? "relay" : "all",
+    });
     this.pc = pc;
+    // Renewed credentials apply to what ICE gathers from now on (restarts included).
+    this.offs.push(
+      this.client.on("iceServers", (set) => {
+        if (this.pc === pc && pc.signalingState !== "closed") pc.setConfiguration({ ...pc.getConfiguration(), iceServers: set.iceServers });
+      }),
+    );
     for (const track of this.local!.getTracks()) pc.addTrack(track, this.local!);
     pc.ontrack = (ev) => {
       this.views.remoteVideo.srcObject = ev.streams[0] ?? new MediaStream([ev.track]);
@@ -101,7 +113,9 @@ export class ActiveCall {
       if (this.path === "relayed") return;
       if (pc.connectionState === "connected") {
         clearTimeout(this.p2pTimer);
-        this.setPath("p2p", "peer-to-peer (WebRTC)");
+        void this.p2pStats().then((s) =>
+          this.setPath("p2p", s.localCandidateType === "relay" || s.remoteCandidateType === "relay" ? "WebRTC through a TURN relay" : "peer-to-peer (WebRTC)"),
+        );
       } else if (pc.connectionState === "failed") {
         void this.switchToRelay("peer-to-peer path failed", true);
       }
@@ -204,14 +218,47 @@ export class ActiveCall {
     this.views.onPath(path, detail);
   }
 
-  /** WebRTC figures for the UI and tests: connection state and remote video frames decoded. */
-  async p2pStats(): Promise<{ connectionState: string; framesDecoded: number }> {
+  /**
+   * WebRTC figures for the UI and tests: connection state, remote video frames decoded, and
+   * the selected candidate pair's candidate types (`host`, `srflx`, `prflx`, `relay`) and
+   * addresses.
+   */
+  async p2pStats(): Promise<P2PStats> {
     const pc = this.pc;
     if (!pc) return { connectionState: "none", framesDecoded: 0 };
     let framesDecoded = 0;
-    (await pc.getStats()).forEach((r: { type: string; kind?: string; framesDecoded?: number }) => {
+    const stats = await pc.getStats();
+    let pairId: string | undefined;
+    stats.forEach((r: { type: string; kind?: string; framesDecoded?: number; selectedCandidatePairId?: string }) => {
       if (r.type === "inbound-rtp" && r.kind === "video") framesDecoded += r.framesDecoded ?? 0;
+      if (r.type === "transport" && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
     });
-    return { connectionState: pc.connectionState, framesDecoded };
+    const out: P2PStats = { connectionState: pc.connectionState, framesDecoded };
+    const pair = pairId ? (stats.get(pairId) as { localCandidateId?: string; remoteCandidateId?: string } | undefined) : undefined;
+    type Candidate = { candidateType?: string; address?: string; port?: number; relayProtocol?: string; url?: string };
+    const local = pair?.localCandidateId ? (stats.get(pair.localCandidateId) as Candidate | undefined) : undefined;
+    const remote = pair?.remoteCandidateId ? (stats.get(pair.remoteCandidateId) as Candidate | undefined) : undefined;
+    if (local) {
+      out.localCandidateType = local.candidateType;
+      out.localAddress = `${local.address}:${local.port}`;
+      if (local.url) out.localUrl = local.url;
+    }
+    if (remote) {
+      out.remoteCandidateType = remote.candidateType;
+      out.remoteAddress = `${remote.address}:${remote.port}`;
+    }
+    return out;
   }
+}
+
+/** What `ActiveCall.p2pStats()` reports. */
+export interface P2PStats {
+  connectionState: string;
+  framesDecoded: number;
+  localCandidateType?: string;
+  localAddress?: string;
+  /** The ICE server a relay candidate was allocated on. */
+  localUrl?: string;
+  remoteCandidateType?: string;
+  remoteAddress?: string;
 }

@@ -37,6 +37,7 @@ import { openWebSocket, openWebTransport, webTransportSupported, type CloseInfo,
 import { Emitter } from "./emitter.js";
 import type { LaneKind, MediaLanes } from "./lanes.js";
 import { MediaOrder } from "./media-order.js";
+import { iceRenewDelay, toIceServerSet, type IceServer, type IceServerSet } from "./ice.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -187,6 +188,8 @@ export interface ClientEvents {
   /** `Joined.history_gap`: messages were missed and are not in history; reload state. */
   gap: { room: string };
   tokenRefreshed: { expiresAt: number };
+  /** New ICE servers (fresh TURN credentials): from `Welcome`, a renewal or `refreshIceServers()`. */
+  iceServers: IceServerSet;
 }
 
 export type SignalKindName = "offer" | "answer" | "ice" | "custom";
@@ -270,6 +273,8 @@ export class SwitchboardClient {
   private nodeIndex = 0;
   private heartbeat?: ReturnType<typeof setInterval>;
   private refreshTimer?: ReturnType<typeof setTimeout>;
+  private iceTimer?: ReturnType<typeof setTimeout>;
+  private ice: IceServerSet = { iceServers: [], expiresAt: 0 };
   private lastReceived = 0;
   private readonly waiters = new Set<() => void>();
   private loop?: Promise<void>;
@@ -315,6 +320,25 @@ export class SwitchboardClient {
   /** The current session's `Welcome` (undefined while disconnected). */
   get welcome(): Welcome | undefined {
     return this.stateValue.status === "connected" ? this.welcomeInfo : undefined;
+  }
+  /**
+   * The ICE servers the node hands out, as `RTCPeerConnection`'s `iceServers` takes them:
+   * STUN, and TURN with credentials valid until `iceServersExpireAt`. Renewed before they
+   * expire while connected (`iceServers` event); empty when the node has none.
+   */
+  get iceServers(): IceServer[] {
+    return this.ice.iceServers;
+  }
+  /** Unix seconds at which the TURN credentials in `iceServers` expire (0: nothing expires). */
+  get iceServersExpireAt(): number {
+    return this.ice.expiresAt;
+  }
+  /** Ask the node for fresh ICE servers (new TURN credentials) now. */
+  async refreshIceServers(): Promise<IceServer[]> {
+    const f = await this.request({ case: "iceServersRequest", value: {} });
+    if (f.kind.case !== "iceServers") throw new SwitchboardError(ErrorCode.INTERNAL, `unexpected answer ${f.kind.case}`);
+    this.setIceServers(toIceServerSet(f.kind.value));
+    return this.ice.iceServers;
   }
   /** The user id of the last session. */
   get user(): string | undefined {
@@ -743,6 +767,7 @@ export class SwitchboardClient {
     }
     this.startHeartbeat(transport, w.heartbeatMs || 15_000);
     this.scheduleRefresh(Number(w.tokenExpiresAt));
+    this.setIceServers(toIceServerSet(w.iceServers));
     this.setState({ status: "connected", transport: transport.kind, node: w.node, url: transport.url, session: w.sessionId });
     this.events.emit("welcome", w);
     // Rejoin rooms, resuming from the last offset seen in each.
@@ -803,9 +828,26 @@ export class SwitchboardClient {
     }, Math.max(1000, remaining - margin));
   }
 
+  /** Take `set` as the current ICE servers, tell listeners, renew before it expires. */
+  private setIceServers(set: IceServerSet): void {
+    this.ice = set;
+    this.events.emit("iceServers", set);
+    clearTimeout(this.iceTimer);
+    const delay = iceRenewDelay(set.expiresAt, Date.now());
+    if (delay === undefined) return;
+    const transport = this.transport;
+    this.iceTimer = setTimeout(() => {
+      if (this.transport !== transport) return; // a new session brings its own in Welcome
+      this.refreshIceServers().catch((e: unknown) =>
+        this.events.emit("error", e instanceof SwitchboardError ? e : new SwitchboardError(ErrorCode.UNSPECIFIED, `ICE servers: ${e}`)),
+      );
+    }, delay);
+  }
+
   private stopTimers(): void {
     clearInterval(this.heartbeat);
     clearTimeout(this.refreshTimer);
+    clearTimeout(this.iceTimer);
   }
 
   private settle(refId: bigint, f: ServerFrame, error?: SwitchboardError): boolean {
@@ -859,6 +901,9 @@ export class SwitchboardClient {
     const k = f.kind;
     switch (k.case) {
       case "ack":
+        this.settle(k.value.refId, f);
+        break;
+      case "iceServers":
         this.settle(k.value.refId, f);
         break;
       case "joined": {

@@ -16,6 +16,7 @@ export { CallTracker, MAX_TRACKED_CALLS, MAX_RESUME_CALLS } from "./calls-resume
 export { resolveNode, type NodeAddress, type NodeEndpoints } from "./endpoints.js";
 export { encodeRecord, RecordDecoder } from "./framing.js";
 export { MediaLanes, MAX_LANE_RECORD, MAX_INCOMING_STREAMS, MAX_OUTGOING_GROUPS, MAX_GROUP_BACKLOG, MAX_TOTAL_BACKLOG, type LaneFrame, type LaneKind, type LaneSession } from "./lanes.js";
+export { toIceServerSet, iceRenewDelay, type IceServer, type IceServerSet } from "./ice.js";
 export { MediaOrder, type OrderedFrame } from "./media-order.js";
 export { webTransportSupported, type TransportKind } from "./transport.js";
 export * from "./gen/switchboard_pb.js";

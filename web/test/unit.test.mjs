@@ -520,3 +520,51 @@ test("media lanes receive: datagrams whole, stream records across chunks, bounde
   lanes.close();
   await until("every stream cancelled on close", () => many.every((m) => m.cancelled));
 });
+
+test("ICE servers: Welcome's as RTCPeerConnection takes them, refreshIceServers() asks again, renewal timing", async () => {
+  protobuf ??= await import("@bufbuild/protobuf");
+  const servers = (exp) => ({
+    servers: [
+      { urls: ["stun:turn.example.com:3478"] },
+      { urls: ["turn:turn.example.com:3478?transport=udp"], username: `${exp}:bob`, credential: `cred-${exp}` },
+    ],
+    expiresAt: BigInt(exp),
+  });
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const asked = [];
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket(
+    (ws) => ws.serverSend({ case: "welcome", value: { protocolVersion: 1, sessionId: "s", node: "n1", user: "bob", heartbeatMs: 15_000, iceServers: servers(exp) } }),
+    (ws, frame) => {
+      if (frame.kind.case !== "iceServersRequest") return;
+      asked.push(frame.id);
+      setTimeout(() => ws.serverSend({ case: "iceServers", value: { ...servers(exp + 60), refId: frame.id } }), 0);
+    },
+  );
+  const client = new lib.SwitchboardClient({ nodes: ["ws://127.0.0.1:9/ws"], token: "t", transport: "websocket", reconnect: false });
+  const events = [];
+  client.on("iceServers", (s) => events.push(s.expiresAt));
+  try {
+    await client.connect();
+    assert.deepEqual(client.iceServers, [
+      { urls: ["stun:turn.example.com:3478"] },
+      { urls: ["turn:turn.example.com:3478?transport=udp"], username: `${exp}:bob`, credential: `cred-${exp}` },
+    ]);
+    assert.equal(client.iceServersExpireAt, exp);
+    const fresh = await client.refreshIceServers();
+    assert.equal(asked.length, 1);
+    assert.equal(fresh[1].username, `${exp + 60}:bob`);
+    assert.equal(client.iceServersExpireAt, exp + 60);
+    assert.deepEqual(events, [exp, exp + 60]);
+  } finally {
+    client.close();
+    globalThis.WebSocket = saved;
+  }
+  // No servers: an empty list, nothing to renew.
+  assert.deepEqual(lib.toIceServerSet(undefined), { iceServers: [], expiresAt: 0 });
+  assert.equal(lib.iceRenewDelay(0, 0), undefined);
+  // An hour's credentials are renewed five minutes before the end; five minutes' a minute before.
+  assert.equal(lib.iceRenewDelay(3600, 0), 3300_000);
+  assert.equal(lib.iceRenewDelay(300, 0), 240_000);
+  assert.equal(lib.iceRenewDelay(10, 9_900), 1000, "at least a second away");
+});

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard.proto.
  */
 export const file_switchboard: GenFile = /*@__PURE__*/
-  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEi9QQKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgEEiYKBWhlbGxvGAIgASgLMhUuc3dpdGNoYm9hcmQudjEuSGVsbG9IABIkCgRwaW5nGAMgASgLMhQuc3dpdGNoYm9hcmQudjEuUGluZ0gAEjUKDXJlZnJlc2hfdG9rZW4YBCABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWZyZXNoVG9rZW5IABIkCgRqb2luGAUgASgLMhQuc3dpdGNoYm9hcmQudjEuSm9pbkgAEiYKBWxlYXZlGAYgASgLMhUuc3dpdGNoYm9hcmQudjEuTGVhdmVIABIqCgdwdWJsaXNoGAcgASgLMhcuc3dpdGNoYm9hcmQudjEuUHVibGlzaEgAEigKBnNpZ25hbBgIIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEgAEiYKBW1lZGlhGAkgASgLMhUuc3dpdGNoYm9hcmQudjEuTWVkaWFIABI7ChBrZXlmcmFtZV9yZXF1ZXN0GAogASgLMh8uc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0SAASMQoLY2FsbF9pbnZpdGUYFCABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsSW52aXRlSAASMQoLY2FsbF9hbnN3ZXIYFSABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQW5zd2VySAASMQoLY2FsbF9jYW5jZWwYFiABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQ2FuY2VsSAASKwoIY2FsbF9lbmQYFyABKAsyFy5zd2l0Y2hib2FyZC52MS5DYWxsRW5kSABCBgoEa2luZCJkCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEg0KBXRva2VuGAIgASgJEg4KBmNsaWVudBgDIAEoCRITCgttZWRpYV9sYW5lcxgEIAEoCBINCgVjYWxscxgFIAMoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIh0KDFJlZnJlc2hUb2tlbhINCgV0b2tlbhgBIAEoCSI+CgRKb2luEgwKBHJvb20YASABKAkSGAoLcmVzdW1lX2Zyb20YAiABKARIAIgBAUIOCgxfcmVzdW1lX2Zyb20iFQoFTGVhdmUSDAoEcm9vbRgBIAEoCSJICgdQdWJsaXNoEgwKBHJvb20YASABKAkSDwoHcGF5bG9hZBgCIAEoDBIQCghyZWxpYWJsZRgDIAEoCBIMCgRraW5kGAQgASgJIpIBCgZTaWduYWwSDAoEcm9vbRgBIAEoCRIRCgd0b191c2VyGAIgASgJSAASFAoKdG9fc2Vzc2lvbhgDIAEoCUgAEigKBGtpbmQYBCABKA4yGi5zd2l0Y2hib2FyZC52MS5TaWduYWxLaW5kEg8KB3BheWxvYWQYBSABKAwSDAoEY2FsbBgGIAEoCUIICgZ0YXJnZXQiRwoKQ2FsbEludml0ZRIPCgdjYWxsZWVzGAEgAygJEigKBW1lZGlhGAIgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhIioKCkNhbGxBbnN3ZXISDAoEY2FsbBgBIAEoCRIOCgZhY2NlcHQYAiABKAgiGgoKQ2FsbENhbmNlbBIMCgRjYWxsGAEgASgJIhcKB0NhbGxFbmQSDAoEY2FsbBgBIAEoCSJ2CgVNZWRpYRIMCgRyb29tGAEgASgJEg0KBXRyYWNrGAIgASgNEgsKA3NlcRgDIAEoBBIRCgl0aW1lc3RhbXAYBCABKAQSEAoIa2V5ZnJhbWUYBSABKAgSDQoFY29kZWMYBiABKAkSDwoHcGF5bG9hZBgHIAEoDCJCCg9LZXlmcmFtZVJlcXVlc3QSDAoEcm9vbRgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEg0KBXRyYWNrGAMgASgNItIFCgtTZXJ2ZXJGcmFtZRIqCgd3ZWxjb21lGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuV2VsY29tZUgAEiQKBHBvbmcYAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Qb25nSAASIgoDYWNrGAMgASgLMhMuc3dpdGNoYm9hcmQudjEuQWNrSAASJgoFZXJyb3IYBCABKAsyFS5zd2l0Y2hib2FyZC52MS5FcnJvckgAEikKB2dvX2F3YXkYBSABKAsyFi5zd2l0Y2hib2FyZC52MS5Hb0F3YXlIABIoCgZqb2luZWQYBiABKAsyFi5zd2l0Y2hib2FyZC52MS5Kb2luZWRIABIkCgRsZWZ0GAcgASgLMhQuc3dpdGNoYm9hcmQudjEuTGVmdEgAEj8KEnBhcnRpY2lwYW50X2pvaW5lZBgIIAEoCzIhLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50Sm9pbmVkSAASOwoQcGFydGljaXBhbnRfbGVmdBgJIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50TGVmdEgAEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASLQoGc2lnbmFsGAsgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnRIABIrCgVtZWRpYRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLk1lZGlhRXZlbnRIABJAChBrZXlmcmFtZV9yZXF1ZXN0GA0gASgLMiQuc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0RXZlbnRIABIvCgpyb29tX3N0YXRzGA4gASgLMhkuc3dpdGNoYm9hcmQudjEuUm9vbVN0YXRzSAASKQoEY2FsbBgUIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEgAQgYKBGtpbmQivwEKB1dlbGNvbWUSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRISCgpzZXNzaW9uX2lkGAIgASgJEgwKBG5vZGUYAyABKAkSDAoEdXNlchgEIAEoCRIMCgRuYW1lGAUgASgJEhQKDGhlYXJ0YmVhdF9tcxgGIAEoDRIYChB0b2tlbl9leHBpcmVzX2F0GAcgASgEEhcKD21heF9mcmFtZV9ieXRlcxgIIAEoDRITCgttZWRpYV9sYW5lcxgJIAEoCCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIjMKA0FjaxIOCgZyZWZfaWQYASABKAQSDgoGb2Zmc2V0GAIgASgEEgwKBGNhbGwYAyABKAkiYAoFRXJyb3ISJwoEY29kZRgBIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlZl9pZBgDIAEoBBINCgVmYXRhbBgEIAEoCCI0CgZHb0F3YXkSDgoGcmVhc29uGAEgASgJEhoKEnJlY29ubmVjdF9hZnRlcl9tcxgCIAEoDSJeCgtQYXJ0aWNpcGFudBIMCgR1c2VyGAEgASgJEg8KB3Nlc3Npb24YAiABKAkSDAoEbmFtZRgDIAEoCRIMCgRub2RlGAQgASgJEhQKDGpvaW5lZF9hdF9tcxgFIAEoBCLQAQoGSm9pbmVkEg4KBnJlZl9pZBgBIAEoBBIMCgRyb29tGAIgASgJEjEKDHBhcnRpY2lwYW50cxgDIAMoCzIbLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50EhMKC2xhc3Rfb2Zmc2V0GAQgASgEEhkKEXBhcnRpY2lwYW50X2NvdW50GAUgASgNEh4KFnBhcnRpY2lwYW50c190cnVuY2F0ZWQYBiABKAgSEwoLaGlzdG9yeV9nYXAYByABKAgSEAoIcmVwbGF5ZWQYCCABKA0iJAoETGVmdBIMCgRyb29tGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI0CglSb29tU3RhdHMSDAoEcm9vbRgBIAEoCRIZChFwYXJ0aWNpcGFudF9jb3VudBgCIAEoDSJTChFQYXJ0aWNpcGFudEpvaW5lZBIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQiYQoPUGFydGljaXBhbnRMZWZ0EgwKBHJvb20YASABKAkSMAoLcGFydGljaXBhbnQYAiABKAsyGy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudBIOCgZyZWFzb24YAyABKAkiQwoGU2VuZGVyEgwKBHVzZXIYASABKAkSDwoHc2Vzc2lvbhgCIAEoCRIMCgRuYW1lGAMgASgJEgwKBG5vZGUYBCABKAkipwEKB01lc3NhZ2USDAoEcm9vbRgBIAEoCRIkCgRmcm9tGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEg4KBm9mZnNldBgDIAEoBBIPCgdwYXlsb2FkGAQgASgMEgwKBGtpbmQYBSABKAkSEAoIcmVsaWFibGUYBiABKAgSEgoKc2VudF9hdF9tcxgHIAEoBBITCgtwcmV2X29mZnNldBgIIAEoBCKKAQoLU2lnbmFsRXZlbnQSDAoEcm9vbRgBIAEoCRIkCgRmcm9tGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEigKBGtpbmQYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5TaWduYWxLaW5kEg8KB3BheWxvYWQYBCABKAwSDAoEY2FsbBgFIAEoCSKhAQoKTWVkaWFFdmVudBIMCgRyb29tGAEgASgJEiQKBGZyb20YAiABKAsyFi5zd2l0Y2hib2FyZC52MS5TZW5kZXISDQoFdHJhY2sYAyABKA0SCwoDc2VxGAQgASgEEhEKCXRpbWVzdGFtcBgFIAEoBBIQCghrZXlmcmFtZRgGIAEoCBINCgVjb2RlYxgHIAEoCRIPCgdwYXlsb2FkGAggASgMIlkKFEtleWZyYW1lUmVxdWVzdEV2ZW50EgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchINCgV0cmFjaxgDIAEoDSJXCglDYWxsUGFydHkSDAoEdXNlchgBIAEoCRIrCgZzdGF0dXMYAiABKA4yGy5zd2l0Y2hib2FyZC52MS5QYXJ0eVN0YXR1cxIPCgdzZXNzaW9uGAMgASgJItECCgRDYWxsEgoKAmlkGAEgASgJEg4KBmNhbGxlchgCIAEoCRIoCgVtZWRpYRgDIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxNZWRpYRIMCgRyb29tGAQgASgJEioKB3BhcnRpZXMYBSADKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsUGFydHkSKAoFc3RhdGUYBiABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsU3RhdGUSLAoHb3V0Y29tZRgHIAEoDjIbLnN3aXRjaGJvYXJkLnYxLkNhbGxPdXRjb21lEhUKDWNyZWF0ZWRfYXRfbXMYCCABKAQSFgoOYW5zd2VyZWRfYXRfbXMYCSABKAQSEwoLZW5kZWRfYXRfbXMYCiABKAQSEwoLZHVyYXRpb25fbXMYCyABKAQSGAoQcmluZ19kZWFkbGluZV9tcxgMIAEoBCKZAQoJQ2FsbEV2ZW50EiIKBGNhbGwYASABKAsyFC5zd2l0Y2hib2FyZC52MS5DYWxsEigKBXN0YXRlGAIgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFN0YXRlEiIKAmJ5GAMgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEhoKEmFuc3dlcmVkX2Vsc2V3aGVyZRgEIAEoCCKyAwoLQnVzRW52ZWxvcGUSEwoLb3JpZ2luX25vZGUYASABKAkSKgoHbWVzc2FnZRgKIAEoCzIXLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VIABIyCghwcmVzZW5jZRgLIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlVXBkYXRlSAASKwoGc2lnbmFsGAwgASgLMhkuc3dpdGNoYm9hcmQudjEuQnVzU2lnbmFsSAASKwoFbWVkaWEYDSABKAsyGi5zd2l0Y2hib2FyZC52MS5NZWRpYUV2ZW50SAASPgoQa2V5ZnJhbWVfcmVxdWVzdBgOIAEoCzIiLnN3aXRjaGJvYXJkLnYxLkJ1c0tleWZyYW1lUmVxdWVzdEgAEjIKCWhlYXJ0YmVhdBgPIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk5vZGVIZWFydGJlYXRIABItCgVhZG1pbhgQIAEoCzIcLnN3aXRjaGJvYXJkLnYxLkFkbWluQ29tbWFuZEgAEikKBGNhbGwYESABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRIAEIGCgRraW5kInsKDEFkbWluQ29tbWFuZBIpCgRraWNrGAEgASgLMhkuc3dpdGNoYm9hcmQudjEuQWRtaW5LaWNrSAASOAoMdXNlcl9tZXNzYWdlGAIgASgLMiAuc3dpdGNoYm9hcmQudjEuQWRtaW5Vc2VyTWVzc2FnZUgAQgYKBGtpbmQiXgoJQWRtaW5LaWNrEgwKBHJvb20YASABKAkSDAoEdXNlchgCIAEoCRIPCgdzZXNzaW9uGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIUCgxiYW5fdW50aWxfbXMYBSABKAQiSgoQQWRtaW5Vc2VyTWVzc2FnZRIMCgR1c2VyGAEgASgJEigKB21lc3NhZ2UYAiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlInAKDlByZXNlbmNlVXBkYXRlEgwKBHJvb20YASABKAkSMAoLcGFydGljaXBhbnQYAiABKAsyGy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudBIOCgZqb2luZWQYAyABKAgSDgoGcmVhc29uGAQgASgJIlwKCUJ1c1NpZ25hbBIPCgd0b191c2VyGAEgASgJEhIKCnRvX3Nlc3Npb24YAiABKAkSKgoFZXZlbnQYAyABKAsyGy5zd2l0Y2hib2FyZC52MS5TaWduYWxFdmVudCJdChJCdXNLZXlmcmFtZVJlcXVlc3QSEgoKdG9fc2Vzc2lvbhgBIAEoCRIzCgVldmVudBgCIAEoCzIkLnN3aXRjaGJvYXJkLnYxLktleWZyYW1lUmVxdWVzdEV2ZW50IkEKDU5vZGVIZWFydGJlYXQSDAoEbm9kZRgBIAEoCRIQCghzZXNzaW9ucxgCIAEoBBIQCghkcmFpbmluZxgDIAEoCCqFAQoKU2lnbmFsS2luZBIbChdTSUdOQUxfS0lORF9VTlNQRUNJRklFRBAAEhUKEVNJR05BTF9LSU5EX09GRkVSEAESFgoSU0lHTkFMX0tJTkRfQU5TV0VSEAISEwoPU0lHTkFMX0tJTkRfSUNFEAMSFgoSU0lHTkFMX0tJTkRfQ1VTVE9NEAQqUwoJQ2FsbE1lZGlhEhoKFkNBTExfTUVESUFfVU5TUEVDSUZJRUQQABIUChBDQUxMX01FRElBX0FVRElPEAESFAoQQ0FMTF9NRURJQV9WSURFTxACKvMGCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEhgKFEVSUk9SX0NPREVfQkFEX0ZSQU1FEAESHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAhIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QAxIdChlFUlJPUl9DT0RFX0hFTExPX1JFUVVJUkVEEAQSJAogRVJST1JfQ09ERV9BTFJFQURZX0FVVEhFTlRJQ0FURUQQBRIcChhFUlJPUl9DT0RFX1RPS0VOX0lOVkFMSUQQChIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQCxIiCh5FUlJPUl9DT0RFX1RPS0VOX05PVF9ZRVRfVkFMSUQQDBIeChpFUlJPUl9DT0RFX1RPS0VOX0FMR09SSVRITRANEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA4SFQoRRVJST1JfQ09ERV9LSUNLRUQQDxIVChFFUlJPUl9DT0RFX0JBTk5FRBAQEhsKF0VSUk9SX0NPREVfSU5WQUxJRF9ST09NEBQSGgoWRVJST1JfQ09ERV9OT1RfSU5fUk9PTRAVEh0KGUVSUk9SX0NPREVfVE9PX01BTllfUk9PTVMQFhIYChRFUlJPUl9DT0RFX1JPT01fRlVMTBAXEh8KG0VSUk9SX0NPREVfSU5WQUxJRF9BUkdVTUVOVBAYEh8KG0VSUk9SX0NPREVfVEFSR0VUX05PVF9GT1VORBAeEh0KGUVSUk9SX0NPREVfQ0FMTF9OT1RfRk9VTkQQHxIZChVFUlJPUl9DT0RFX0NBTExfU1RBVEUQIBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBAoEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhApEiAKHEVSUk9SX0NPREVfSEVBUlRCRUFUX1RJTUVPVVQQKhIcChhFUlJPUl9DT0RFX0hFTExPX1RJTUVPVVQQKxIjCh9FUlJPUl9DT0RFX1RPT19NQU5ZX0NPTk5FQ1RJT05TECwSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAyEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQMxIcChhFUlJPUl9DT0RFX1NIVVRUSU5HX0RPV04QNCqeAQoJQ2FsbFN0YXRlEhoKFkNBTExfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRFX1JJTkdJTkcQARIXChNDQUxMX1NUQVRFX0FDQ0VQVEVEEAISFwoTQ0FMTF9TVEFURV9SRUpFQ1RFRBADEhQKEENBTExfU1RBVEVfRU5ERUQQBBIVChFDQUxMX1NUQVRFX01JU1NFRBAFKrEBCgtDYWxsT3V0Y29tZRIcChhDQUxMX09VVENPTUVfVU5TUEVDSUZJRUQQABIaChZDQUxMX09VVENPTUVfQ09NUExFVEVEEAESFwoTQ0FMTF9PVVRDT01FX01JU1NFRBACEhkKFUNBTExfT1VUQ09NRV9SRUpFQ1RFRBADEhoKFkNBTExfT1VUQ09NRV9DQU5DRUxMRUQQBBIYChRDQUxMX09VVENPTUVfT0ZGTElORRAFKscBCgtQYXJ0eVN0YXR1cxIcChhQQVJUWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRQQVJUWV9TVEFUVVNfUklOR0lORxABEhkKFVBBUlRZX1NUQVRVU19BQ0NFUFRFRBACEhkKFVBBUlRZX1NUQVRVU19SRUpFQ1RFRBADEhgKFFBBUlRZX1NUQVRVU19PRkZMSU5FEAQSFwoTUEFSVFlfU1RBVFVTX0NBTExFUhAFEhcKE1BBUlRZX1NUQVRVU19NSVNTRUQQBmIGcHJvdG8z");
+  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEitwUKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgEEiYKBWhlbGxvGAIgASgLMhUuc3dpdGNoYm9hcmQudjEuSGVsbG9IABIkCgRwaW5nGAMgASgLMhQuc3dpdGNoYm9hcmQudjEuUGluZ0gAEjUKDXJlZnJlc2hfdG9rZW4YBCABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWZyZXNoVG9rZW5IABIkCgRqb2luGAUgASgLMhQuc3dpdGNoYm9hcmQudjEuSm9pbkgAEiYKBWxlYXZlGAYgASgLMhUuc3dpdGNoYm9hcmQudjEuTGVhdmVIABIqCgdwdWJsaXNoGAcgASgLMhcuc3dpdGNoYm9hcmQudjEuUHVibGlzaEgAEigKBnNpZ25hbBgIIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEgAEiYKBW1lZGlhGAkgASgLMhUuc3dpdGNoYm9hcmQudjEuTWVkaWFIABI7ChBrZXlmcmFtZV9yZXF1ZXN0GAogASgLMh8uc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0SAASQAoTaWNlX3NlcnZlcnNfcmVxdWVzdBgLIAEoCzIhLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlcnNSZXF1ZXN0SAASMQoLY2FsbF9pbnZpdGUYFCABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsSW52aXRlSAASMQoLY2FsbF9hbnN3ZXIYFSABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQW5zd2VySAASMQoLY2FsbF9jYW5jZWwYFiABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQ2FuY2VsSAASKwoIY2FsbF9lbmQYFyABKAsyFy5zd2l0Y2hib2FyZC52MS5DYWxsRW5kSABCBgoEa2luZCJkCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEg0KBXRva2VuGAIgASgJEg4KBmNsaWVudBgDIAEoCRITCgttZWRpYV9sYW5lcxgEIAEoCBINCgVjYWxscxgFIAMoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhMKEUljZVNlcnZlcnNSZXF1ZXN0Ih0KDFJlZnJlc2hUb2tlbhINCgV0b2tlbhgBIAEoCSI+CgRKb2luEgwKBHJvb20YASABKAkSGAoLcmVzdW1lX2Zyb20YAiABKARIAIgBAUIOCgxfcmVzdW1lX2Zyb20iFQoFTGVhdmUSDAoEcm9vbRgBIAEoCSJICgdQdWJsaXNoEgwKBHJvb20YASABKAkSDwoHcGF5bG9hZBgCIAEoDBIQCghyZWxpYWJsZRgDIAEoCBIMCgRraW5kGAQgASgJIpIBCgZTaWduYWwSDAoEcm9vbRgBIAEoCRIRCgd0b191c2VyGAIgASgJSAASFAoKdG9fc2Vzc2lvbhgDIAEoCUgAEigKBGtpbmQYBCABKA4yGi5zd2l0Y2hib2FyZC52MS5TaWduYWxLaW5kEg8KB3BheWxvYWQYBSABKAwSDAoEY2FsbBgGIAEoCUIICgZ0YXJnZXQiRwoKQ2FsbEludml0ZRIPCgdjYWxsZWVzGAEgAygJEigKBW1lZGlhGAIgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhIioKCkNhbGxBbnN3ZXISDAoEY2FsbBgBIAEoCRIOCgZhY2NlcHQYAiABKAgiGgoKQ2FsbENhbmNlbBIMCgRjYWxsGAEgASgJIhcKB0NhbGxFbmQSDAoEY2FsbBgBIAEoCSJ2CgVNZWRpYRIMCgRyb29tGAEgASgJEg0KBXRyYWNrGAIgASgNEgsKA3NlcRgDIAEoBBIRCgl0aW1lc3RhbXAYBCABKAQSEAoIa2V5ZnJhbWUYBSABKAgSDQoFY29kZWMYBiABKAkSDwoHcGF5bG9hZBgHIAEoDCJCCg9LZXlmcmFtZVJlcXVlc3QSDAoEcm9vbRgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEg0KBXRyYWNrGAMgASgNIoUGCgtTZXJ2ZXJGcmFtZRIqCgd3ZWxjb21lGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuV2VsY29tZUgAEiQKBHBvbmcYAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Qb25nSAASIgoDYWNrGAMgASgLMhMuc3dpdGNoYm9hcmQudjEuQWNrSAASJgoFZXJyb3IYBCABKAsyFS5zd2l0Y2hib2FyZC52MS5FcnJvckgAEikKB2dvX2F3YXkYBSABKAsyFi5zd2l0Y2hib2FyZC52MS5Hb0F3YXlIABIoCgZqb2luZWQYBiABKAsyFi5zd2l0Y2hib2FyZC52MS5Kb2luZWRIABIkCgRsZWZ0GAcgASgLMhQuc3dpdGNoYm9hcmQudjEuTGVmdEgAEj8KEnBhcnRpY2lwYW50X2pvaW5lZBgIIAEoCzIhLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50Sm9pbmVkSAASOwoQcGFydGljaXBhbnRfbGVmdBgJIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50TGVmdEgAEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASLQoGc2lnbmFsGAsgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnRIABIrCgVtZWRpYRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLk1lZGlhRXZlbnRIABJAChBrZXlmcmFtZV9yZXF1ZXN0GA0gASgLMiQuc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0RXZlbnRIABIvCgpyb29tX3N0YXRzGA4gASgLMhkuc3dpdGNoYm9hcmQudjEuUm9vbVN0YXRzSAASMQoLaWNlX3NlcnZlcnMYDyABKAsyGi5zd2l0Y2hib2FyZC52MS5JY2VTZXJ2ZXJzSAASKQoEY2FsbBgUIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEgAQgYKBGtpbmQi8AEKB1dlbGNvbWUSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRISCgpzZXNzaW9uX2lkGAIgASgJEgwKBG5vZGUYAyABKAkSDAoEdXNlchgEIAEoCRIMCgRuYW1lGAUgASgJEhQKDGhlYXJ0YmVhdF9tcxgGIAEoDRIYChB0b2tlbl9leHBpcmVzX2F0GAcgASgEEhcKD21heF9mcmFtZV9ieXRlcxgIIAEoDRITCgttZWRpYV9sYW5lcxgJIAEoCBIvCgtpY2Vfc2VydmVycxgKIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlcnMiXAoKSWNlU2VydmVycxIqCgdzZXJ2ZXJzGAEgAygLMhkuc3dpdGNoYm9hcmQudjEuSWNlU2VydmVyEhIKCmV4cGlyZXNfYXQYAiABKAQSDgoGcmVmX2lkGAMgASgEIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiFQoEUG9uZxINCgVub25jZRgBIAEoBCIzCgNBY2sSDgoGcmVmX2lkGAEgASgEEg4KBm9mZnNldBgCIAEoBBIMCgRjYWxsGAMgASgJImAKBUVycm9yEicKBGNvZGUYASABKA4yGS5zd2l0Y2hib2FyZC52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWZfaWQYAyABKAQSDQoFZmF0YWwYBCABKAgiNAoGR29Bd2F5Eg4KBnJlYXNvbhgBIAEoCRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYAiABKA0iXgoLUGFydGljaXBhbnQSDAoEdXNlchgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEgwKBG5hbWUYAyABKAkSDAoEbm9kZRgEIAEoCRIUCgxqb2luZWRfYXRfbXMYBSABKAQi0AEKBkpvaW5lZBIOCgZyZWZfaWQYASABKAQSDAoEcm9vbRgCIAEoCRIxCgxwYXJ0aWNpcGFudHMYAyADKAsyGy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudBITCgtsYXN0X29mZnNldBgEIAEoBBIZChFwYXJ0aWNpcGFudF9jb3VudBgFIAEoDRIeChZwYXJ0aWNpcGFudHNfdHJ1bmNhdGVkGAYgASgIEhMKC2hpc3RvcnlfZ2FwGAcgASgIEhAKCHJlcGxheWVkGAggASgNIiQKBExlZnQSDAoEcm9vbRgBIAEoCRIOCgZyZWFzb24YAiABKAkiNAoJUm9vbVN0YXRzEgwKBHJvb20YASABKAkSGQoRcGFydGljaXBhbnRfY291bnQYAiABKA0iUwoRUGFydGljaXBhbnRKb2luZWQSDAoEcm9vbRgBIAEoCRIwCgtwYXJ0aWNpcGFudBgCIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50ImEKD1BhcnRpY2lwYW50TGVmdBIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSDgoGcmVhc29uGAMgASgJIkMKBlNlbmRlchIMCgR1c2VyGAEgASgJEg8KB3Nlc3Npb24YAiABKAkSDAoEbmFtZRgDIAEoCRIMCgRub2RlGAQgASgJIqcBCgdNZXNzYWdlEgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIOCgZvZmZzZXQYAyABKAQSDwoHcGF5bG9hZBgEIAEoDBIMCgRraW5kGAUgASgJEhAKCHJlbGlhYmxlGAYgASgIEhIKCnNlbnRfYXRfbXMYByABKAQSEwoLcHJldl9vZmZzZXQYCCABKAQiigEKC1NpZ25hbEV2ZW50EgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIoCgRraW5kGAMgASgOMhouc3dpdGNoYm9hcmQudjEuU2lnbmFsS2luZBIPCgdwYXlsb2FkGAQgASgMEgwKBGNhbGwYBSABKAkioQEKCk1lZGlhRXZlbnQSDAoEcm9vbRgBIAEoCRIkCgRmcm9tGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEg0KBXRyYWNrGAMgASgNEgsKA3NlcRgEIAEoBBIRCgl0aW1lc3RhbXAYBSABKAQSEAoIa2V5ZnJhbWUYBiABKAgSDQoFY29kZWMYByABKAkSDwoHcGF5bG9hZBgIIAEoDCJZChRLZXlmcmFtZVJlcXVlc3RFdmVudBIMCgRyb29tGAEgASgJEiQKBGZyb20YAiABKAsyFi5zd2l0Y2hib2FyZC52MS5TZW5kZXISDQoFdHJhY2sYAyABKA0iVwoJQ2FsbFBhcnR5EgwKBHVzZXIYASABKAkSKwoGc3RhdHVzGAIgASgOMhsuc3dpdGNoYm9hcmQudjEuUGFydHlTdGF0dXMSDwoHc2Vzc2lvbhgDIAEoCSLRAgoEQ2FsbBIKCgJpZBgBIAEoCRIOCgZjYWxsZXIYAiABKAkSKAoFbWVkaWEYAyABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESDAoEcm9vbRgEIAEoCRIqCgdwYXJ0aWVzGAUgAygLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFBhcnR5EigKBXN0YXRlGAYgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFN0YXRlEiwKB291dGNvbWUYByABKA4yGy5zd2l0Y2hib2FyZC52MS5DYWxsT3V0Y29tZRIVCg1jcmVhdGVkX2F0X21zGAggASgEEhYKDmFuc3dlcmVkX2F0X21zGAkgASgEEhMKC2VuZGVkX2F0X21zGAogASgEEhMKC2R1cmF0aW9uX21zGAsgASgEEhgKEHJpbmdfZGVhZGxpbmVfbXMYDCABKAQimQEKCUNhbGxFdmVudBIiCgRjYWxsGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuQ2FsbBIoCgVzdGF0ZRgCIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxTdGF0ZRIiCgJieRgDIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIaChJhbnN3ZXJlZF9lbHNld2hlcmUYBCABKAgisgMKC0J1c0VudmVsb3BlEhMKC29yaWdpbl9ub2RlGAEgASgJEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASMgoIcHJlc2VuY2UYCyABKAsyHi5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZVVwZGF0ZUgAEisKBnNpZ25hbBgMIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkJ1c1NpZ25hbEgAEisKBW1lZGlhGA0gASgLMhouc3dpdGNoYm9hcmQudjEuTWVkaWFFdmVudEgAEj4KEGtleWZyYW1lX3JlcXVlc3QYDiABKAsyIi5zd2l0Y2hib2FyZC52MS5CdXNLZXlmcmFtZVJlcXVlc3RIABIyCgloZWFydGJlYXQYDyABKAsyHS5zd2l0Y2hib2FyZC52MS5Ob2RlSGVhcnRiZWF0SAASLQoFYWRtaW4YECABKAsyHC5zd2l0Y2hib2FyZC52MS5BZG1pbkNvbW1hbmRIABIpCgRjYWxsGBEgASgLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbEV2ZW50SABCBgoEa2luZCJ7CgxBZG1pbkNvbW1hbmQSKQoEa2ljaxgBIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkFkbWluS2lja0gAEjgKDHVzZXJfbWVzc2FnZRgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkFkbWluVXNlck1lc3NhZ2VIAEIGCgRraW5kIl4KCUFkbWluS2ljaxIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIOCgZyZWFzb24YBCABKAkSFAoMYmFuX3VudGlsX21zGAUgASgEIkoKEEFkbWluVXNlck1lc3NhZ2USDAoEdXNlchgBIAEoCRIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSJwCg5QcmVzZW5jZVVwZGF0ZRIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSDgoGam9pbmVkGAMgASgIEg4KBnJlYXNvbhgEIAEoCSJcCglCdXNTaWduYWwSDwoHdG9fdXNlchgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEioKBWV2ZW50GAMgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnQiXQoSQnVzS2V5ZnJhbWVSZXF1ZXN0EhIKCnRvX3Nlc3Npb24YASABKAkSMwoFZXZlbnQYAiABKAsyJC5zd2l0Y2hib2FyZC52MS5LZXlmcmFtZVJlcXVlc3RFdmVudCJBCg1Ob2RlSGVhcnRiZWF0EgwKBG5vZGUYASABKAkSEAoIc2Vzc2lvbnMYAiABKAQSEAoIZHJhaW5pbmcYAyABKAgqhQEKClNpZ25hbEtpbmQSGwoXU0lHTkFMX0tJTkRfVU5TUEVDSUZJRUQQABIVChFTSUdOQUxfS0lORF9PRkZFUhABEhYKElNJR05BTF9LSU5EX0FOU1dFUhACEhMKD1NJR05BTF9LSU5EX0lDRRADEhYKElNJR05BTF9LSU5EX0NVU1RPTRAEKlMKCUNhbGxNZWRpYRIaChZDQUxMX01FRElBX1VOU1BFQ0lGSUVEEAASFAoQQ0FMTF9NRURJQV9BVURJTxABEhQKEENBTExfTUVESUFfVklERU8QAirzBgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAMSHQoZRVJST1JfQ09ERV9IRUxMT19SRVFVSVJFRBAEEiQKIEVSUk9SX0NPREVfQUxSRUFEWV9BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9JTlZBTElEEAoSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAsSIgoeRVJST1JfQ09ERV9UT0tFTl9OT1RfWUVUX1ZBTElEEAwSHgoaRVJST1JfQ09ERV9UT0tFTl9BTEdPUklUSE0QDRIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAOEhUKEUVSUk9SX0NPREVfS0lDS0VEEA8SFQoRRVJST1JfQ09ERV9CQU5ORUQQEBIbChdFUlJPUl9DT0RFX0lOVkFMSURfUk9PTRAUEhoKFkVSUk9SX0NPREVfTk9UX0lOX1JPT00QFRIdChlFUlJPUl9DT0RFX1RPT19NQU5ZX1JPT01TEBYSGAoURVJST1JfQ09ERV9ST09NX0ZVTEwQFxIfChtFUlJPUl9DT0RFX0lOVkFMSURfQVJHVU1FTlQQGBIfChtFUlJPUl9DT0RFX1RBUkdFVF9OT1RfRk9VTkQQHhIdChlFUlJPUl9DT0RFX0NBTExfTk9UX0ZPVU5EEB8SGQoVRVJST1JfQ09ERV9DQUxMX1NUQVRFECASGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQKBIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQKRIgChxFUlJPUl9DT0RFX0hFQVJUQkVBVF9USU1FT1VUECoSHAoYRVJST1JfQ09ERV9IRUxMT19USU1FT1VUECsSIwofRVJST1JfQ09ERV9UT09fTUFOWV9DT05ORUNUSU9OUxAsEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQMhIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEDMSHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEDQqngEKCUNhbGxTdGF0ZRIaChZDQUxMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFURV9SSU5HSU5HEAESFwoTQ0FMTF9TVEFURV9BQ0NFUFRFRBACEhcKE0NBTExfU1RBVEVfUkVKRUNURUQQAxIUChBDQUxMX1NUQVRFX0VOREVEEAQSFQoRQ0FMTF9TVEFURV9NSVNTRUQQBSqxAQoLQ2FsbE91dGNvbWUSHAoYQ0FMTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGgoWQ0FMTF9PVVRDT01FX0NPTVBMRVRFRBABEhcKE0NBTExfT1VUQ09NRV9NSVNTRUQQAhIZChVDQUxMX09VVENPTUVfUkVKRUNURUQQAxIaChZDQUxMX09VVENPTUVfQ0FOQ0VMTEVEEAQSGAoUQ0FMTF9PVVRDT01FX09GRkxJTkUQBSrHAQoLUGFydHlTdGF0dXMSHAoYUEFSVFlfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUUEFSVFlfU1RBVFVTX1JJTkdJTkcQARIZChVQQVJUWV9TVEFUVVNfQUNDRVBURUQQAhIZChVQQVJUWV9TVEFUVVNfUkVKRUNURUQQAxIYChRQQVJUWV9TVEFUVVNfT0ZGTElORRAEEhcKE1BBUlRZX1NUQVRVU19DQUxMRVIQBRIXChNQQVJUWV9TVEFUVVNfTUlTU0VEEAZiBnByb3RvMw");
 
 /**
  * @generated from message switchboard.v1.ClientFrame
@@ -89,6 +89,14 @@ export type ClientFrame = Message$1<"switchboard.v1.ClientFrame"> & {
      */
     value: KeyframeRequest;
     case: "keyframeRequest";
+  } | {
+    /**
+     * Ask for fresh ICE servers (TURN credentials expire); answered with `IceServers`.
+     *
+     * @generated from field: switchboard.v1.IceServersRequest ice_servers_request = 11;
+     */
+    value: IceServersRequest;
+    case: "iceServersRequest";
   } | {
     /**
      * 20..39: calls.
@@ -196,6 +204,22 @@ export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
   messageDesc(file_switchboard, 2);
 
 /**
+ * Ask for the session's ICE servers again, with fresh TURN credentials (rate-limited like
+ * other requests). Answered with `IceServers` whose `ref_id` is this frame's id.
+ *
+ * @generated from message switchboard.v1.IceServersRequest
+ */
+export type IceServersRequest = Message$1<"switchboard.v1.IceServersRequest"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.IceServersRequest.
+ * Use `create(IceServersRequestSchema)` to create a new message.
+ */
+export const IceServersRequestSchema: GenMessage<IceServersRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard, 3);
+
+/**
  * Replace the session's token before it expires. Grants are re-evaluated.
  *
  * @generated from message switchboard.v1.RefreshToken
@@ -212,7 +236,7 @@ export type RefreshToken = Message$1<"switchboard.v1.RefreshToken"> & {
  * Use `create(RefreshTokenSchema)` to create a new message.
  */
 export const RefreshTokenSchema: GenMessage<RefreshToken> = /*@__PURE__*/
-  messageDesc(file_switchboard, 3);
+  messageDesc(file_switchboard, 4);
 
 /**
  * @generated from message switchboard.v1.Join
@@ -238,7 +262,7 @@ export type Join = Message$1<"switchboard.v1.Join"> & {
  * Use `create(JoinSchema)` to create a new message.
  */
 export const JoinSchema: GenMessage<Join> = /*@__PURE__*/
-  messageDesc(file_switchboard, 4);
+  messageDesc(file_switchboard, 5);
 
 /**
  * @generated from message switchboard.v1.Leave
@@ -255,7 +279,7 @@ export type Leave = Message$1<"switchboard.v1.Leave"> & {
  * Use `create(LeaveSchema)` to create a new message.
  */
 export const LeaveSchema: GenMessage<Leave> = /*@__PURE__*/
-  messageDesc(file_switchboard, 5);
+  messageDesc(file_switchboard, 6);
 
 /**
  * A room message. The server stamps the sender; the client cannot set it.
@@ -294,7 +318,7 @@ export type Publish = Message$1<"switchboard.v1.Publish"> & {
  * Use `create(PublishSchema)` to create a new message.
  */
 export const PublishSchema: GenMessage<Publish> = /*@__PURE__*/
-  messageDesc(file_switchboard, 6);
+  messageDesc(file_switchboard, 7);
 
 /**
  * Targeted WebRTC signaling, allowed only towards participants of a room both share.
@@ -352,7 +376,7 @@ export type Signal = Message$1<"switchboard.v1.Signal"> & {
  * Use `create(SignalSchema)` to create a new message.
  */
 export const SignalSchema: GenMessage<Signal> = /*@__PURE__*/
-  messageDesc(file_switchboard, 7);
+  messageDesc(file_switchboard, 8);
 
 /**
  * Start a call: rings every connected device of every callee. Acked with `Ack.call`.
@@ -378,7 +402,7 @@ export type CallInvite = Message$1<"switchboard.v1.CallInvite"> & {
  * Use `create(CallInviteSchema)` to create a new message.
  */
 export const CallInviteSchema: GenMessage<CallInvite> = /*@__PURE__*/
-  messageDesc(file_switchboard, 8);
+  messageDesc(file_switchboard, 9);
 
 /**
  * A callee's answer, from one of its devices.
@@ -402,7 +426,7 @@ export type CallAnswer = Message$1<"switchboard.v1.CallAnswer"> & {
  * Use `create(CallAnswerSchema)` to create a new message.
  */
 export const CallAnswerSchema: GenMessage<CallAnswer> = /*@__PURE__*/
-  messageDesc(file_switchboard, 9);
+  messageDesc(file_switchboard, 10);
 
 /**
  * The caller withdraws a ringing invitation.
@@ -421,7 +445,7 @@ export type CallCancel = Message$1<"switchboard.v1.CallCancel"> & {
  * Use `create(CallCancelSchema)` to create a new message.
  */
 export const CallCancelSchema: GenMessage<CallCancel> = /*@__PURE__*/
-  messageDesc(file_switchboard, 10);
+  messageDesc(file_switchboard, 11);
 
 /**
  * Any party ends the call for everyone.
@@ -440,7 +464,7 @@ export type CallEnd = Message$1<"switchboard.v1.CallEnd"> & {
  * Use `create(CallEndSchema)` to create a new message.
  */
 export const CallEndSchema: GenMessage<CallEnd> = /*@__PURE__*/
-  messageDesc(file_switchboard, 11);
+  messageDesc(file_switchboard, 12);
 
 /**
  * A relayed media frame (fallback when the peer-to-peer path fails).
@@ -493,7 +517,7 @@ export type Media = Message$1<"switchboard.v1.Media"> & {
  * Use `create(MediaSchema)` to create a new message.
  */
 export const MediaSchema: GenMessage<Media> = /*@__PURE__*/
-  messageDesc(file_switchboard, 12);
+  messageDesc(file_switchboard, 13);
 
 /**
  * Ask a media sender for a keyframe (after loss).
@@ -522,7 +546,7 @@ export type KeyframeRequest = Message$1<"switchboard.v1.KeyframeRequest"> & {
  * Use `create(KeyframeRequestSchema)` to create a new message.
  */
 export const KeyframeRequestSchema: GenMessage<KeyframeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard, 13);
+  messageDesc(file_switchboard, 14);
 
 /**
  * @generated from message switchboard.v1.ServerFrame
@@ -617,6 +641,14 @@ export type ServerFrame = Message$1<"switchboard.v1.ServerFrame"> & {
     case: "roomStats";
   } | {
     /**
+     * The answer to `IceServersRequest`.
+     *
+     * @generated from field: switchboard.v1.IceServers ice_servers = 15;
+     */
+    value: IceServers;
+    case: "iceServers";
+  } | {
+    /**
      * 20..39: calls.
      *
      * @generated from field: switchboard.v1.CallEvent call = 20;
@@ -631,7 +663,7 @@ export type ServerFrame = Message$1<"switchboard.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard, 14);
+  messageDesc(file_switchboard, 15);
 
 /**
  * @generated from message switchboard.v1.Welcome
@@ -693,6 +725,15 @@ export type Welcome = Message$1<"switchboard.v1.Welcome"> & {
    * @generated from field: bool media_lanes = 9;
    */
   mediaLanes: boolean;
+
+  /**
+   * The ICE servers (STUN, and TURN with short-lived credentials) for this session's WebRTC
+   * peer connections; absent when the node has none configured. Renew them before
+   * `expires_at` with `IceServersRequest`.
+   *
+   * @generated from field: switchboard.v1.IceServers ice_servers = 10;
+   */
+  iceServers?: IceServers | undefined;
 };
 
 /**
@@ -700,7 +741,71 @@ export type Welcome = Message$1<"switchboard.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_switchboard, 15);
+  messageDesc(file_switchboard, 16);
+
+/**
+ * ICE servers for `RTCPeerConnection`'s `iceServers`. TURN credentials follow the TURN REST
+ * API convention (coturn's `use-auth-secret`): username `<expiry unix seconds>:<user>`,
+ * credential base64(HMAC-SHA1(shared secret, username)).
+ *
+ * @generated from message switchboard.v1.IceServers
+ */
+export type IceServers = Message$1<"switchboard.v1.IceServers"> & {
+  /**
+   * @generated from field: repeated switchboard.v1.IceServer servers = 1;
+   */
+  servers: IceServer[];
+
+  /**
+   * Unix seconds at which the TURN credentials expire (0: nothing expires, STUN only).
+   *
+   * @generated from field: uint64 expires_at = 2;
+   */
+  expiresAt: bigint;
+
+  /**
+   * The `IceServersRequest` this answers (0 in `Welcome`).
+   *
+   * @generated from field: uint64 ref_id = 3;
+   */
+  refId: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.IceServers.
+ * Use `create(IceServersSchema)` to create a new message.
+ */
+export const IceServersSchema: GenMessage<IceServers> = /*@__PURE__*/
+  messageDesc(file_switchboard, 17);
+
+/**
+ * @generated from message switchboard.v1.IceServer
+ */
+export type IceServer = Message$1<"switchboard.v1.IceServer"> & {
+  /**
+   * @generated from field: repeated string urls = 1;
+   */
+  urls: string[];
+
+  /**
+   * Empty for STUN servers.
+   *
+   * @generated from field: string username = 2;
+   */
+  username: string;
+
+  /**
+   * @generated from field: string credential = 3;
+   */
+  credential: string;
+};
+
+/**
+ * Describes the message switchboard.v1.IceServer.
+ * Use `create(IceServerSchema)` to create a new message.
+ */
+export const IceServerSchema: GenMessage<IceServer> = /*@__PURE__*/
+  messageDesc(file_switchboard, 18);
 
 /**
  * @generated from message switchboard.v1.Pong
@@ -717,7 +822,7 @@ export type Pong = Message$1<"switchboard.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_switchboard, 16);
+  messageDesc(file_switchboard, 19);
 
 /**
  * @generated from message switchboard.v1.Ack
@@ -748,7 +853,7 @@ export type Ack = Message$1<"switchboard.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_switchboard, 17);
+  messageDesc(file_switchboard, 20);
 
 /**
  * @generated from message switchboard.v1.Error
@@ -784,7 +889,7 @@ export type Error = Message$1<"switchboard.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard, 18);
+  messageDesc(file_switchboard, 21);
 
 /**
  * The node is going away (drain): reconnect (to any node) after the given delay.
@@ -808,7 +913,7 @@ export type GoAway = Message$1<"switchboard.v1.GoAway"> & {
  * Use `create(GoAwaySchema)` to create a new message.
  */
 export const GoAwaySchema: GenMessage<GoAway> = /*@__PURE__*/
-  messageDesc(file_switchboard, 19);
+  messageDesc(file_switchboard, 22);
 
 /**
  * @generated from message switchboard.v1.Participant
@@ -847,7 +952,7 @@ export type Participant = Message$1<"switchboard.v1.Participant"> & {
  * Use `create(ParticipantSchema)` to create a new message.
  */
 export const ParticipantSchema: GenMessage<Participant> = /*@__PURE__*/
-  messageDesc(file_switchboard, 20);
+  messageDesc(file_switchboard, 23);
 
 /**
  * @generated from message switchboard.v1.Joined
@@ -913,7 +1018,7 @@ export type Joined = Message$1<"switchboard.v1.Joined"> & {
  * Use `create(JoinedSchema)` to create a new message.
  */
 export const JoinedSchema: GenMessage<Joined> = /*@__PURE__*/
-  messageDesc(file_switchboard, 21);
+  messageDesc(file_switchboard, 24);
 
 /**
  * @generated from message switchboard.v1.Left
@@ -935,7 +1040,7 @@ export type Left = Message$1<"switchboard.v1.Left"> & {
  * Use `create(LeftSchema)` to create a new message.
  */
 export const LeftSchema: GenMessage<Left> = /*@__PURE__*/
-  messageDesc(file_switchboard, 22);
+  messageDesc(file_switchboard, 25);
 
 /**
  * In rooms larger than the server's presence-event limit, individual ParticipantJoined /
@@ -963,7 +1068,7 @@ export type RoomStats = Message$1<"switchboard.v1.RoomStats"> & {
  * Use `create(RoomStatsSchema)` to create a new message.
  */
 export const RoomStatsSchema: GenMessage<RoomStats> = /*@__PURE__*/
-  messageDesc(file_switchboard, 23);
+  messageDesc(file_switchboard, 26);
 
 /**
  * @generated from message switchboard.v1.ParticipantJoined
@@ -985,7 +1090,7 @@ export type ParticipantJoined = Message$1<"switchboard.v1.ParticipantJoined"> & 
  * Use `create(ParticipantJoinedSchema)` to create a new message.
  */
 export const ParticipantJoinedSchema: GenMessage<ParticipantJoined> = /*@__PURE__*/
-  messageDesc(file_switchboard, 24);
+  messageDesc(file_switchboard, 27);
 
 /**
  * @generated from message switchboard.v1.ParticipantLeft
@@ -1014,7 +1119,7 @@ export type ParticipantLeft = Message$1<"switchboard.v1.ParticipantLeft"> & {
  * Use `create(ParticipantLeftSchema)` to create a new message.
  */
 export const ParticipantLeftSchema: GenMessage<ParticipantLeft> = /*@__PURE__*/
-  messageDesc(file_switchboard, 25);
+  messageDesc(file_switchboard, 28);
 
 /**
  * Identity of a sender, stamped by the server from the verified token and session.
@@ -1048,7 +1153,7 @@ export type Sender = Message$1<"switchboard.v1.Sender"> & {
  * Use `create(SenderSchema)` to create a new message.
  */
 export const SenderSchema: GenMessage<Sender> = /*@__PURE__*/
-  messageDesc(file_switchboard, 26);
+  messageDesc(file_switchboard, 29);
 
 /**
  * @generated from message switchboard.v1.Message
@@ -1109,7 +1214,7 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_switchboard, 27);
+  messageDesc(file_switchboard, 30);
 
 /**
  * @generated from message switchboard.v1.SignalEvent
@@ -1146,7 +1251,7 @@ export type SignalEvent = Message$1<"switchboard.v1.SignalEvent"> & {
  * Use `create(SignalEventSchema)` to create a new message.
  */
 export const SignalEventSchema: GenMessage<SignalEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 28);
+  messageDesc(file_switchboard, 31);
 
 /**
  * @generated from message switchboard.v1.MediaEvent
@@ -1198,7 +1303,7 @@ export type MediaEvent = Message$1<"switchboard.v1.MediaEvent"> & {
  * Use `create(MediaEventSchema)` to create a new message.
  */
 export const MediaEventSchema: GenMessage<MediaEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 29);
+  messageDesc(file_switchboard, 32);
 
 /**
  * @generated from message switchboard.v1.KeyframeRequestEvent
@@ -1225,7 +1330,7 @@ export type KeyframeRequestEvent = Message$1<"switchboard.v1.KeyframeRequestEven
  * Use `create(KeyframeRequestEventSchema)` to create a new message.
  */
 export const KeyframeRequestEventSchema: GenMessage<KeyframeRequestEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 30);
+  messageDesc(file_switchboard, 33);
 
 /**
  * @generated from message switchboard.v1.CallParty
@@ -1254,7 +1359,7 @@ export type CallParty = Message$1<"switchboard.v1.CallParty"> & {
  * Use `create(CallPartySchema)` to create a new message.
  */
 export const CallPartySchema: GenMessage<CallParty> = /*@__PURE__*/
-  messageDesc(file_switchboard, 31);
+  messageDesc(file_switchboard, 34);
 
 /**
  * A call's state, as stored (JetStream KV `<prefix>_calls`, key = call id) and as sent to
@@ -1335,7 +1440,7 @@ export type Call = Message$1<"switchboard.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_switchboard, 32);
+  messageDesc(file_switchboard, 35);
 
 /**
  * A call transition, delivered to every device of every party.
@@ -1376,7 +1481,7 @@ export type CallEvent = Message$1<"switchboard.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 33);
+  messageDesc(file_switchboard, 36);
 
 /**
  * @generated from message switchboard.v1.BusEnvelope
@@ -1450,7 +1555,7 @@ export type BusEnvelope = Message$1<"switchboard.v1.BusEnvelope"> & {
  * Use `create(BusEnvelopeSchema)` to create a new message.
  */
 export const BusEnvelopeSchema: GenMessage<BusEnvelope> = /*@__PURE__*/
-  messageDesc(file_switchboard, 34);
+  messageDesc(file_switchboard, 37);
 
 /**
  * Operator commands (admin API), broadcast to every node on `<prefix>.admin.cmd`.
@@ -1481,7 +1586,7 @@ export type AdminCommand = Message$1<"switchboard.v1.AdminCommand"> & {
  * Use `create(AdminCommandSchema)` to create a new message.
  */
 export const AdminCommandSchema: GenMessage<AdminCommand> = /*@__PURE__*/
-  messageDesc(file_switchboard, 35);
+  messageDesc(file_switchboard, 38);
 
 /**
  * Remove matching sessions: from `room` if set, else disconnect them (KICKED).
@@ -1523,7 +1628,7 @@ export type AdminKick = Message$1<"switchboard.v1.AdminKick"> & {
  * Use `create(AdminKickSchema)` to create a new message.
  */
 export const AdminKickSchema: GenMessage<AdminKick> = /*@__PURE__*/
-  messageDesc(file_switchboard, 36);
+  messageDesc(file_switchboard, 39);
 
 /**
  * A server message to every session of `user`, wherever connected.
@@ -1547,7 +1652,7 @@ export type AdminUserMessage = Message$1<"switchboard.v1.AdminUserMessage"> & {
  * Use `create(AdminUserMessageSchema)` to create a new message.
  */
 export const AdminUserMessageSchema: GenMessage<AdminUserMessage> = /*@__PURE__*/
-  messageDesc(file_switchboard, 37);
+  messageDesc(file_switchboard, 40);
 
 /**
  * @generated from message switchboard.v1.PresenceUpdate
@@ -1579,7 +1684,7 @@ export type PresenceUpdate = Message$1<"switchboard.v1.PresenceUpdate"> & {
  * Use `create(PresenceUpdateSchema)` to create a new message.
  */
 export const PresenceUpdateSchema: GenMessage<PresenceUpdate> = /*@__PURE__*/
-  messageDesc(file_switchboard, 38);
+  messageDesc(file_switchboard, 41);
 
 /**
  * Targeted signaling: on a room subject, or (call signaling) on the target's inbox.
@@ -1608,7 +1713,7 @@ export type BusSignal = Message$1<"switchboard.v1.BusSignal"> & {
  * Use `create(BusSignalSchema)` to create a new message.
  */
 export const BusSignalSchema: GenMessage<BusSignal> = /*@__PURE__*/
-  messageDesc(file_switchboard, 39);
+  messageDesc(file_switchboard, 42);
 
 /**
  * @generated from message switchboard.v1.BusKeyframeRequest
@@ -1630,7 +1735,7 @@ export type BusKeyframeRequest = Message$1<"switchboard.v1.BusKeyframeRequest"> 
  * Use `create(BusKeyframeRequestSchema)` to create a new message.
  */
 export const BusKeyframeRequestSchema: GenMessage<BusKeyframeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard, 40);
+  messageDesc(file_switchboard, 43);
 
 /**
  * @generated from message switchboard.v1.NodeHeartbeat
@@ -1657,7 +1762,7 @@ export type NodeHeartbeat = Message$1<"switchboard.v1.NodeHeartbeat"> & {
  * Use `create(NodeHeartbeatSchema)` to create a new message.
  */
 export const NodeHeartbeatSchema: GenMessage<NodeHeartbeat> = /*@__PURE__*/
-  messageDesc(file_switchboard, 41);
+  messageDesc(file_switchboard, 44);
 
 /**
  * @generated from enum switchboard.v1.SignalKind
