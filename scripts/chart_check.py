@@ -47,11 +47,12 @@ RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD_PANELS = [
     "Ready", "Draining", "NATS connection", "Connections by transport", "Connections against the caps", "Joins",
     "Deliveries", "Delivery latency", "Drops by class", "Slow consumers", "Errors by code", "Certificate lifetime left",
+    "Webhooks",
 ]
 ALERTS = [
     "SwitchboardNodeNotReady", "SwitchboardNatsDisconnected", "SwitchboardSlowConsumersHigh", "SwitchboardErrorRateHigh",
     "SwitchboardInternalErrors", "SwitchboardReliableDataDropped", "SwitchboardConnectionsNearLimit",
-    "SwitchboardCertificateExpiring",
+    "SwitchboardCertificateExpiring", "SwitchboardWebhooksDropped",
 ]
 # Fields of a PrometheusRule (monitoring.coreos.com/v1) the chart may set; anything else is a typo.
 RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_strategy", "query_offset", "labels"}
