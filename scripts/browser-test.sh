@@ -4,6 +4,8 @@
 # Installs what is missing (Chromium and Node.js from apt, npm packages with `npm ci`),
 # checks that the committed web bundle (web/dist/, embedded by the node) matches the
 # sources (rebuilding it if not), builds the node and runs the tests.
+# The TURN test (turn.test.mjs) runs a call through coturn between pages in network
+# namespaces that cannot reach each other (as root; else with iceTransportPolicy "relay").
 # Screenshots go to target/browser-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm
 fi
 
+# coturn for the TURN test (tests/browser/turn.test.mjs): Debian's turnserver.
+if ! command -v turnserver >/dev/null 2>&1; then
+  echo "==> installing coturn (apt)"
+  apt_install coturn
+fi
+
 source scripts/nats-server.sh
 
 echo "==> npm ci (web/, tests/browser/)"
@@ -41,8 +49,9 @@ if ! (cd web && node build.mjs --check); then
   (cd web && npm run --silent build)
 fi
 
-echo "==> cargo build (switchboard)"
+echo "==> cargo build (switchboard; netns-lab for the TURN test's network namespaces)"
 cargo build -p switchboard --bins --locked
+cargo build -p switchboard-tests --bin netns-lab --bin sb-netem --locked
 
 echo "==> browser tests (Chromium: $("$CHROMIUM_BIN" --version 2>/dev/null || echo "$CHROMIUM_BIN"))"
 cd tests/browser

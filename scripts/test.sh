@@ -33,6 +33,14 @@ if { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; } || [ ! -e
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx libnginx-mod-stream
 fi
+# coturn (Debian's turnserver): the TURN server of tests/tests/turn.rs and the browser TURN
+# test (tests/browser/turn.test.mjs). The package's service is not used: tests run their own.
+if ! command -v turnserver >/dev/null 2>&1; then
+  echo "==> installing coturn"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq coturn
+fi
 # bubblewrap: tests/tests/image.rs runs the image's runtime stage in a sandbox like a
 # container's (no container engine runs here).
 if ! command -v bwrap >/dev/null 2>&1; then

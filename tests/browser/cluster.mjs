@@ -52,7 +52,7 @@ export async function waitFor(what, check, timeoutMs = 20_000, everyMs = 100) {
   }
 }
 
-class Proc {
+export class Proc {
   constructor(name, cmd, args, env = {}) {
     this.name = name;
     this.output = "";

@@ -40,6 +40,8 @@ export class ActiveCall {
   private readonly offs: (() => void)[] = [];
   private pendingIce: RTCIceCandidateInit[] = [];
   private p2pTimer?: ReturnType<typeof setTimeout>;
+  private pathTimer?: ReturnType<typeof setInterval>;
+  private pathDetail = "";
   private ended = false;
 
   constructor(
@@ -113,9 +115,20 @@ export class ActiveCall {
       if (this.path === "relayed") return;
       if (pc.connectionState === "connected") {
         clearTimeout(this.p2pTimer);
-        void this.p2pStats().then((s) =>
-          this.setPath("p2p", s.localCandidateType === "relay" || s.remoteCandidateType === "relay" ? "WebRTC through a TURN relay" : "peer-to-peer (WebRTC)"),
-        );
+        this.setPath("p2p", "peer-to-peer (WebRTC)");
+        // Say whether media goes through a TURN relay, and keep saying it truly: ICE may
+        // switch pairs, and a peer's candidate first seen in a check (prflx) gets its type
+        // once signaled.
+        const label = () =>
+          void this.p2pStats().then((st) => {
+            if (this.path !== "p2p" || this.pc !== pc) return;
+            const relayed = st.localCandidateType === "relay" || st.remoteCandidateType === "relay";
+            const detail = relayed ? "WebRTC through a TURN relay" : "peer-to-peer (WebRTC)";
+            if (this.pathDetail !== detail) this.setPath("p2p", detail);
+          });
+        label();
+        clearInterval(this.pathTimer);
+        this.pathTimer = setInterval(label, 1000);
       } else if (pc.connectionState === "failed") {
         void this.switchToRelay("peer-to-peer path failed", true);
       }
@@ -161,6 +174,7 @@ export class ActiveCall {
     if (this.path === "relayed" || this.ended) return;
     this.path = "relayed";
     clearTimeout(this.p2pTimer);
+    clearInterval(this.pathTimer);
     this.pc?.close();
     this.pc = undefined;
     this.views.remoteVideo.hidden = true;
@@ -201,6 +215,7 @@ export class ActiveCall {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.p2pTimer);
+    clearInterval(this.pathTimer);
     this.offs.forEach((off) => off());
     this.relay?.stop();
     this.relayAudio?.stop();
@@ -215,6 +230,7 @@ export class ActiveCall {
 
   private setPath(path: MediaPath, detail: string): void {
     this.path = path;
+    this.pathDetail = detail;
     this.views.onPath(path, detail);
   }
 

@@ -16,6 +16,13 @@ struct Args {
     /// Name of the lab (part of the namespace names).
     #[arg(long, default_value = "lab")]
     name: String,
+    /// Drop everything between two hosts, `A,B` (both directions); repeatable.
+    #[arg(long = "partition")]
+    partitions: Vec<String>,
+    /// Also tear down when standard input closes (for a program that runs the lab as its
+    /// child: the lab goes when that program does, however it ends).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,11 +45,32 @@ async fn main() -> anyhow::Result<()> {
             host.namespace()
         );
     }
+    for pair in &args.partitions {
+        let (a, b) = pair.split_once(',').ok_or_else(|| anyhow::anyhow!("--partition takes A,B, not {pair:?}"))?;
+        let host = |name: &str| {
+            lab.hosts().iter().find(|h| h.name() == name).cloned().ok_or_else(|| anyhow::anyhow!("no host {name}"))
+        };
+        lab.partition(&host(a)?, &host(b)?)?;
+        println!("partition {a} {b}: nothing passes between them");
+    }
     println!("ready: lab {} up; Ctrl-C tears it down", lab.tag());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    if args.exit_on_stdin_eof {
+        // Ends at EOF or a read error; the input itself is ignored.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(n) if n > 0) {}
+            let _ = closed_tx.send(());
+        });
+    } else {
+        std::mem::forget(closed_tx); // never closes
+    }
+    let stdin_closed = closed_rx;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = stdin_closed => {}
     }
     drop(lab);
     println!("lab torn down");
