@@ -216,6 +216,17 @@ def check_deployments(name: str, docs: list[tuple[str, dict]], v: dict, secrets:
                 check(val("SWITCHBOARD_WEBHOOK_RETRY_FOR") == str(get(v, "webhooks.retryFor")), f"{who}: webhook retry time")
             else:
                 check("SWITCHBOARD_WEBHOOKS" not in env, f"{who}: no webhooks unless configured")
+            # ICE servers: STUN and TURN URLs, the TURN secret from a Secret, the credential TTL.
+            stun, turn_urls = get(v, "ice.stunUrls") or [], get(v, "ice.turnUrls") or []
+            check(val("SWITCHBOARD_STUN_URLS") == (",".join(stun) or None), f"{who}: SWITCHBOARD_STUN_URLS lists ice.stunUrls")
+            if turn_urls:
+                check(val("SWITCHBOARD_TURN_URLS") == ",".join(turn_urls), f"{who}: SWITCHBOARD_TURN_URLS lists ice.turnUrls")
+                ref = get(env, "SWITCHBOARD_TURN_SECRET.valueFrom.secretKeyRef") or {}
+                secret = get(v, "ice.existingSecret") or f"{RELEASE}-switchboard-turn"
+                check(ref.get("name") == secret and ref.get("key") == get(v, "ice.secretKey") and not ref.get("optional"), f"{who}: SWITCHBOARD_TURN_SECRET from its Secret")
+                check(val("SWITCHBOARD_TURN_TTL") == str(get(v, "ice.turnTtl")), f"{who}: TURN credential TTL")
+            else:
+                check(not any(k.startswith("SWITCHBOARD_TURN_") for k in env), f"{who}: no TURN settings unless configured")
             # Every secretKeyRef to a chart-made Secret names a key the Secret has.
             for e in env.values():
                 ref = get(e, "valueFrom.secretKeyRef")

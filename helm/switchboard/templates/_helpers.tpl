@@ -70,6 +70,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- join ";" $parts -}}
 {{- end -}}
 
+{{/* The Secret holding the TURN shared secret. */}}
+{{- define "switchboard.turnSecretName" -}}
+{{- default (printf "%s-turn" (include "switchboard.fullname" .)) .Values.ice.existingSecret -}}
+{{- end -}}
+
 {{/* The Secret holding the webhook secret. */}}
 {{- define "switchboard.webhookSecretName" -}}
 {{- default (printf "%s-webhooks" (include "switchboard.fullname" .)) .Values.webhooks.existingSecret -}}
@@ -116,6 +121,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- if and $v.webhooks.endpoints (not $v.webhooks.existingSecret) (lt (len $v.webhooks.secret) 16) -}}
 {{- fail "webhooks.endpoints needs webhooks.secret (at least 16 bytes, e.g. $(openssl rand -hex 32)) or webhooks.existingSecret: receivers verify every event's signature with it" -}}
+{{- end -}}
+{{- if and $v.ice.turnUrls (not $v.ice.existingSecret) (not $v.ice.turnSecret) -}}
+{{- fail "ice.turnUrls needs ice.turnSecret (the TURN server's static-auth-secret) or ice.existingSecret: TURN credentials are derived from it" -}}
 {{- end -}}
 {{- if and $v.auth.jwtSecret (not $v.auth.existingSecret) (lt (len $v.auth.jwtSecret) 32) -}}
 {{- fail "auth.jwtSecret must be at least 32 bytes" -}}
@@ -285,6 +293,21 @@ spec:
           value: {{ $v.webhooks.timeout | quote }}
         - name: SWITCHBOARD_WEBHOOK_QUEUE
           value: {{ $v.webhooks.queue | quote }}
+        {{- end }}
+        {{- if $v.ice.stunUrls }}
+        - name: SWITCHBOARD_STUN_URLS
+          value: {{ join "," $v.ice.stunUrls | quote }}
+        {{- end }}
+        {{- if $v.ice.turnUrls }}
+        - name: SWITCHBOARD_TURN_URLS
+          value: {{ join "," $v.ice.turnUrls | quote }}
+        - name: SWITCHBOARD_TURN_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "switchboard.turnSecretName" $ctx }}
+              key: {{ $v.ice.secretKey }}
+        - name: SWITCHBOARD_TURN_TTL
+          value: {{ $v.ice.turnTtl | quote }}
         {{- end }}
         {{- if and .wt $v.tls.secretName }}
         - name: SWITCHBOARD_TLS_CERT
