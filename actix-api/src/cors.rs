@@ -1,4 +1,4 @@
-//! CORS on the browser-facing endpoints (`/api/calls`, `/api/auth/*`, `/api/endpoints`,
+//! CORS on the browser-facing endpoints (`/api/calls`, `/api/ice-servers`, `/api/auth/*`, `/api/endpoints`,
 //! `/api/dev/token`, `/certificate.sha256`), under the browser origin policy
 //! ([`AllowedOrigins`], `--allowed-origins`). The admin API is for servers, not pages: it
 //! gets no CORS headers.

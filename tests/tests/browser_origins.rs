@@ -21,6 +21,7 @@ fn node_with(args: &[&str]) -> NodeOptions {
 /// preflight.
 const BROWSER_FACING: &[(&str, &str, &str)] = &[
     ("/api/calls?user=alice", "GET", "authorization"),
+    ("/api/ice-servers", "GET", "authorization"),
     ("/api/auth/login", "POST", "content-type"),
     ("/api/auth/register", "POST", "content-type"),
     ("/api/endpoints", "GET", "content-type"),
