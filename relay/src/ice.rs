@@ -177,7 +177,7 @@ fn check_url(url: &str, kind: &'static str, schemes: &[&str]) -> Result<(), IceC
             _ => return bad("unclosed IPv6 address"),
         },
         None => match hostport.split_once(':') {
-            Some((host, _)) if host.is_empty() => return bad("needs a host (scheme:host[:port], no path or user)"),
+            Some(("", _)) => return bad("needs a host (scheme:host[:port], no path or user)"),
             Some((_, port)) => Some(port),
             None => None,
         },
