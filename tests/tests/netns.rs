@@ -46,8 +46,8 @@ const BLAST_EVERY: Duration = Duration::from_millis(10);
 /// RTT probes per profile, sent at a fixed pace (not waiting for answers).
 const PROBES: u32 = 200;
 
-/// Send `BLAST` numbered datagrams from `from` to `to`, paced.
-async fn blast(from: &UdpSocket, to: SocketAddr) {
+/// Send `BLAST` numbered datagrams from `from` to `to`, paced; set `done` when all are sent.
+async fn blast(from: &UdpSocket, to: SocketAddr, done: &std::sync::atomic::AtomicBool) {
     let mut tick = tokio::time::interval(BLAST_EVERY);
     let mut seq = 0u32;
     while seq < BLAST {
@@ -59,18 +59,25 @@ async fn blast(from: &UdpSocket, to: SocketAddr) {
             seq += 1;
         }
     }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Count distinct datagrams arriving on `sock` until it has been quiet for 1 s after the
-/// first one (bounded: at most 60 s).
-async fn count_until_quiet(sock: &UdpSocket) -> u32 {
+/// Count distinct datagrams arriving on `sock` until the sender is `done` and the socket has
+/// been quiet for 2 s since (stragglers the emulator still holds; far above any profile's
+/// delay). Not "quiet for a while" alone: on a loaded machine the sender itself can stall
+/// that long mid-blast, and its later datagrams would count as lost. Bounded: 60 s.
+async fn count_until_quiet(sock: &UdpSocket, done: &std::sync::atomic::AtomicBool) -> u32 {
     let mut seen = vec![false; BLAST as usize];
     let mut buf = [0u8; 128];
     let start = Instant::now();
-    let first = Duration::from_secs(10);
     loop {
-        let quiet = if seen.iter().any(|s| *s) { Duration::from_secs(1) } else { first };
-        match tokio::time::timeout(quiet, sock.recv_from(&mut buf)).await {
+        let quiet = Duration::from_secs(2);
+        let wait = tokio::time::timeout(quiet, sock.recv_from(&mut buf)).await;
+        if wait.is_err() && !done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(60), "counting datagrams took over 60 s");
+            continue; // the sender is still at it
+        }
+        match wait {
             Ok(Ok((n, _))) if n >= 4 => {
                 let seq = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
                 if let Some(s) = seen.get_mut(seq) {
@@ -97,11 +104,12 @@ struct Measured {
 async fn measure(client: Host, server: Host, port: u16, profile: Profile) -> Measured {
     let (c_sock, s_sock) = (udp_on(&client, port), udp_on(&server, port));
     let (c_addr, s_addr) = (c_sock.local_addr().unwrap(), s_sock.local_addr().unwrap());
+    let (up_done, down_done) = (std::sync::atomic::AtomicBool::new(false), std::sync::atomic::AtomicBool::new(false));
     let (up, down, (), ()) = tokio::join!(
-        count_until_quiet(&s_sock),
-        count_until_quiet(&c_sock),
-        blast(&c_sock, s_addr),
-        blast(&s_sock, c_addr)
+        count_until_quiet(&s_sock, &up_done),
+        count_until_quiet(&c_sock, &down_done),
+        blast(&c_sock, s_addr, &up_done),
+        blast(&s_sock, c_addr, &down_done)
     );
 
     // RTT: the server echoes; probes go out every `gap`, wider than the jitter's spread so
