@@ -28,8 +28,12 @@ pub enum Event {
     Signal(pb::SignalEvent),
     /// A relayed media frame.
     Media(pb::MediaEvent),
-    /// A receiver asks this session for a keyframe.
+    /// A receiver asks this session for a keyframe (with `layer` set: of that simulcast
+    /// layer, a receiver is switching to it).
     KeyframeRequest(pb::KeyframeRequestEvent),
+    /// A room's active speaker changed (from the audio levels senders put on their frames:
+    /// [`pb::Media::audio_level`]).
+    ActiveSpeaker(pb::ActiveSpeaker),
     /// A call this user is a party of changed state.
     Call(pb::CallEvent),
     /// ([`crate::ReconnectingClient`]) the connection was lost for a reason that is not
@@ -505,6 +509,17 @@ impl Client {
         self.acked(client_frame::Kind::KeyframeRequest(k)).await.map(drop)
     }
 
+    /// Choose which simulcast layer of `session`'s video this session receives in `room`
+    /// (0 the lowest; the default for a sender never chosen). The node switches on the new
+    /// layer's next keyframe (it asks the sender for one), so media arriving right after the
+    /// acknowledgement may still be of the old layer; it may also hold this session lower
+    /// while its link drops media. Fails with `TOO_MANY_SUBSCRIPTIONS` past the node's bound
+    /// of senders chosen for, `TARGET_NOT_FOUND` when `session` is not in the room.
+    pub async fn layer_subscribe(&self, room: &str, session: &str, layer: u32) -> Result<(), ClientError> {
+        let l = pb::LayerSubscribe { room: room.into(), session: session.into(), layer };
+        self.acked(client_frame::Kind::LayerSubscribe(l)).await.map(drop)
+    }
+
     /// Replace the session's token.
     pub async fn refresh_token(&self, token: &str) -> Result<(), ClientError> {
         self.acked(client_frame::Kind::RefreshToken(pb::RefreshToken { token: token.into() })).await.map(drop)
@@ -692,6 +707,7 @@ async fn read_loop(
                 Event::Media(m)
             }
             Some(server_frame::Kind::KeyframeRequest(k)) => Event::KeyframeRequest(k),
+            Some(server_frame::Kind::ActiveSpeaker(a)) => Event::ActiveSpeaker(a),
             Some(server_frame::Kind::Call(c)) => Event::Call(c),
         };
         // Backpressure: a consumer that does not read stops this reader (and the server

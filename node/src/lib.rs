@@ -100,6 +100,14 @@ pub struct NodeArgs {
     /// Seconds an unanswered call rings before it ends as missed.
     #[arg(long, env = "SWITCHBOARD_CALL_RING_TIMEOUT", default_value_t = 30)]
     pub call_ring_timeout: u64,
+    /// Senders one session may choose a simulcast layer for at once (`LayerSubscribe`);
+    /// more are refused with `TOO_MANY_SUBSCRIPTIONS`.
+    #[arg(long, env = "SWITCHBOARD_MAX_LAYER_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_layer_subscriptions: usize,
+    /// Seconds without media drops before a receiver the node moved down a simulcast layer
+    /// goes up one (checked at each node heartbeat).
+    #[arg(long, env = "SWITCHBOARD_LAYER_UP_HOLD_OFF", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub layer_up_hold_off: u64,
     /// Rooms with more participants than this get periodic `RoomStats` (the count) instead
     /// of a join/leave event per participant (0: never switch).
     #[arg(long, env = "SWITCHBOARD_PRESENCE_EVENTS_MAX", default_value_t = 500)]
@@ -329,6 +337,8 @@ pub async fn build_node(args: &NodeArgs) -> anyhow::Result<Arc<Node>> {
         max_participants: args.max_participants,
         max_connections_per_ip: args.max_connections_per_ip,
         presence_events_max: args.presence_events_max,
+        max_layer_subscriptions: args.max_layer_subscriptions,
+        layer_up_hold_off: Duration::from_secs(args.layer_up_hold_off),
         max_sessions_per_user: args.max_sessions_per_user,
         max_pending_connections: args.max_pending_connections,
         max_pending_per_ip: args.max_pending_per_ip,

@@ -16,3 +16,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Most participants listed in a `Joined` frame (about 200 bytes each, well under
 /// [`MAX_FRAME_BYTES`]).
 pub const MAX_JOINED_PARTICIPANTS: usize = 500;
+/// Simulcast layers a sender may send (`Media.layer` 0 ..= 2: e.g. 180p, 360p, 720p).
+pub const MAX_LAYERS: u32 = 3;
+/// Largest `Media.audio_level` (-dBov; 127 is silence, RFC 6464).
+pub const MAX_AUDIO_LEVEL: u32 = 127;

@@ -99,9 +99,17 @@ impl Subjects {
         format!("{}.room.{}.{}", self.prefix, room, channel.as_str())
     }
 
-    /// `<prefix>.room.<room>.>`: the one subscription a node holds per room.
+    /// `<prefix>.room.<room>.*`: the one subscription a node holds per room for its
+    /// channels. Simulcast layers ([`Subjects::room_media_layer`]) are one token deeper, so
+    /// it does not receive them: a node subscribes to each layer apart, while its local
+    /// receivers want it.
     pub fn room_wildcard(&self, room: &str) -> String {
-        format!("{}.room.{}.>", self.prefix, room)
+        format!("{}.room.{}.*", self.prefix, room)
+    }
+
+    /// `<prefix>.room.<room>.media.<layer>`: media frames of simulcast layer `layer`.
+    pub fn room_media_layer(&self, room: &str, layer: u32) -> String {
+        format!("{}.room.{}.media.{}", self.prefix, room, layer)
     }
 
     /// `<prefix>.node.<node>.heartbeat`.
@@ -180,6 +188,10 @@ mod tests {
         assert_eq!(s.parse_room_subject(&subj), Some(("demo", RoomChannel::Media)));
         assert!(subject_matches(&s.room_wildcard("demo"), &subj));
         assert!(!subject_matches(&s.room_wildcard("demo2"), &subj));
+        let layer = s.room_media_layer("demo", 2);
+        assert_eq!(layer, "acme.sb.room.demo.media.2");
+        assert!(!subject_matches(&s.room_wildcard("demo"), &layer), "layers are subscribed apart");
+        assert_eq!(s.parse_room_subject(&layer), None);
         assert!(Subjects::new("sb.").is_err());
         assert!(Subjects::new("s*").is_err());
     }

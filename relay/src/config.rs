@@ -73,6 +73,12 @@ pub struct RelayConfig {
     /// ICE servers (STUN, TURN with short-lived credentials) handed to sessions; none by
     /// default.
     pub ice: crate::ice::IceConfig,
+    /// Senders one session may choose a simulcast layer for at once (`LayerSubscribe`);
+    /// more get `TOO_MANY_SUBSCRIPTIONS`.
+    pub max_layer_subscriptions: usize,
+    /// Without media drops for this long, a receiver the node moved down a layer goes up
+    /// one ([`crate::layers`]).
+    pub layer_up_hold_off: Duration,
 }
 
 impl Default for RelayConfig {
@@ -103,6 +109,8 @@ impl Default for RelayConfig {
             session_rate: Rate { per_sec: 2000.0, burst: 2000.0 },
             webhooks: Default::default(),
             ice: crate::ice::IceConfig::none(),
+            max_layer_subscriptions: 64,
+            layer_up_hold_off: crate::layers::UP_HOLD_OFF,
         }
     }
 }

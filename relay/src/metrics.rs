@@ -50,6 +50,27 @@ pub struct LaneLabel {
     pub direction: &'static str,
 }
 
+/// Label: a simulcast layer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LayerLabel {
+    /// `0`, `1`, `2`, or `none` (media that is not layered: audio, data).
+    pub layer: &'static str,
+}
+
+impl LayerLabel {
+    /// The label of `layer` (`None`: not layered).
+    pub fn of(layer: Option<u32>) -> Self {
+        Self { layer: layer.and_then(|l| ["0", "1", "2"].get(l as usize).copied()).unwrap_or("none") }
+    }
+}
+
+/// Label: a direction of change.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
 /// Label: a bus kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BusLabel {
@@ -202,6 +223,19 @@ pub struct Metrics {
     pub webhook_queue: Gauge,
     /// Time from an event to its endpoint's 2xx, retries included.
     pub webhook_latency_seconds: Histogram,
+    /// Media payload bytes this node received from the bus, by simulcast layer.
+    pub media_bus_bytes: Family<LayerLabel, Counter>,
+    /// Receivers' layer choices (receiver, sender) held by this node.
+    pub layer_subscriptions: Gauge,
+    /// Bus subscriptions to simulcast layer subjects held (a room's layer its local
+    /// receivers want).
+    pub layer_bus_subscriptions: Gauge,
+    /// Receivers switched to another layer (on its keyframe), by direction.
+    pub layer_switches: Family<DirectionLabel, Counter>,
+    /// Layer moves the node made itself (down on media drops, up after a quiet hold-off).
+    pub layer_auto_moves: Family<DirectionLabel, Counter>,
+    /// Active speaker changes announced to local members.
+    pub active_speaker_changes: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -274,6 +308,12 @@ impl Metrics {
             webhook_queue: Gauge::default(),
             // 10 ms .. ~1.4 h: retries stretch it.
             webhook_latency_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
+            media_bus_bytes: Family::default(),
+            layer_subscriptions: Gauge::default(),
+            layer_bus_subscriptions: Gauge::default(),
+            layer_switches: Family::default(),
+            layer_auto_moves: Family::default(),
+            active_speaker_changes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open client connections", m.connections.clone());
@@ -392,6 +432,39 @@ impl Metrics {
             "Time from a webhook event to its endpoint's 2xx",
             m.webhook_latency_seconds.clone(),
         );
+        registry.register(
+            "media_bus_bytes",
+            "Media payload bytes received from the bus, by simulcast layer",
+            m.media_bus_bytes.clone(),
+        );
+        registry.register(
+            "layer_subscriptions",
+            "Receivers' simulcast layer choices held",
+            m.layer_subscriptions.clone(),
+        );
+        registry.register(
+            "layer_bus_subscriptions",
+            "Bus subscriptions to simulcast layers held",
+            m.layer_bus_subscriptions.clone(),
+        );
+        registry.register("layer_switches", "Receivers switched to another simulcast layer", m.layer_switches.clone());
+        registry.register(
+            "layer_auto_moves",
+            "Simulcast layer moves the node made on media drops and after quiet",
+            m.layer_auto_moves.clone(),
+        );
+        registry.register(
+            "active_speaker_changes",
+            "Active speaker changes announced",
+            m.active_speaker_changes.clone(),
+        );
+        for direction in ["up", "down"] {
+            let _ = m.layer_switches.get_or_create(&DirectionLabel { direction });
+            let _ = m.layer_auto_moves.get_or_create(&DirectionLabel { direction });
+        }
+        for layer in [Some(0), Some(1), Some(2), None] {
+            let _ = m.media_bus_bytes.get_or_create(&LayerLabel::of(layer));
+        }
         for reason in ["queue_full", "store_failed", "expired"] {
             let _ = m.webhook_dropped.get_or_create(&ReasonLabel { reason });
         }

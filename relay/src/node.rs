@@ -232,6 +232,7 @@ async fn heartbeat_and_reap(node: Weak<NodeContext>) {
         crate::rooms::reap_dead_nodes(&node).await;
         crate::calls::resync::sweep(&node).await;
         crate::rooms::flush_room_stats(&node);
+        crate::rooms::layers_tick(&node).await;
     }
 }
 

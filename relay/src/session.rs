@@ -51,6 +51,9 @@ struct Session {
     resume_calls: Vec<String>,
     /// Publisher pushback while the node or a room is behind.
     pushback: crate::overload::Pushback,
+    /// (room, sender session) pairs this session chose a simulcast layer for (at most
+    /// `max_layer_subscriptions`).
+    layer_choices: BTreeSet<(String, String)>,
 }
 
 /// Whatever the session holds in the node is given back on every exit path: the normal one
@@ -121,6 +124,7 @@ fn kind_name(kind: &client_frame::Kind) -> &'static str {
         client_frame::Kind::Media(_) => "media",
         client_frame::Kind::KeyframeRequest(_) => "keyframe_request",
         client_frame::Kind::IceServersRequest(_) => "ice_servers_request",
+        client_frame::Kind::LayerSubscribe(_) => "layer_subscribe",
         client_frame::Kind::CallInvite(_) => "call_invite",
         client_frame::Kind::CallAnswer(_) => "call_answer",
         client_frame::Kind::CallCancel(_) => "call_cancel",
@@ -326,6 +330,7 @@ async fn accept_hello<T: Transport>(
         live: false,
         resume_calls: hello.calls.into_iter().take(crate::calls::resume::MAX_RESUME_CALLS).collect(),
         pushback: Default::default(),
+        layer_choices: BTreeSet::new(),
         claims,
     };
     let media_lanes = transport.open_media_lanes(hello.media_lanes);
@@ -418,6 +423,7 @@ impl Session {
                     Popped::Closed(reason) => return Box::pin(self.fatal(transport, reason.code, &reason.message)).await,
                     Popped::Command(SessionCommand::LeaveRoom { room, reason }) => {
                         if self.rooms.remove(&room) {
+                            self.layer_choices.retain(|(r, _)| *r != room);
                             Box::pin(rooms::leave(&self.node, &room, &self.id, &reason)).await;
                             self.reply(server(server_frame::Kind::Left(Left { room, reason })));
                         }
@@ -496,6 +502,7 @@ impl Session {
                 .inc();
             self.outbound.skip_to_keyframe(&tag.origin.session, tag.track);
             rooms::request_keyframe(&self.node, &tag.origin.room, tag.origin.session.clone(), tag.track).await;
+            rooms::media_dropped(&self.node, &tag.origin.room, &self.id, &tag.origin.session, tag.track).await;
             asked.push(tag);
         }
     }
@@ -572,6 +579,7 @@ impl Session {
             client_frame::Kind::Join(j) => self.join(id, &j.room, j.resume_from).await,
             client_frame::Kind::Leave(l) => {
                 if self.rooms.remove(&l.room) {
+                    self.layer_choices.retain(|(room, _)| *room != l.room);
                     rooms::leave(&self.node, &l.room, &self.id, "left").await;
                     self.ack(id);
                 } else {
@@ -579,6 +587,7 @@ impl Session {
                 }
             }
             client_frame::Kind::Publish(p) => self.publish(id, p).await,
+            client_frame::Kind::LayerSubscribe(l) => self.layer_subscribe(id, l).await,
             client_frame::Kind::Signal(s) => self.signal(id, s).await,
             client_frame::Kind::Media(m) => self.media(id, m).await,
             client_frame::Kind::KeyframeRequest(k) => {
@@ -589,7 +598,12 @@ impl Session {
                     self.error(ErrorCode::Forbidden, "token does not grant media", id);
                     return Ok(());
                 }
-                let event = KeyframeRequestEvent { room: k.room.clone(), from: Some(self.sender()), track: k.track };
+                let event = KeyframeRequestEvent {
+                    room: k.room.clone(),
+                    from: Some(self.sender()),
+                    track: k.track,
+                    layer: None,
+                };
                 let req = BusKeyframeRequest { to_session: k.to_session, event: Some(event) };
                 let subject = self.node.subjects.room(&k.room, RoomChannel::Media);
                 self.publish_or_error(subject, bus_envelope::Kind::KeyframeRequest(req), id).await;
@@ -670,6 +684,7 @@ impl Session {
         let revoked: Vec<String> = self.rooms.iter().filter(|r| !self.claims.may_join(r)).cloned().collect();
         for room in revoked {
             self.rooms.remove(&room);
+            self.layer_choices.retain(|(r, _)| *r != room);
             rooms::leave(&self.node, &room, &self.id, "grant revoked").await;
             self.reply(server(server_frame::Kind::Left(Left { room, reason: "grant revoked".into() })));
         }
@@ -873,6 +888,41 @@ impl Session {
         self.publish_or_error(subject, bus_envelope::Kind::Signal(sig), id).await;
     }
 
+    /// Choose the layer of a sender's simulcast video this session receives.
+    async fn layer_subscribe(&mut self, id: u64, l: switchboard_protocol::pb::LayerSubscribe) {
+        if !self.check_room(&l.room, id) {
+            return;
+        }
+        if l.layer >= limits::MAX_LAYERS {
+            let msg = format!("layer must be below {} (0 is the lowest)", limits::MAX_LAYERS);
+            return self.error(ErrorCode::InvalidArgument, msg, id);
+        }
+        if l.session == self.id {
+            return self.error(ErrorCode::InvalidArgument, "a session does not receive its own media", id);
+        }
+        if !rooms::has_target(&self.node, &l.room, "", &l.session) {
+            return self.error(ErrorCode::TargetNotFound, format!("session {:?} is not in this room", l.session), id);
+        }
+        let key = (l.room.clone(), l.session.clone());
+        let max = self.node.config.max_layer_subscriptions;
+        if !self.layer_choices.contains(&key) && self.layer_choices.len() >= max {
+            // Choices for senders that left no longer count.
+            let node = self.node.clone();
+            self.layer_choices.retain(|(room, sender)| rooms::has_target(&node, room, "", sender));
+            if self.layer_choices.len() >= max {
+                let msg = format!("a session may choose layers for at most {max} senders at once");
+                return self.error(ErrorCode::TooManySubscriptions, msg, id);
+            }
+        }
+        match rooms::choose_layer(&self.node, &l.room, &self.id, &l.session, l.layer).await {
+            Ok(()) => {
+                self.layer_choices.insert(key);
+                self.ack(id);
+            }
+            Err(e) => self.error(e.code(), e.to_string(), id),
+        }
+    }
+
     async fn media(&mut self, id: u64, m: switchboard_protocol::pb::Media) {
         if !rooms::is_member(&self.node, &m.room, &self.id) {
             return self.error(ErrorCode::NotInRoom, format!("not in room {:?}", m.room), id);
@@ -882,6 +932,16 @@ impl Session {
         }
         if m.codec.len() > limits::MAX_CODEC_LEN {
             return self.error(ErrorCode::InvalidArgument, "codec longer than 32 bytes", id);
+        }
+        if m.layer.is_some_and(|l| l >= limits::MAX_LAYERS) {
+            return self.error(
+                ErrorCode::InvalidArgument,
+                format!("layer must be below {} (0 is the lowest)", limits::MAX_LAYERS),
+                id,
+            );
+        }
+        if m.audio_level.is_some_and(|l| l > limits::MAX_AUDIO_LEVEL) {
+            return self.error(ErrorCode::InvalidArgument, "audio_level is -dBov, 0 to 127", id);
         }
         if !self.admit_publish(&m.room, false, "media", id) {
             return;
@@ -895,8 +955,15 @@ impl Session {
             keyframe: m.keyframe,
             codec: m.codec,
             payload: m.payload,
+            layer: m.layer,
+            audio_level: m.audio_level,
         };
-        let subject = self.node.subjects.room(&m.room, RoomChannel::Media);
+        // Simulcast layers go on subjects of their own: a node subscribes to the layers its
+        // receivers want (see `rooms::layers`).
+        let subject = match m.layer {
+            Some(layer) => self.node.subjects.room_media_layer(&m.room, layer),
+            None => self.node.subjects.room(&m.room, RoomChannel::Media),
+        };
         self.publish_or_error(subject, bus_envelope::Kind::Media(event), id).await;
     }
 }

@@ -69,6 +69,7 @@ async fn ws_and_wt_clients_on_two_nodes_share_a_room() {
             keyframe: seq == 0,
             codec: "opus".into(),
             payload: Bytes::from(vec![1u8; 160]),
+            ..Default::default()
         };
         wt.media(m).await.unwrap();
     }

@@ -116,7 +116,9 @@ async fn presence_messages_and_signals_cross_nodes() {
 async fn one_nats_subscription_per_room_per_node() {
     let nats = NatsServer::start().await;
     let (n1, n2) = two_nodes(&nats).await;
-    let subject = "sb.room.busy.>";
+    // The room's channels, and layer 0 of its simulcast media (every receiver's default;
+    // higher layers only while a local receiver wants them: tests/tests/simulcast.rs).
+    let (subject, low_layer) = ("sb.room.busy.*", "sb.room.busy.media.0");
     let mut clients = Vec::new();
     for i in 0..6 {
         let node = if i % 2 == 0 { &n1 } else { &n2 };
@@ -126,18 +128,23 @@ async fn one_nats_subscription_per_room_per_node() {
         clients.push(ws);
     }
     for node in ["alpha", "beta"] {
-        let subs = nats.subscriptions_on(node, subject).await;
-        assert_eq!(subs.len(), 1, "one NATS connection per node: {subs:?}");
-        assert_eq!(subs[0].1, 1, "node {node} must hold exactly one subscription on {subject}: {subs:?}");
+        for subject in [subject, low_layer] {
+            let subs = nats.subscriptions_on(node, subject).await;
+            assert_eq!(subs.len(), 1, "one NATS connection per node: {subs:?}");
+            assert_eq!(subs[0].1, 1, "node {node} must hold exactly one subscription on {subject}: {subs:?}");
+        }
     }
     // When the last local session leaves, the node unsubscribes.
     for ws in clients.drain(..) {
         ws.close().await;
     }
     wait_for(WAIT, "both nodes to unsubscribe", || async {
-        let a = nats.subscriptions_on("alpha", subject).await;
-        let b = nats.subscriptions_on("beta", subject).await;
-        (a.iter().chain(&b).all(|(_, n)| *n == 0)).then_some(())
+        let mut subs = Vec::new();
+        for subject in [subject, low_layer] {
+            subs.extend(nats.subscriptions_on("alpha", subject).await);
+            subs.extend(nats.subscriptions_on("beta", subject).await);
+        }
+        subs.iter().all(|(_, n)| *n == 0).then_some(())
     })
     .await;
 }
@@ -201,6 +208,7 @@ async fn websocket_and_webtransport_clients_on_two_nodes() {
         keyframe: seq == 0,
         codec: "vp8".into(),
         payload: Bytes::from(vec![seq as u8; 4096]),
+        ..Default::default()
     };
     for seq in 0..3 {
         wt.send(0, client_frame::Kind::Media(frame(seq))).await;

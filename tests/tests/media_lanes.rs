@@ -44,6 +44,7 @@ fn frame(seq: u64) -> pb::Media {
         keyframe: seq.is_multiple_of(GROUP),
         codec: "vp8".into(),
         payload: payload(seq),
+        ..Default::default()
     }
 }
 

@@ -96,6 +96,7 @@ async fn participant(config: ClientConfig, seen: Shared, mut stop: watch::Receiv
                     keyframe: seq == 0,
                     codec: "opus".into(),
                     payload: Bytes::from(vec![3u8; 160]),
+                    ..Default::default()
                 };
                 // Between connections a frame is dropped: fine for audio.
                 let _ = client.media(frame).await;
@@ -145,6 +146,7 @@ async fn sender(config: ClientConfig, stop: watch::Receiver<bool>) -> u64 {
                 keyframe: seq.is_multiple_of(30),
                 codec: "vp8".into(),
                 payload: Bytes::from(vec![seq as u8; FRAME_BYTES]),
+                ..Default::default()
             };
             client.media(frame).await.expect("sending video");
             seq += 1;

@@ -20,6 +20,7 @@ fn media(seq: u64, keyframe: bool, len: usize) -> client_frame::Kind {
         keyframe,
         codec: "vp8".into(),
         payload: vec![seq as u8; len].into(),
+        ..Default::default()
     })
 }
 

@@ -5,6 +5,8 @@
 use super::{Room, RoomState};
 use crate::bus::{BusMessage, Subscription};
 use crate::context::NodeContext;
+use crate::layers::{Admit, Wanted};
+use crate::metrics::{DirectionLabel, LayerLabel};
 use crate::outbound::{Class, Outbound, Pushed};
 use crate::transport::{MediaOrigin, MediaTag};
 use bytes::Bytes;
@@ -113,11 +115,19 @@ pub(super) fn push(node: &NodeContext, q: &Outbound, class: Class, bytes: Bytes,
     tally.flush(node, kind, class);
 }
 
-pub(super) async fn read_room(node: std::sync::Weak<NodeContext>, room: Arc<Room>, mut sub: Subscription) {
-    while let Some(msg) = sub.next().await {
-        let Some(node) = node.upgrade() else { return };
-        handle_bus_message(&node, &room, msg).await;
-    }
+/// A room subscription's reader (the room's channels, or one simulcast layer). Boxed: a
+/// reader can start another (a layer switch subscribes to the new layer).
+pub(super) fn read_room(
+    node: std::sync::Weak<NodeContext>,
+    room: Arc<Room>,
+    mut sub: Subscription,
+) -> futures_util::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        while let Some(msg) = sub.next().await {
+            let Some(node) = node.upgrade() else { return };
+            handle_bus_message(&node, &room, msg).await;
+        }
+    })
 }
 
 async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusMessage) {
@@ -131,6 +141,8 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
     let origin = env.origin_node;
     let Some(kind) = env.kind else { return };
     let mut keyframe_requests = Vec::new();
+    // Simulcast: receivers the fan-out moved down, and layers whose keyframe receivers wait for.
+    let (mut moves, mut layer_asks, mut layer_sender) = (Vec::new(), Vec::new(), String::new());
     {
         let mut st = room.lock();
         match kind {
@@ -186,24 +198,57 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
                 tally.flush(node, "signal", Class::Signal);
             }
             bus_envelope::Kind::Media(media) => {
-                let origin = Arc::new(MediaOrigin {
-                    room: room.id.clone(),
-                    session: media.from.as_ref().map(|f| f.session.clone()).unwrap_or_default(),
-                });
+                let (sender, user) =
+                    media.from.as_ref().map(|f| (f.session.clone(), f.user.clone())).unwrap_or_default();
+                node.metrics
+                    .media_bus_bytes
+                    .get_or_create(&LayerLabel::of(media.layer))
+                    .inc_by(media.payload.len() as u64);
+                // Nodes check both at the sender's edge; a bad value from elsewhere is ignored.
+                let layer = media.layer.filter(|l| *l < crate::layers::MAX_LAYERS);
+                match (layer, media.audio_level) {
+                    (Some(l), _) => st.layers.saw_track(&sender, l, media.track),
+                    (None, Some(level)) => super::speaker::observe(node, &room.id, &mut st, &sender, &user, level),
+                    (None, None) => {}
+                }
+                let origin = Arc::new(MediaOrigin { room: room.id.clone(), session: sender });
                 let tag = MediaTag { origin, track: media.track, keyframe: media.keyframe };
                 let bytes = frame(server_frame::Kind::Media(media));
                 let mut tally = Tally::default();
                 let mut lost = false;
-                for (sid, member) in &st.local {
-                    if *sid != tag.origin.session {
-                        lost |= tally.add(member.outbound.push_media(bytes.clone(), &tag), bytes.len())
-                            == Pushed::NeedKeyframe;
+                let now = std::time::Instant::now();
+                let RoomState { local, layers, .. } = &mut *st;
+                for (sid, member) in local.iter() {
+                    if *sid == tag.origin.session {
+                        continue;
+                    }
+                    if let Some(l) = layer {
+                        match layers.admit(sid, &tag.origin.session, l, tag.keyframe) {
+                            Admit::Skip => continue,
+                            Admit::Awaiting => {
+                                layer_asks.push(l);
+                                continue;
+                            }
+                            Admit::Forward => {}
+                            Admit::Switched { from } => {
+                                let direction = if from.is_some_and(|f| f > l) { "down" } else { "up" };
+                                node.metrics.layer_switches.get_or_create(&DirectionLabel { direction }).inc();
+                            }
+                        }
+                    }
+                    let pushed = tally.add(member.outbound.push_media(bytes.clone(), &tag), bytes.len());
+                    if pushed == Pushed::NeedKeyframe {
+                        lost = true;
+                        if let Some(to) = layer.and_then(|_| layers.dropped(sid, &tag.origin.session, now)) {
+                            moves.push(Wanted { receiver: sid.clone(), sender: tag.origin.session.clone(), layer: to });
+                        }
                     }
                 }
                 tally.flush(node, "media", Class::Media);
                 if lost {
                     keyframe_requests.push((tag.origin.session.clone(), tag.track));
                 }
+                layer_sender = tag.origin.session.clone();
             }
             bus_envelope::Kind::KeyframeRequest(req) => {
                 if let (Some(member), Some(event)) = (st.local.get(&req.to_session), req.event) {
@@ -224,6 +269,11 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
     for (to_session, track) in keyframe_requests {
         request_keyframe(node, &room.id, to_session, track).await;
     }
+    super::layers::apply_moves(node, room, moves, "down").await;
+    layer_asks.dedup();
+    for layer in layer_asks {
+        super::layers::ask_keyframe(node, room, &layer_sender, layer, false).await;
+    }
 }
 
 /// Ask a media sender for a keyframe on behalf of this node (its receivers lost frames of
@@ -233,6 +283,7 @@ pub(crate) async fn request_keyframe(node: &NodeContext, room: &str, to_session:
         room: room.to_owned(),
         from: Some(switchboard_protocol::pb::Sender { node: node.config.node_id.clone(), ..Default::default() }),
         track,
+        layer: None,
     };
     let req = BusKeyframeRequest { to_session, event: Some(event) };
     let _ = node.publish(node.subjects.room(room, RoomChannel::Media), bus_envelope::Kind::KeyframeRequest(req)).await;

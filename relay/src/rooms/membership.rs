@@ -172,22 +172,30 @@ async fn subscribe(node: &Arc<NodeContext>, room: &Arc<Room>) -> Result<(), BusE
     let sub = node.bus.subscribe(node.subjects.room_wildcard(&room.id)).await?;
     let snapshot = node.bus.presence_list(&room.id).await?;
     let last = if node.config.history { node.bus.log_last(Log::RoomHistory, &room.id).await? } else { 0 };
-    let now = Instant::now();
-    let mut st = room.lock();
-    st.delivered = last;
-    if node.config.history {
-        st.follower = Some(node.runtime.spawn(follow_history(Arc::downgrade(node), room.clone())));
-    }
-    for p in snapshot {
-        // Starts the liveness clock of nodes we have not heard from yet. Records of nodes
-        // known dead are left out: no live node may host the room to reap them.
-        if node.node_is_dead(&p.node, now) {
-            continue;
+    {
+        let now = Instant::now();
+        let mut st = room.lock();
+        st.delivered = last;
+        if node.config.history {
+            st.follower = Some(node.runtime.spawn(follow_history(Arc::downgrade(node), room.clone())));
         }
-        st.view.insert(p.session.clone(), p);
+        for p in snapshot {
+            // Starts the liveness clock of nodes we have not heard from yet. Records of nodes
+            // known dead are left out: no live node may host the room to reap them.
+            if node.node_is_dead(&p.node, now) {
+                continue;
+            }
+            st.view.insert(p.session.clone(), p);
+        }
+        st.reader = Some(node.runtime.spawn(read_room(Arc::downgrade(node), room.clone(), sub)));
+        node.metrics.rooms.inc();
     }
-    st.reader = Some(node.runtime.spawn(read_room(Arc::downgrade(node), room.clone(), sub)));
-    node.metrics.rooms.inc();
+    // Simulcast layers travel apart from the room's channels: layer 0 (every receiver's
+    // default) from the start.
+    if let Err(e) = super::layers::sync_subscriptions(node, room).await {
+        close_if_empty(node, &mut room.lock());
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -200,6 +208,7 @@ pub(crate) async fn leave(node: &Arc<NodeContext>, room_id: &str, session: &str,
         if st.local.remove(session).is_none() {
             return false;
         }
+        super::layers::forget_receiver(node, &mut st, session);
         let participant = st.view.get(session).cloned();
         let empty = close_if_empty(node, &mut st);
         if empty {
@@ -251,6 +260,9 @@ fn close_if_empty(node: &NodeContext, st: &mut RoomState) -> bool {
         task.abort(); // drops the subscription: unsubscribes
         node.metrics.rooms.dec();
     }
+    node.metrics.layer_subscriptions.dec_by(st.layers.len() as i64);
+    st.layers = Default::default();
+    super::layers::drop_unwanted(node, st);
     true
 }
 

@@ -1,7 +1,9 @@
 //! The per-node room registry and fan-out.
 //!
-//! A node holds **one bus subscription per room** (`<prefix>.room.<room>.>`) while at least
-//! one local session is in the room, receives each room message once and fans it out to
+//! A node holds **one bus subscription per room** (`<prefix>.room.<room>.*`) while at least
+//! one local session is in the room (plus one per simulcast layer its local receivers
+//! want, `<prefix>.room.<room>.media.<layer>`, never per session), receives each room
+//! message once and fans it out to
 //! its local sessions' outbound queues (encoding the client frame once per node).
 //!
 //! Reliable messages (when room history is on) do not travel on the room subject: the
@@ -24,16 +26,21 @@
 //! node on the first, closing the room on the last); [`fanout`] delivers bus messages to
 //! local members; [`history`] appends, follows and replays room history; [`presence`]
 //! restores and reconciles the views after a bus outage; [`reaper`] removes the
-//! participants of dead nodes.
+//! participants of dead nodes; [`layers`] holds the node's subscriptions to simulcast layers
+//! (one per room and layer its local receivers want, apart from the room's own) and the
+//! receivers' choices; [`speaker`] announces the room's active speaker.
 
 mod fanout;
 mod history;
+mod layers;
 mod membership;
 mod presence;
 mod reaper;
+mod speaker;
 
 pub(crate) use fanout::{flush_room_stats, request_keyframe};
 pub(crate) use history::{append_history, refollow_history};
+pub(crate) use layers::{choose as choose_layer, media_dropped, tick as layers_tick};
 pub(crate) use membership::{join, leave};
 pub(crate) use presence::{republish_presence, resync_presence};
 pub(crate) use reaper::reap_dead_nodes;
@@ -74,6 +81,12 @@ struct RoomState {
     /// The participant count changed while the room was too large for presence events:
     /// members get a `RoomStats` at the next node heartbeat.
     stats_dirty: std::sync::atomic::AtomicBool,
+    /// Local receivers' simulcast layer choices.
+    layers: crate::layers::Choices,
+    /// The bus subscription readers of the room's simulcast layers, by layer.
+    layer_readers: [Option<JoinHandle<()>>; crate::layers::MAX_LAYERS as usize],
+    /// The room's active speaker, from the audio levels of its frames.
+    speaker: crate::speaker::Detector,
 }
 
 pub(crate) struct Room {

@@ -352,8 +352,13 @@ fn event_json(event: &Event) -> Value {
         Event::Signal(s) => json!({"event": "signal", "room": s.room, "from": sender(&s.from),
                                    "kind": s.kind().as_str_name(), "call": s.call, "payload": payload(&s.payload)}),
         Event::Media(m) => json!({"event": "media", "room": m.room, "from": sender(&m.from), "track": m.track,
-                                  "seq": m.seq, "keyframe": m.keyframe, "codec": m.codec, "bytes": m.payload.len()}),
-        Event::KeyframeRequest(k) => json!({"event": "keyframe_request", "room": k.room, "track": k.track}),
+                                  "seq": m.seq, "keyframe": m.keyframe, "codec": m.codec, "bytes": m.payload.len(),
+                                  "layer": m.layer, "audio_level": m.audio_level}),
+        Event::KeyframeRequest(k) => {
+            json!({"event": "keyframe_request", "room": k.room, "track": k.track, "layer": k.layer})
+        }
+        Event::ActiveSpeaker(a) => json!({"event": "active_speaker", "room": a.room, "session": a.session,
+                                          "user": a.user, "level": a.level}),
         Event::Left(l) => json!({"event": "left", "room": l.room, "reason": l.reason}),
         Event::RoomStats(r) => json!({"event": "room_stats", "room": r.room, "participant_count": r.participant_count}),
         Event::Disconnected { code, reason } => {

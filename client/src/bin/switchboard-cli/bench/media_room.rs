@@ -387,6 +387,7 @@ async fn media(i: usize, client: &Client, shared: &Shared, start: Instant, end: 
             keyframe,
             codec: "vp8".into(),
             payload: stamped(frame_size(seq, keyframe)),
+            ..Default::default()
         };
         if let Err(e) = client.media(frame).await {
             shared.note_error(format!("sender {i}: media frame {seq}: {e}"));

@@ -391,6 +391,7 @@ async fn media(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> an
                         keyframe: seq.is_multiple_of(30),
                         codec: "vp8".into(),
                         payload: payload(size),
+                        ..Default::default()
                     };
                     if tx.media(frame).await.is_err() {
                         break;
