@@ -15,6 +15,7 @@ import {
 } from "./gen/switchboard_pb.js";
 import type {
   Ack,
+  ActiveSpeaker,
   CallEvent,
   ClientFrame,
   GoAway,
@@ -181,7 +182,13 @@ export interface ClientEvents {
   signal: SignalEvent;
   call: CallEvent;
   media: MediaEvent;
+  /** A receiver asks for a keyframe; with `layer` set, of that simulcast layer (a receiver switches to it). */
   keyframeRequest: KeyframeRequestEvent;
+  /**
+   * The room's active speaker changed: the loudest sender of audio levels
+   * (`sendMedia({ audioLevel })`), smoothed, at most one change a second per room.
+   */
+  activeSpeaker: ActiveSpeaker;
   /** Errors not tied to a pending request (and every fatal one). */
   error: SwitchboardError;
   goAway: GoAway;
@@ -219,6 +226,13 @@ export interface MediaFrame {
   keyframe: boolean;
   codec: string;
   payload: Uint8Array;
+  /**
+   * Simulcast: the layer this track carries (0 the lowest, at most 2); send each layer as its
+   * own track. Receivers get the layer they chose (`layerSubscribe`), layer 0 by default.
+   */
+  layer?: number;
+  /** Audio: the frame's level in -dBov, 0 (loudest) to 127 (silence), as in RFC 6464. */
+  audioLevel?: number;
 }
 
 /** A call record from `GET /api/calls`. */
@@ -513,6 +527,16 @@ export class SwitchboardClient {
     this.transport.send(bytes);
     this.stats.outControl++;
     return true;
+  }
+
+  /**
+   * Choose which simulcast layer of `session`'s video this client receives in `room` (0 the
+   * lowest, the default). The node switches on the new layer's next keyframe (it asks the
+   * sender for one), and may hold this client lower while its link drops media.
+   * Rejects with `TOO_MANY_SUBSCRIPTIONS` past the node's bound of senders chosen for.
+   */
+  async layerSubscribe(room: string, session: string, layer: number): Promise<void> {
+    await this.request({ case: "layerSubscribe", value: { room, session, layer } });
   }
 
   /** Ask `toSession` for a keyframe on `track` in `room`. */
@@ -959,6 +983,9 @@ export class SwitchboardClient {
         break;
       case "keyframeRequest":
         this.events.emit("keyframeRequest", k.value);
+        break;
+      case "activeSpeaker":
+        this.events.emit("activeSpeaker", k.value);
         break;
       case "goAway":
         this.events.emit("goAway", k.value);

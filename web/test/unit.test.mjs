@@ -1,6 +1,6 @@
 // Unit tests of the library: its pure parts (framing, backoff and retry hints, protobuf round
-// trips, JWT expiry, the call tracker), how connect() fails and reconnects and how rooms keep
-// their participant counts (against a stand-in WebSocket), bundled from the TypeScript
+// trips, JWT expiry, the call tracker), how connect() fails and reconnects, how rooms keep
+// their participant counts, simulcast layer choices and active-speaker events (against a stand-in WebSocket), bundled from the TypeScript
 // sources with esbuild and run by node's test runner.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -346,6 +346,62 @@ test("participant count: Joined's count (not its truncated list), presence event
     server.serverSend({ case: "roomStats", value: { room: "big", participantCount: 800 } });
     assert.equal(client.participantCount("big"), undefined);
     assert.deepEqual(counts, [["big", 600], ["big", 601], ["big", 600], ["big", 750], ["small", 2], ["small", 3], ["big", 749]], "one event per change");
+  } finally {
+    client.close();
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("simulcast and active speaker: layerSubscribe is a request (acked or refused with its code), sendMedia carries layer and audio level, activeSpeaker events", async () => {
+  protobuf ??= await import("@bufbuild/protobuf");
+  let server;
+  const sent = [];
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket(
+    (ws) => {
+      server = ws;
+      ws.serverSend({ case: "welcome", value: { protocolVersion: 1, sessionId: "s0", node: "n1", user: "u0", heartbeatMs: 15_000 } });
+    },
+    (ws, frame) => {
+      sent.push(frame);
+      const { kind, id } = frame;
+      setTimeout(() => {
+        if (kind.case === "join") ws.serverSend({ case: "joined", value: { refId: id, room: kind.value.room, participantCount: 1 } });
+        if (kind.case !== "layerSubscribe") return;
+        if (kind.value.session === "s9") {
+          const error = { code: lib.ErrorCode.TOO_MANY_SUBSCRIPTIONS, message: "at most 64", refId: id };
+          ws.serverSend({ case: "error", value: error });
+        } else {
+          ws.serverSend({ case: "ack", value: { refId: id } });
+        }
+      }, 0);
+    },
+  );
+  const client = new lib.SwitchboardClient({ nodes: ["ws://127.0.0.1:9/ws"], token: "t", transport: "websocket", reconnect: false });
+  const speakers = [];
+  const asks = [];
+  client.on("activeSpeaker", (a) => speakers.push([a.room, a.session, a.user, a.level]));
+  client.on("keyframeRequest", (k) => asks.push([k.track, k.layer]));
+  try {
+    await client.connect();
+    await client.join("r");
+    await client.layerSubscribe("r", "s1", 2);
+    const choice = sent.find((f) => f.kind.case === "layerSubscribe").kind.value;
+    assert.deepEqual([choice.room, choice.session, choice.layer], ["r", "s1", 2]);
+    const refused = await client.layerSubscribe("r", "s9", 1).then(() => assert.fail("resolved"), (e) => e);
+    assert.equal(refused.code, lib.ErrorCode.TOO_MANY_SUBSCRIPTIONS);
+
+    const frame = { room: "r", track: 11, seq: 1, timestamp: 0, keyframe: true, codec: "vp8", payload: new Uint8Array(3) };
+    assert.ok(client.sendMedia({ ...frame, layer: 1 }));
+    assert.ok(client.sendMedia({ ...frame, track: 2, codec: "opus", audioLevel: 20 }));
+    assert.ok(client.sendMedia(frame));
+    const media = sent.filter((f) => f.kind.case === "media").map((f) => [f.kind.value.layer, f.kind.value.audioLevel]);
+    assert.deepEqual(media, [[1, undefined], [undefined, 20], [undefined, undefined]], "unset stays unset (not layer 0)");
+
+    server.serverSend({ case: "activeSpeaker", value: { room: "r", session: "s1", user: "alice", level: 12 } });
+    server.serverSend({ case: "keyframeRequest", value: { room: "r", track: 11, layer: 1 } });
+    assert.deepEqual(speakers, [["r", "s1", "alice", 12]]);
+    assert.deepEqual(asks, [[11, 1]]);
   } finally {
     client.close();
     globalThis.WebSocket = saved;

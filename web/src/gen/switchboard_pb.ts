@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard.proto.
  */
 export const file_switchboard: GenFile = /*@__PURE__*/
-  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEitwUKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgEEiYKBWhlbGxvGAIgASgLMhUuc3dpdGNoYm9hcmQudjEuSGVsbG9IABIkCgRwaW5nGAMgASgLMhQuc3dpdGNoYm9hcmQudjEuUGluZ0gAEjUKDXJlZnJlc2hfdG9rZW4YBCABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWZyZXNoVG9rZW5IABIkCgRqb2luGAUgASgLMhQuc3dpdGNoYm9hcmQudjEuSm9pbkgAEiYKBWxlYXZlGAYgASgLMhUuc3dpdGNoYm9hcmQudjEuTGVhdmVIABIqCgdwdWJsaXNoGAcgASgLMhcuc3dpdGNoYm9hcmQudjEuUHVibGlzaEgAEigKBnNpZ25hbBgIIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEgAEiYKBW1lZGlhGAkgASgLMhUuc3dpdGNoYm9hcmQudjEuTWVkaWFIABI7ChBrZXlmcmFtZV9yZXF1ZXN0GAogASgLMh8uc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0SAASQAoTaWNlX3NlcnZlcnNfcmVxdWVzdBgLIAEoCzIhLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlcnNSZXF1ZXN0SAASMQoLY2FsbF9pbnZpdGUYFCABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsSW52aXRlSAASMQoLY2FsbF9hbnN3ZXIYFSABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQW5zd2VySAASMQoLY2FsbF9jYW5jZWwYFiABKAsyGi5zd2l0Y2hib2FyZC52MS5DYWxsQ2FuY2VsSAASKwoIY2FsbF9lbmQYFyABKAsyFy5zd2l0Y2hib2FyZC52MS5DYWxsRW5kSABCBgoEa2luZCJkCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEg0KBXRva2VuGAIgASgJEg4KBmNsaWVudBgDIAEoCRITCgttZWRpYV9sYW5lcxgEIAEoCBINCgVjYWxscxgFIAMoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhMKEUljZVNlcnZlcnNSZXF1ZXN0Ih0KDFJlZnJlc2hUb2tlbhINCgV0b2tlbhgBIAEoCSI+CgRKb2luEgwKBHJvb20YASABKAkSGAoLcmVzdW1lX2Zyb20YAiABKARIAIgBAUIOCgxfcmVzdW1lX2Zyb20iFQoFTGVhdmUSDAoEcm9vbRgBIAEoCSJICgdQdWJsaXNoEgwKBHJvb20YASABKAkSDwoHcGF5bG9hZBgCIAEoDBIQCghyZWxpYWJsZRgDIAEoCBIMCgRraW5kGAQgASgJIpIBCgZTaWduYWwSDAoEcm9vbRgBIAEoCRIRCgd0b191c2VyGAIgASgJSAASFAoKdG9fc2Vzc2lvbhgDIAEoCUgAEigKBGtpbmQYBCABKA4yGi5zd2l0Y2hib2FyZC52MS5TaWduYWxLaW5kEg8KB3BheWxvYWQYBSABKAwSDAoEY2FsbBgGIAEoCUIICgZ0YXJnZXQiRwoKQ2FsbEludml0ZRIPCgdjYWxsZWVzGAEgAygJEigKBW1lZGlhGAIgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhIioKCkNhbGxBbnN3ZXISDAoEY2FsbBgBIAEoCRIOCgZhY2NlcHQYAiABKAgiGgoKQ2FsbENhbmNlbBIMCgRjYWxsGAEgASgJIhcKB0NhbGxFbmQSDAoEY2FsbBgBIAEoCSJ2CgVNZWRpYRIMCgRyb29tGAEgASgJEg0KBXRyYWNrGAIgASgNEgsKA3NlcRgDIAEoBBIRCgl0aW1lc3RhbXAYBCABKAQSEAoIa2V5ZnJhbWUYBSABKAgSDQoFY29kZWMYBiABKAkSDwoHcGF5bG9hZBgHIAEoDCJCCg9LZXlmcmFtZVJlcXVlc3QSDAoEcm9vbRgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEg0KBXRyYWNrGAMgASgNIoUGCgtTZXJ2ZXJGcmFtZRIqCgd3ZWxjb21lGAEgASgLMhcuc3dpdGNoYm9hcmQudjEuV2VsY29tZUgAEiQKBHBvbmcYAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Qb25nSAASIgoDYWNrGAMgASgLMhMuc3dpdGNoYm9hcmQudjEuQWNrSAASJgoFZXJyb3IYBCABKAsyFS5zd2l0Y2hib2FyZC52MS5FcnJvckgAEikKB2dvX2F3YXkYBSABKAsyFi5zd2l0Y2hib2FyZC52MS5Hb0F3YXlIABIoCgZqb2luZWQYBiABKAsyFi5zd2l0Y2hib2FyZC52MS5Kb2luZWRIABIkCgRsZWZ0GAcgASgLMhQuc3dpdGNoYm9hcmQudjEuTGVmdEgAEj8KEnBhcnRpY2lwYW50X2pvaW5lZBgIIAEoCzIhLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50Sm9pbmVkSAASOwoQcGFydGljaXBhbnRfbGVmdBgJIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50TGVmdEgAEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASLQoGc2lnbmFsGAsgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnRIABIrCgVtZWRpYRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLk1lZGlhRXZlbnRIABJAChBrZXlmcmFtZV9yZXF1ZXN0GA0gASgLMiQuc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0RXZlbnRIABIvCgpyb29tX3N0YXRzGA4gASgLMhkuc3dpdGNoYm9hcmQudjEuUm9vbVN0YXRzSAASMQoLaWNlX3NlcnZlcnMYDyABKAsyGi5zd2l0Y2hib2FyZC52MS5JY2VTZXJ2ZXJzSAASKQoEY2FsbBgUIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEgAQgYKBGtpbmQi8AEKB1dlbGNvbWUSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRISCgpzZXNzaW9uX2lkGAIgASgJEgwKBG5vZGUYAyABKAkSDAoEdXNlchgEIAEoCRIMCgRuYW1lGAUgASgJEhQKDGhlYXJ0YmVhdF9tcxgGIAEoDRIYChB0b2tlbl9leHBpcmVzX2F0GAcgASgEEhcKD21heF9mcmFtZV9ieXRlcxgIIAEoDRITCgttZWRpYV9sYW5lcxgJIAEoCBIvCgtpY2Vfc2VydmVycxgKIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlcnMiXAoKSWNlU2VydmVycxIqCgdzZXJ2ZXJzGAEgAygLMhkuc3dpdGNoYm9hcmQudjEuSWNlU2VydmVyEhIKCmV4cGlyZXNfYXQYAiABKAQSDgoGcmVmX2lkGAMgASgEIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiFQoEUG9uZxINCgVub25jZRgBIAEoBCIzCgNBY2sSDgoGcmVmX2lkGAEgASgEEg4KBm9mZnNldBgCIAEoBBIMCgRjYWxsGAMgASgJImAKBUVycm9yEicKBGNvZGUYASABKA4yGS5zd2l0Y2hib2FyZC52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWZfaWQYAyABKAQSDQoFZmF0YWwYBCABKAgiNAoGR29Bd2F5Eg4KBnJlYXNvbhgBIAEoCRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYAiABKA0iXgoLUGFydGljaXBhbnQSDAoEdXNlchgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEgwKBG5hbWUYAyABKAkSDAoEbm9kZRgEIAEoCRIUCgxqb2luZWRfYXRfbXMYBSABKAQi0AEKBkpvaW5lZBIOCgZyZWZfaWQYASABKAQSDAoEcm9vbRgCIAEoCRIxCgxwYXJ0aWNpcGFudHMYAyADKAsyGy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudBITCgtsYXN0X29mZnNldBgEIAEoBBIZChFwYXJ0aWNpcGFudF9jb3VudBgFIAEoDRIeChZwYXJ0aWNpcGFudHNfdHJ1bmNhdGVkGAYgASgIEhMKC2hpc3RvcnlfZ2FwGAcgASgIEhAKCHJlcGxheWVkGAggASgNIiQKBExlZnQSDAoEcm9vbRgBIAEoCRIOCgZyZWFzb24YAiABKAkiNAoJUm9vbVN0YXRzEgwKBHJvb20YASABKAkSGQoRcGFydGljaXBhbnRfY291bnQYAiABKA0iUwoRUGFydGljaXBhbnRKb2luZWQSDAoEcm9vbRgBIAEoCRIwCgtwYXJ0aWNpcGFudBgCIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50ImEKD1BhcnRpY2lwYW50TGVmdBIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSDgoGcmVhc29uGAMgASgJIkMKBlNlbmRlchIMCgR1c2VyGAEgASgJEg8KB3Nlc3Npb24YAiABKAkSDAoEbmFtZRgDIAEoCRIMCgRub2RlGAQgASgJIqcBCgdNZXNzYWdlEgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIOCgZvZmZzZXQYAyABKAQSDwoHcGF5bG9hZBgEIAEoDBIMCgRraW5kGAUgASgJEhAKCHJlbGlhYmxlGAYgASgIEhIKCnNlbnRfYXRfbXMYByABKAQSEwoLcHJldl9vZmZzZXQYCCABKAQiigEKC1NpZ25hbEV2ZW50EgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIoCgRraW5kGAMgASgOMhouc3dpdGNoYm9hcmQudjEuU2lnbmFsS2luZBIPCgdwYXlsb2FkGAQgASgMEgwKBGNhbGwYBSABKAkioQEKCk1lZGlhRXZlbnQSDAoEcm9vbRgBIAEoCRIkCgRmcm9tGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEg0KBXRyYWNrGAMgASgNEgsKA3NlcRgEIAEoBBIRCgl0aW1lc3RhbXAYBSABKAQSEAoIa2V5ZnJhbWUYBiABKAgSDQoFY29kZWMYByABKAkSDwoHcGF5bG9hZBgIIAEoDCJZChRLZXlmcmFtZVJlcXVlc3RFdmVudBIMCgRyb29tGAEgASgJEiQKBGZyb20YAiABKAsyFi5zd2l0Y2hib2FyZC52MS5TZW5kZXISDQoFdHJhY2sYAyABKA0iVwoJQ2FsbFBhcnR5EgwKBHVzZXIYASABKAkSKwoGc3RhdHVzGAIgASgOMhsuc3dpdGNoYm9hcmQudjEuUGFydHlTdGF0dXMSDwoHc2Vzc2lvbhgDIAEoCSLRAgoEQ2FsbBIKCgJpZBgBIAEoCRIOCgZjYWxsZXIYAiABKAkSKAoFbWVkaWEYAyABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESDAoEcm9vbRgEIAEoCRIqCgdwYXJ0aWVzGAUgAygLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFBhcnR5EigKBXN0YXRlGAYgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFN0YXRlEiwKB291dGNvbWUYByABKA4yGy5zd2l0Y2hib2FyZC52MS5DYWxsT3V0Y29tZRIVCg1jcmVhdGVkX2F0X21zGAggASgEEhYKDmFuc3dlcmVkX2F0X21zGAkgASgEEhMKC2VuZGVkX2F0X21zGAogASgEEhMKC2R1cmF0aW9uX21zGAsgASgEEhgKEHJpbmdfZGVhZGxpbmVfbXMYDCABKAQimQEKCUNhbGxFdmVudBIiCgRjYWxsGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuQ2FsbBIoCgVzdGF0ZRgCIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxTdGF0ZRIiCgJieRgDIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIaChJhbnN3ZXJlZF9lbHNld2hlcmUYBCABKAgisgMKC0J1c0VudmVsb3BlEhMKC29yaWdpbl9ub2RlGAEgASgJEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASMgoIcHJlc2VuY2UYCyABKAsyHi5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZVVwZGF0ZUgAEisKBnNpZ25hbBgMIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkJ1c1NpZ25hbEgAEisKBW1lZGlhGA0gASgLMhouc3dpdGNoYm9hcmQudjEuTWVkaWFFdmVudEgAEj4KEGtleWZyYW1lX3JlcXVlc3QYDiABKAsyIi5zd2l0Y2hib2FyZC52MS5CdXNLZXlmcmFtZVJlcXVlc3RIABIyCgloZWFydGJlYXQYDyABKAsyHS5zd2l0Y2hib2FyZC52MS5Ob2RlSGVhcnRiZWF0SAASLQoFYWRtaW4YECABKAsyHC5zd2l0Y2hib2FyZC52MS5BZG1pbkNvbW1hbmRIABIpCgRjYWxsGBEgASgLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbEV2ZW50SABCBgoEa2luZCJ7CgxBZG1pbkNvbW1hbmQSKQoEa2ljaxgBIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkFkbWluS2lja0gAEjgKDHVzZXJfbWVzc2FnZRgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkFkbWluVXNlck1lc3NhZ2VIAEIGCgRraW5kIl4KCUFkbWluS2ljaxIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIOCgZyZWFzb24YBCABKAkSFAoMYmFuX3VudGlsX21zGAUgASgEIkoKEEFkbWluVXNlck1lc3NhZ2USDAoEdXNlchgBIAEoCRIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSJwCg5QcmVzZW5jZVVwZGF0ZRIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSDgoGam9pbmVkGAMgASgIEg4KBnJlYXNvbhgEIAEoCSJcCglCdXNTaWduYWwSDwoHdG9fdXNlchgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEioKBWV2ZW50GAMgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnQiXQoSQnVzS2V5ZnJhbWVSZXF1ZXN0EhIKCnRvX3Nlc3Npb24YASABKAkSMwoFZXZlbnQYAiABKAsyJC5zd2l0Y2hib2FyZC52MS5LZXlmcmFtZVJlcXVlc3RFdmVudCJBCg1Ob2RlSGVhcnRiZWF0EgwKBG5vZGUYASABKAkSEAoIc2Vzc2lvbnMYAiABKAQSEAoIZHJhaW5pbmcYAyABKAgqhQEKClNpZ25hbEtpbmQSGwoXU0lHTkFMX0tJTkRfVU5TUEVDSUZJRUQQABIVChFTSUdOQUxfS0lORF9PRkZFUhABEhYKElNJR05BTF9LSU5EX0FOU1dFUhACEhMKD1NJR05BTF9LSU5EX0lDRRADEhYKElNJR05BTF9LSU5EX0NVU1RPTRAEKlMKCUNhbGxNZWRpYRIaChZDQUxMX01FRElBX1VOU1BFQ0lGSUVEEAASFAoQQ0FMTF9NRURJQV9BVURJTxABEhQKEENBTExfTUVESUFfVklERU8QAirzBgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAMSHQoZRVJST1JfQ09ERV9IRUxMT19SRVFVSVJFRBAEEiQKIEVSUk9SX0NPREVfQUxSRUFEWV9BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9JTlZBTElEEAoSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAsSIgoeRVJST1JfQ09ERV9UT0tFTl9OT1RfWUVUX1ZBTElEEAwSHgoaRVJST1JfQ09ERV9UT0tFTl9BTEdPUklUSE0QDRIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAOEhUKEUVSUk9SX0NPREVfS0lDS0VEEA8SFQoRRVJST1JfQ09ERV9CQU5ORUQQEBIbChdFUlJPUl9DT0RFX0lOVkFMSURfUk9PTRAUEhoKFkVSUk9SX0NPREVfTk9UX0lOX1JPT00QFRIdChlFUlJPUl9DT0RFX1RPT19NQU5ZX1JPT01TEBYSGAoURVJST1JfQ09ERV9ST09NX0ZVTEwQFxIfChtFUlJPUl9DT0RFX0lOVkFMSURfQVJHVU1FTlQQGBIfChtFUlJPUl9DT0RFX1RBUkdFVF9OT1RfRk9VTkQQHhIdChlFUlJPUl9DT0RFX0NBTExfTk9UX0ZPVU5EEB8SGQoVRVJST1JfQ09ERV9DQUxMX1NUQVRFECASGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQKBIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQKRIgChxFUlJPUl9DT0RFX0hFQVJUQkVBVF9USU1FT1VUECoSHAoYRVJST1JfQ09ERV9IRUxMT19USU1FT1VUECsSIwofRVJST1JfQ09ERV9UT09fTUFOWV9DT05ORUNUSU9OUxAsEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQMhIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEDMSHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEDQqngEKCUNhbGxTdGF0ZRIaChZDQUxMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFURV9SSU5HSU5HEAESFwoTQ0FMTF9TVEFURV9BQ0NFUFRFRBACEhcKE0NBTExfU1RBVEVfUkVKRUNURUQQAxIUChBDQUxMX1NUQVRFX0VOREVEEAQSFQoRQ0FMTF9TVEFURV9NSVNTRUQQBSqxAQoLQ2FsbE91dGNvbWUSHAoYQ0FMTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGgoWQ0FMTF9PVVRDT01FX0NPTVBMRVRFRBABEhcKE0NBTExfT1VUQ09NRV9NSVNTRUQQAhIZChVDQUxMX09VVENPTUVfUkVKRUNURUQQAxIaChZDQUxMX09VVENPTUVfQ0FOQ0VMTEVEEAQSGAoUQ0FMTF9PVVRDT01FX09GRkxJTkUQBSrHAQoLUGFydHlTdGF0dXMSHAoYUEFSVFlfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUUEFSVFlfU1RBVFVTX1JJTkdJTkcQARIZChVQQVJUWV9TVEFUVVNfQUNDRVBURUQQAhIZChVQQVJUWV9TVEFUVVNfUkVKRUNURUQQAxIYChRQQVJUWV9TVEFUVVNfT0ZGTElORRAEEhcKE1BBUlRZX1NUQVRVU19DQUxMRVIQBRIXChNQQVJUWV9TVEFUVVNfTUlTU0VEEAZiBnByb3RvMw");
+  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEi8gUKC0NsaWVudEZyYW1lEgoKAmlkGAEgASgEEiYKBWhlbGxvGAIgASgLMhUuc3dpdGNoYm9hcmQudjEuSGVsbG9IABIkCgRwaW5nGAMgASgLMhQuc3dpdGNoYm9hcmQudjEuUGluZ0gAEjUKDXJlZnJlc2hfdG9rZW4YBCABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWZyZXNoVG9rZW5IABIkCgRqb2luGAUgASgLMhQuc3dpdGNoYm9hcmQudjEuSm9pbkgAEiYKBWxlYXZlGAYgASgLMhUuc3dpdGNoYm9hcmQudjEuTGVhdmVIABIqCgdwdWJsaXNoGAcgASgLMhcuc3dpdGNoYm9hcmQudjEuUHVibGlzaEgAEigKBnNpZ25hbBgIIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEgAEiYKBW1lZGlhGAkgASgLMhUuc3dpdGNoYm9hcmQudjEuTWVkaWFIABI7ChBrZXlmcmFtZV9yZXF1ZXN0GAogASgLMh8uc3dpdGNoYm9hcmQudjEuS2V5ZnJhbWVSZXF1ZXN0SAASQAoTaWNlX3NlcnZlcnNfcmVxdWVzdBgLIAEoCzIhLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlcnNSZXF1ZXN0SAASOQoPbGF5ZXJfc3Vic2NyaWJlGAwgASgLMh4uc3dpdGNoYm9hcmQudjEuTGF5ZXJTdWJzY3JpYmVIABIxCgtjYWxsX2ludml0ZRgUIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkNhbGxJbnZpdGVIABIxCgtjYWxsX2Fuc3dlchgVIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkNhbGxBbnN3ZXJIABIxCgtjYWxsX2NhbmNlbBgWIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkNhbGxDYW5jZWxIABIrCghjYWxsX2VuZBgXIAEoCzIXLnN3aXRjaGJvYXJkLnYxLkNhbGxFbmRIAEIGCgRraW5kImQKBUhlbGxvEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SDQoFdG9rZW4YAiABKAkSDgoGY2xpZW50GAMgASgJEhMKC21lZGlhX2xhbmVzGAQgASgIEg0KBWNhbGxzGAUgAygJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiEwoRSWNlU2VydmVyc1JlcXVlc3QiHQoMUmVmcmVzaFRva2VuEg0KBXRva2VuGAEgASgJIj4KBEpvaW4SDAoEcm9vbRgBIAEoCRIYCgtyZXN1bWVfZnJvbRgCIAEoBEgAiAEBQg4KDF9yZXN1bWVfZnJvbSIVCgVMZWF2ZRIMCgRyb29tGAEgASgJIkgKB1B1Ymxpc2gSDAoEcm9vbRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhAKCHJlbGlhYmxlGAMgASgIEgwKBGtpbmQYBCABKAkikgEKBlNpZ25hbBIMCgRyb29tGAEgASgJEhEKB3RvX3VzZXIYAiABKAlIABIUCgp0b19zZXNzaW9uGAMgASgJSAASKAoEa2luZBgEIAEoDjIaLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEtpbmQSDwoHcGF5bG9hZBgFIAEoDBIMCgRjYWxsGAYgASgJQggKBnRhcmdldCJHCgpDYWxsSW52aXRlEg8KB2NhbGxlZXMYASADKAkSKAoFbWVkaWEYAiABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWEiKgoKQ2FsbEFuc3dlchIMCgRjYWxsGAEgASgJEg4KBmFjY2VwdBgCIAEoCCIaCgpDYWxsQ2FuY2VsEgwKBGNhbGwYASABKAkiFwoHQ2FsbEVuZBIMCgRjYWxsGAEgASgJIr4BCgVNZWRpYRIMCgRyb29tGAEgASgJEg0KBXRyYWNrGAIgASgNEgsKA3NlcRgDIAEoBBIRCgl0aW1lc3RhbXAYBCABKAQSEAoIa2V5ZnJhbWUYBSABKAgSDQoFY29kZWMYBiABKAkSDwoHcGF5bG9hZBgHIAEoDBISCgVsYXllchgIIAEoDUgAiAEBEhgKC2F1ZGlvX2xldmVsGAkgASgNSAGIAQFCCAoGX2xheWVyQg4KDF9hdWRpb19sZXZlbCI+Cg5MYXllclN1YnNjcmliZRIMCgRyb29tGAEgASgJEg8KB3Nlc3Npb24YAiABKAkSDQoFbGF5ZXIYAyABKA0iQgoPS2V5ZnJhbWVSZXF1ZXN0EgwKBHJvb20YASABKAkSEgoKdG9fc2Vzc2lvbhgCIAEoCRINCgV0cmFjaxgDIAEoDSK+BgoLU2VydmVyRnJhbWUSKgoHd2VsY29tZRgBIAEoCzIXLnN3aXRjaGJvYXJkLnYxLldlbGNvbWVIABIkCgRwb25nGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuUG9uZ0gAEiIKA2FjaxgDIAEoCzITLnN3aXRjaGJvYXJkLnYxLkFja0gAEiYKBWVycm9yGAQgASgLMhUuc3dpdGNoYm9hcmQudjEuRXJyb3JIABIpCgdnb19hd2F5GAUgASgLMhYuc3dpdGNoYm9hcmQudjEuR29Bd2F5SAASKAoGam9pbmVkGAYgASgLMhYuc3dpdGNoYm9hcmQudjEuSm9pbmVkSAASJAoEbGVmdBgHIAEoCzIULnN3aXRjaGJvYXJkLnYxLkxlZnRIABI/ChJwYXJ0aWNpcGFudF9qb2luZWQYCCABKAsyIS5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudEpvaW5lZEgAEjsKEHBhcnRpY2lwYW50X2xlZnQYCSABKAsyHy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudExlZnRIABIqCgdtZXNzYWdlGAogASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZUgAEi0KBnNpZ25hbBgLIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEV2ZW50SAASKwoFbWVkaWEYDCABKAsyGi5zd2l0Y2hib2FyZC52MS5NZWRpYUV2ZW50SAASQAoQa2V5ZnJhbWVfcmVxdWVzdBgNIAEoCzIkLnN3aXRjaGJvYXJkLnYxLktleWZyYW1lUmVxdWVzdEV2ZW50SAASLwoKcm9vbV9zdGF0cxgOIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlJvb21TdGF0c0gAEjEKC2ljZV9zZXJ2ZXJzGA8gASgLMhouc3dpdGNoYm9hcmQudjEuSWNlU2VydmVyc0gAEjcKDmFjdGl2ZV9zcGVha2VyGBAgASgLMh0uc3dpdGNoYm9hcmQudjEuQWN0aXZlU3BlYWtlckgAEikKBGNhbGwYFCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRIAEIGCgRraW5kIvABCgdXZWxjb21lEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SEgoKc2Vzc2lvbl9pZBgCIAEoCRIMCgRub2RlGAMgASgJEgwKBHVzZXIYBCABKAkSDAoEbmFtZRgFIAEoCRIUCgxoZWFydGJlYXRfbXMYBiABKA0SGAoQdG9rZW5fZXhwaXJlc19hdBgHIAEoBBIXCg9tYXhfZnJhbWVfYnl0ZXMYCCABKA0SEwoLbWVkaWFfbGFuZXMYCSABKAgSLwoLaWNlX3NlcnZlcnMYCiABKAsyGi5zd2l0Y2hib2FyZC52MS5JY2VTZXJ2ZXJzIlwKCkljZVNlcnZlcnMSKgoHc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchISCgpleHBpcmVzX2F0GAIgASgEEg4KBnJlZl9pZBgDIAEoBCI/CglJY2VTZXJ2ZXISDAoEdXJscxgBIAMoCRIQCgh1c2VybmFtZRgCIAEoCRISCgpjcmVkZW50aWFsGAMgASgJIhUKBFBvbmcSDQoFbm9uY2UYASABKAQiMwoDQWNrEg4KBnJlZl9pZBgBIAEoBBIOCgZvZmZzZXQYAiABKAQSDAoEY2FsbBgDIAEoCSJgCgVFcnJvchInCgRjb2RlGAEgASgOMhkuc3dpdGNoYm9hcmQudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVmX2lkGAMgASgEEg0KBWZhdGFsGAQgASgIIjQKBkdvQXdheRIOCgZyZWFzb24YASABKAkSGgoScmVjb25uZWN0X2FmdGVyX21zGAIgASgNIl4KC1BhcnRpY2lwYW50EgwKBHVzZXIYASABKAkSDwoHc2Vzc2lvbhgCIAEoCRIMCgRuYW1lGAMgASgJEgwKBG5vZGUYBCABKAkSFAoMam9pbmVkX2F0X21zGAUgASgEItABCgZKb2luZWQSDgoGcmVmX2lkGAEgASgEEgwKBHJvb20YAiABKAkSMQoMcGFydGljaXBhbnRzGAMgAygLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSEwoLbGFzdF9vZmZzZXQYBCABKAQSGQoRcGFydGljaXBhbnRfY291bnQYBSABKA0SHgoWcGFydGljaXBhbnRzX3RydW5jYXRlZBgGIAEoCBITCgtoaXN0b3J5X2dhcBgHIAEoCBIQCghyZXBsYXllZBgIIAEoDSIkCgRMZWZ0EgwKBHJvb20YASABKAkSDgoGcmVhc29uGAIgASgJIjQKCVJvb21TdGF0cxIMCgRyb29tGAEgASgJEhkKEXBhcnRpY2lwYW50X2NvdW50GAIgASgNIlMKEVBhcnRpY2lwYW50Sm9pbmVkEgwKBHJvb20YASABKAkSMAoLcGFydGljaXBhbnQYAiABKAsyGy5zd2l0Y2hib2FyZC52MS5QYXJ0aWNpcGFudCJhCg9QYXJ0aWNpcGFudExlZnQSDAoEcm9vbRgBIAEoCRIwCgtwYXJ0aWNpcGFudBgCIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlBhcnRpY2lwYW50Eg4KBnJlYXNvbhgDIAEoCSJDCgZTZW5kZXISDAoEdXNlchgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEgwKBG5hbWUYAyABKAkSDAoEbm9kZRgEIAEoCSKnAQoHTWVzc2FnZRIMCgRyb29tGAEgASgJEiQKBGZyb20YAiABKAsyFi5zd2l0Y2hib2FyZC52MS5TZW5kZXISDgoGb2Zmc2V0GAMgASgEEg8KB3BheWxvYWQYBCABKAwSDAoEa2luZBgFIAEoCRIQCghyZWxpYWJsZRgGIAEoCBISCgpzZW50X2F0X21zGAcgASgEEhMKC3ByZXZfb2Zmc2V0GAggASgEIooBCgtTaWduYWxFdmVudBIMCgRyb29tGAEgASgJEiQKBGZyb20YAiABKAsyFi5zd2l0Y2hib2FyZC52MS5TZW5kZXISKAoEa2luZBgDIAEoDjIaLnN3aXRjaGJvYXJkLnYxLlNpZ25hbEtpbmQSDwoHcGF5bG9hZBgEIAEoDBIMCgRjYWxsGAUgASgJIukBCgpNZWRpYUV2ZW50EgwKBHJvb20YASABKAkSJAoEZnJvbRgCIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchINCgV0cmFjaxgDIAEoDRILCgNzZXEYBCABKAQSEQoJdGltZXN0YW1wGAUgASgEEhAKCGtleWZyYW1lGAYgASgIEg0KBWNvZGVjGAcgASgJEg8KB3BheWxvYWQYCCABKAwSEgoFbGF5ZXIYCSABKA1IAIgBARIYCgthdWRpb19sZXZlbBgKIAEoDUgBiAEBQggKBl9sYXllckIOCgxfYXVkaW9fbGV2ZWwidwoUS2V5ZnJhbWVSZXF1ZXN0RXZlbnQSDAoEcm9vbRgBIAEoCRIkCgRmcm9tGAIgASgLMhYuc3dpdGNoYm9hcmQudjEuU2VuZGVyEg0KBXRyYWNrGAMgASgNEhIKBWxheWVyGAQgASgNSACIAQFCCAoGX2xheWVyIksKDUFjdGl2ZVNwZWFrZXISDAoEcm9vbRgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEgwKBHVzZXIYAyABKAkSDQoFbGV2ZWwYBCABKA0iVwoJQ2FsbFBhcnR5EgwKBHVzZXIYASABKAkSKwoGc3RhdHVzGAIgASgOMhsuc3dpdGNoYm9hcmQudjEuUGFydHlTdGF0dXMSDwoHc2Vzc2lvbhgDIAEoCSLRAgoEQ2FsbBIKCgJpZBgBIAEoCRIOCgZjYWxsZXIYAiABKAkSKAoFbWVkaWEYAyABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESDAoEcm9vbRgEIAEoCRIqCgdwYXJ0aWVzGAUgAygLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFBhcnR5EigKBXN0YXRlGAYgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbFN0YXRlEiwKB291dGNvbWUYByABKA4yGy5zd2l0Y2hib2FyZC52MS5DYWxsT3V0Y29tZRIVCg1jcmVhdGVkX2F0X21zGAggASgEEhYKDmFuc3dlcmVkX2F0X21zGAkgASgEEhMKC2VuZGVkX2F0X21zGAogASgEEhMKC2R1cmF0aW9uX21zGAsgASgEEhgKEHJpbmdfZGVhZGxpbmVfbXMYDCABKAQimQEKCUNhbGxFdmVudBIiCgRjYWxsGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuQ2FsbBIoCgVzdGF0ZRgCIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxTdGF0ZRIiCgJieRgDIAEoCzIWLnN3aXRjaGJvYXJkLnYxLlNlbmRlchIaChJhbnN3ZXJlZF9lbHNld2hlcmUYBCABKAgisgMKC0J1c0VudmVsb3BlEhMKC29yaWdpbl9ub2RlGAEgASgJEioKB21lc3NhZ2UYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlSAASMgoIcHJlc2VuY2UYCyABKAsyHi5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZVVwZGF0ZUgAEisKBnNpZ25hbBgMIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkJ1c1NpZ25hbEgAEisKBW1lZGlhGA0gASgLMhouc3dpdGNoYm9hcmQudjEuTWVkaWFFdmVudEgAEj4KEGtleWZyYW1lX3JlcXVlc3QYDiABKAsyIi5zd2l0Y2hib2FyZC52MS5CdXNLZXlmcmFtZVJlcXVlc3RIABIyCgloZWFydGJlYXQYDyABKAsyHS5zd2l0Y2hib2FyZC52MS5Ob2RlSGVhcnRiZWF0SAASLQoFYWRtaW4YECABKAsyHC5zd2l0Y2hib2FyZC52MS5BZG1pbkNvbW1hbmRIABIpCgRjYWxsGBEgASgLMhkuc3dpdGNoYm9hcmQudjEuQ2FsbEV2ZW50SABCBgoEa2luZCJ7CgxBZG1pbkNvbW1hbmQSKQoEa2ljaxgBIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkFkbWluS2lja0gAEjgKDHVzZXJfbWVzc2FnZRgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkFkbWluVXNlck1lc3NhZ2VIAEIGCgRraW5kIl4KCUFkbWluS2ljaxIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIOCgZyZWFzb24YBCABKAkSFAoMYmFuX3VudGlsX21zGAUgASgEIkoKEEFkbWluVXNlck1lc3NhZ2USDAoEdXNlchgBIAEoCRIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSJwCg5QcmVzZW5jZVVwZGF0ZRIMCgRyb29tGAEgASgJEjAKC3BhcnRpY2lwYW50GAIgASgLMhsuc3dpdGNoYm9hcmQudjEuUGFydGljaXBhbnQSDgoGam9pbmVkGAMgASgIEg4KBnJlYXNvbhgEIAEoCSJcCglCdXNTaWduYWwSDwoHdG9fdXNlchgBIAEoCRISCgp0b19zZXNzaW9uGAIgASgJEioKBWV2ZW50GAMgASgLMhsuc3dpdGNoYm9hcmQudjEuU2lnbmFsRXZlbnQiXQoSQnVzS2V5ZnJhbWVSZXF1ZXN0EhIKCnRvX3Nlc3Npb24YASABKAkSMwoFZXZlbnQYAiABKAsyJC5zd2l0Y2hib2FyZC52MS5LZXlmcmFtZVJlcXVlc3RFdmVudCJBCg1Ob2RlSGVhcnRiZWF0EgwKBG5vZGUYASABKAkSEAoIc2Vzc2lvbnMYAiABKAQSEAoIZHJhaW5pbmcYAyABKAgqhQEKClNpZ25hbEtpbmQSGwoXU0lHTkFMX0tJTkRfVU5TUEVDSUZJRUQQABIVChFTSUdOQUxfS0lORF9PRkZFUhABEhYKElNJR05BTF9LSU5EX0FOU1dFUhACEhMKD1NJR05BTF9LSU5EX0lDRRADEhYKElNJR05BTF9LSU5EX0NVU1RPTRAEKlMKCUNhbGxNZWRpYRIaChZDQUxMX01FRElBX1VOU1BFQ0lGSUVEEAASFAoQQ0FMTF9NRURJQV9BVURJTxABEhQKEENBTExfTUVESUFfVklERU8QAiqaBwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAMSHQoZRVJST1JfQ09ERV9IRUxMT19SRVFVSVJFRBAEEiQKIEVSUk9SX0NPREVfQUxSRUFEWV9BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9JTlZBTElEEAoSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAsSIgoeRVJST1JfQ09ERV9UT0tFTl9OT1RfWUVUX1ZBTElEEAwSHgoaRVJST1JfQ09ERV9UT0tFTl9BTEdPUklUSE0QDRIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAOEhUKEUVSUk9SX0NPREVfS0lDS0VEEA8SFQoRRVJST1JfQ09ERV9CQU5ORUQQEBIbChdFUlJPUl9DT0RFX0lOVkFMSURfUk9PTRAUEhoKFkVSUk9SX0NPREVfTk9UX0lOX1JPT00QFRIdChlFUlJPUl9DT0RFX1RPT19NQU5ZX1JPT01TEBYSGAoURVJST1JfQ09ERV9ST09NX0ZVTEwQFxIfChtFUlJPUl9DT0RFX0lOVkFMSURfQVJHVU1FTlQQGBIfChtFUlJPUl9DT0RFX1RBUkdFVF9OT1RfRk9VTkQQHhIdChlFUlJPUl9DT0RFX0NBTExfTk9UX0ZPVU5EEB8SGQoVRVJST1JfQ09ERV9DQUxMX1NUQVRFECASGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQKBIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQKRIgChxFUlJPUl9DT0RFX0hFQVJUQkVBVF9USU1FT1VUECoSHAoYRVJST1JfQ09ERV9IRUxMT19USU1FT1VUECsSIwofRVJST1JfQ09ERV9UT09fTUFOWV9DT05ORUNUSU9OUxAsEiUKIUVSUk9SX0NPREVfVE9PX01BTllfU1VCU0NSSVBUSU9OUxAtEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQMhIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEDMSHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEDQqngEKCUNhbGxTdGF0ZRIaChZDQUxMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFURV9SSU5HSU5HEAESFwoTQ0FMTF9TVEFURV9BQ0NFUFRFRBACEhcKE0NBTExfU1RBVEVfUkVKRUNURUQQAxIUChBDQUxMX1NUQVRFX0VOREVEEAQSFQoRQ0FMTF9TVEFURV9NSVNTRUQQBSqxAQoLQ2FsbE91dGNvbWUSHAoYQ0FMTF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGgoWQ0FMTF9PVVRDT01FX0NPTVBMRVRFRBABEhcKE0NBTExfT1VUQ09NRV9NSVNTRUQQAhIZChVDQUxMX09VVENPTUVfUkVKRUNURUQQAxIaChZDQUxMX09VVENPTUVfQ0FOQ0VMTEVEEAQSGAoUQ0FMTF9PVVRDT01FX09GRkxJTkUQBSrHAQoLUGFydHlTdGF0dXMSHAoYUEFSVFlfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUUEFSVFlfU1RBVFVTX1JJTkdJTkcQARIZChVQQVJUWV9TVEFUVVNfQUNDRVBURUQQAhIZChVQQVJUWV9TVEFUVVNfUkVKRUNURUQQAxIYChRQQVJUWV9TVEFUVVNfT0ZGTElORRAEEhcKE1BBUlRZX1NUQVRVU19DQUxMRVIQBRIXChNQQVJUWV9TVEFUVVNfTUlTU0VEEAZiBnByb3RvMw");
 
 /**
  * @generated from message switchboard.v1.ClientFrame
@@ -97,6 +97,14 @@ export type ClientFrame = Message$1<"switchboard.v1.ClientFrame"> & {
      */
     value: IceServersRequest;
     case: "iceServersRequest";
+  } | {
+    /**
+     * Choose which layer of a sender's simulcast video this session receives; acked.
+     *
+     * @generated from field: switchboard.v1.LayerSubscribe layer_subscribe = 12;
+     */
+    value: LayerSubscribe;
+    case: "layerSubscribe";
   } | {
     /**
      * 20..39: calls.
@@ -510,6 +518,24 @@ export type Media = Message$1<"switchboard.v1.Media"> & {
    * @generated from field: bytes payload = 7;
    */
   payload: Uint8Array;
+
+  /**
+   * Simulcast: this track is layer `layer` (0 = lowest, below MAX_LAYERS = 3) of the
+   * sender's layered video; each layer is its own track (its own seq and keyframes). A
+   * receiver gets one layer of each sender (`LayerSubscribe`; default 0). Unset: not
+   * layered (audio, data): every receiver gets it.
+   *
+   * @generated from field: optional uint32 layer = 8;
+   */
+  layer?: number | undefined;
+
+  /**
+   * Audio frames: the frame's level in -dBov, 0 (loudest) to 127 (silence), as in RFC 6464.
+   * Nodes pick the room's active speaker from it (`ActiveSpeaker`).
+   *
+   * @generated from field: optional uint32 audio_level = 9;
+   */
+  audioLevel?: number | undefined;
 };
 
 /**
@@ -518,6 +544,43 @@ export type Media = Message$1<"switchboard.v1.Media"> & {
  */
 export const MediaSchema: GenMessage<Media> = /*@__PURE__*/
   messageDesc(file_switchboard, 13);
+
+/**
+ * A receiver's choice of layer for one sender in a room (README "Simulcast layers"). The
+ * node keeps forwarding the current layer until a keyframe of the new one arrives (and asks
+ * the sender for one), then switches. At most `--max-layer-subscriptions` senders per
+ * session are chosen for at once (`TOO_MANY_SUBSCRIPTIONS` beyond).
+ *
+ * @generated from message switchboard.v1.LayerSubscribe
+ */
+export type LayerSubscribe = Message$1<"switchboard.v1.LayerSubscribe"> & {
+  /**
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The sender's session id.
+   *
+   * @generated from field: string session = 2;
+   */
+  session: string;
+
+  /**
+   * 0 (lowest) .. MAX_LAYERS - 1; the node may hold a receiver below it while its link
+   * drops media, and bring it back up after a quiet hold-off.
+   *
+   * @generated from field: uint32 layer = 3;
+   */
+  layer: number;
+};
+
+/**
+ * Describes the message switchboard.v1.LayerSubscribe.
+ * Use `create(LayerSubscribeSchema)` to create a new message.
+ */
+export const LayerSubscribeSchema: GenMessage<LayerSubscribe> = /*@__PURE__*/
+  messageDesc(file_switchboard, 14);
 
 /**
  * Ask a media sender for a keyframe (after loss).
@@ -546,7 +609,7 @@ export type KeyframeRequest = Message$1<"switchboard.v1.KeyframeRequest"> & {
  * Use `create(KeyframeRequestSchema)` to create a new message.
  */
 export const KeyframeRequestSchema: GenMessage<KeyframeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard, 14);
+  messageDesc(file_switchboard, 15);
 
 /**
  * @generated from message switchboard.v1.ServerFrame
@@ -649,6 +712,14 @@ export type ServerFrame = Message$1<"switchboard.v1.ServerFrame"> & {
     case: "iceServers";
   } | {
     /**
+     * The room's loudest speaker changed.
+     *
+     * @generated from field: switchboard.v1.ActiveSpeaker active_speaker = 16;
+     */
+    value: ActiveSpeaker;
+    case: "activeSpeaker";
+  } | {
+    /**
      * 20..39: calls.
      *
      * @generated from field: switchboard.v1.CallEvent call = 20;
@@ -663,7 +734,7 @@ export type ServerFrame = Message$1<"switchboard.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard, 15);
+  messageDesc(file_switchboard, 16);
 
 /**
  * @generated from message switchboard.v1.Welcome
@@ -741,7 +812,7 @@ export type Welcome = Message$1<"switchboard.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_switchboard, 16);
+  messageDesc(file_switchboard, 17);
 
 /**
  * ICE servers for `RTCPeerConnection`'s `iceServers`. TURN credentials follow the TURN REST
@@ -776,7 +847,7 @@ export type IceServers = Message$1<"switchboard.v1.IceServers"> & {
  * Use `create(IceServersSchema)` to create a new message.
  */
 export const IceServersSchema: GenMessage<IceServers> = /*@__PURE__*/
-  messageDesc(file_switchboard, 17);
+  messageDesc(file_switchboard, 18);
 
 /**
  * @generated from message switchboard.v1.IceServer
@@ -805,7 +876,7 @@ export type IceServer = Message$1<"switchboard.v1.IceServer"> & {
  * Use `create(IceServerSchema)` to create a new message.
  */
 export const IceServerSchema: GenMessage<IceServer> = /*@__PURE__*/
-  messageDesc(file_switchboard, 18);
+  messageDesc(file_switchboard, 19);
 
 /**
  * @generated from message switchboard.v1.Pong
@@ -822,7 +893,7 @@ export type Pong = Message$1<"switchboard.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_switchboard, 19);
+  messageDesc(file_switchboard, 20);
 
 /**
  * @generated from message switchboard.v1.Ack
@@ -853,7 +924,7 @@ export type Ack = Message$1<"switchboard.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_switchboard, 20);
+  messageDesc(file_switchboard, 21);
 
 /**
  * @generated from message switchboard.v1.Error
@@ -889,7 +960,7 @@ export type Error = Message$1<"switchboard.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard, 21);
+  messageDesc(file_switchboard, 22);
 
 /**
  * The node is going away (drain): reconnect (to any node) after the given delay.
@@ -913,7 +984,7 @@ export type GoAway = Message$1<"switchboard.v1.GoAway"> & {
  * Use `create(GoAwaySchema)` to create a new message.
  */
 export const GoAwaySchema: GenMessage<GoAway> = /*@__PURE__*/
-  messageDesc(file_switchboard, 22);
+  messageDesc(file_switchboard, 23);
 
 /**
  * @generated from message switchboard.v1.Participant
@@ -952,7 +1023,7 @@ export type Participant = Message$1<"switchboard.v1.Participant"> & {
  * Use `create(ParticipantSchema)` to create a new message.
  */
 export const ParticipantSchema: GenMessage<Participant> = /*@__PURE__*/
-  messageDesc(file_switchboard, 23);
+  messageDesc(file_switchboard, 24);
 
 /**
  * @generated from message switchboard.v1.Joined
@@ -1018,7 +1089,7 @@ export type Joined = Message$1<"switchboard.v1.Joined"> & {
  * Use `create(JoinedSchema)` to create a new message.
  */
 export const JoinedSchema: GenMessage<Joined> = /*@__PURE__*/
-  messageDesc(file_switchboard, 24);
+  messageDesc(file_switchboard, 25);
 
 /**
  * @generated from message switchboard.v1.Left
@@ -1040,7 +1111,7 @@ export type Left = Message$1<"switchboard.v1.Left"> & {
  * Use `create(LeftSchema)` to create a new message.
  */
 export const LeftSchema: GenMessage<Left> = /*@__PURE__*/
-  messageDesc(file_switchboard, 25);
+  messageDesc(file_switchboard, 26);
 
 /**
  * In rooms larger than the server's presence-event limit, individual ParticipantJoined /
@@ -1068,7 +1139,7 @@ export type RoomStats = Message$1<"switchboard.v1.RoomStats"> & {
  * Use `create(RoomStatsSchema)` to create a new message.
  */
 export const RoomStatsSchema: GenMessage<RoomStats> = /*@__PURE__*/
-  messageDesc(file_switchboard, 26);
+  messageDesc(file_switchboard, 27);
 
 /**
  * @generated from message switchboard.v1.ParticipantJoined
@@ -1090,7 +1161,7 @@ export type ParticipantJoined = Message$1<"switchboard.v1.ParticipantJoined"> & 
  * Use `create(ParticipantJoinedSchema)` to create a new message.
  */
 export const ParticipantJoinedSchema: GenMessage<ParticipantJoined> = /*@__PURE__*/
-  messageDesc(file_switchboard, 27);
+  messageDesc(file_switchboard, 28);
 
 /**
  * @generated from message switchboard.v1.ParticipantLeft
@@ -1119,7 +1190,7 @@ export type ParticipantLeft = Message$1<"switchboard.v1.ParticipantLeft"> & {
  * Use `create(ParticipantLeftSchema)` to create a new message.
  */
 export const ParticipantLeftSchema: GenMessage<ParticipantLeft> = /*@__PURE__*/
-  messageDesc(file_switchboard, 28);
+  messageDesc(file_switchboard, 29);
 
 /**
  * Identity of a sender, stamped by the server from the verified token and session.
@@ -1153,7 +1224,7 @@ export type Sender = Message$1<"switchboard.v1.Sender"> & {
  * Use `create(SenderSchema)` to create a new message.
  */
 export const SenderSchema: GenMessage<Sender> = /*@__PURE__*/
-  messageDesc(file_switchboard, 29);
+  messageDesc(file_switchboard, 30);
 
 /**
  * @generated from message switchboard.v1.Message
@@ -1214,7 +1285,7 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_switchboard, 30);
+  messageDesc(file_switchboard, 31);
 
 /**
  * @generated from message switchboard.v1.SignalEvent
@@ -1251,7 +1322,7 @@ export type SignalEvent = Message$1<"switchboard.v1.SignalEvent"> & {
  * Use `create(SignalEventSchema)` to create a new message.
  */
 export const SignalEventSchema: GenMessage<SignalEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 31);
+  messageDesc(file_switchboard, 32);
 
 /**
  * @generated from message switchboard.v1.MediaEvent
@@ -1296,6 +1367,18 @@ export type MediaEvent = Message$1<"switchboard.v1.MediaEvent"> & {
    * @generated from field: bytes payload = 8;
    */
   payload: Uint8Array;
+
+  /**
+   * As in `Media`.
+   *
+   * @generated from field: optional uint32 layer = 9;
+   */
+  layer?: number | undefined;
+
+  /**
+   * @generated from field: optional uint32 audio_level = 10;
+   */
+  audioLevel?: number | undefined;
 };
 
 /**
@@ -1303,7 +1386,7 @@ export type MediaEvent = Message$1<"switchboard.v1.MediaEvent"> & {
  * Use `create(MediaEventSchema)` to create a new message.
  */
 export const MediaEventSchema: GenMessage<MediaEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 32);
+  messageDesc(file_switchboard, 33);
 
 /**
  * @generated from message switchboard.v1.KeyframeRequestEvent
@@ -1323,6 +1406,14 @@ export type KeyframeRequestEvent = Message$1<"switchboard.v1.KeyframeRequestEven
    * @generated from field: uint32 track = 3;
    */
   track: number;
+
+  /**
+   * Set when a node asks for a keyframe of a simulcast layer (a receiver switches to it):
+   * encode that layer's next frame as a keyframe (`track` is 0 if the node has not seen it).
+   *
+   * @generated from field: optional uint32 layer = 4;
+   */
+  layer?: number | undefined;
 };
 
 /**
@@ -1330,7 +1421,44 @@ export type KeyframeRequestEvent = Message$1<"switchboard.v1.KeyframeRequestEven
  * Use `create(KeyframeRequestEventSchema)` to create a new message.
  */
 export const KeyframeRequestEventSchema: GenMessage<KeyframeRequestEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 33);
+  messageDesc(file_switchboard, 34);
+
+/**
+ * The room's active speaker: the loudest sender of audio levels over the last second, with
+ * hysteresis. Sent to every member when it changes (at most once a second per room).
+ *
+ * @generated from message switchboard.v1.ActiveSpeaker
+ */
+export type ActiveSpeaker = Message$1<"switchboard.v1.ActiveSpeaker"> & {
+  /**
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * @generated from field: string session = 2;
+   */
+  session: string;
+
+  /**
+   * @generated from field: string user = 3;
+   */
+  user: string;
+
+  /**
+   * Its smoothed level, -dBov (0 loudest .. 127 silence).
+   *
+   * @generated from field: uint32 level = 4;
+   */
+  level: number;
+};
+
+/**
+ * Describes the message switchboard.v1.ActiveSpeaker.
+ * Use `create(ActiveSpeakerSchema)` to create a new message.
+ */
+export const ActiveSpeakerSchema: GenMessage<ActiveSpeaker> = /*@__PURE__*/
+  messageDesc(file_switchboard, 35);
 
 /**
  * @generated from message switchboard.v1.CallParty
@@ -1359,7 +1487,7 @@ export type CallParty = Message$1<"switchboard.v1.CallParty"> & {
  * Use `create(CallPartySchema)` to create a new message.
  */
 export const CallPartySchema: GenMessage<CallParty> = /*@__PURE__*/
-  messageDesc(file_switchboard, 34);
+  messageDesc(file_switchboard, 36);
 
 /**
  * A call's state, as stored (JetStream KV `<prefix>_calls`, key = call id) and as sent to
@@ -1440,7 +1568,7 @@ export type Call = Message$1<"switchboard.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_switchboard, 35);
+  messageDesc(file_switchboard, 37);
 
 /**
  * A call transition, delivered to every device of every party.
@@ -1481,7 +1609,7 @@ export type CallEvent = Message$1<"switchboard.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_switchboard, 36);
+  messageDesc(file_switchboard, 38);
 
 /**
  * @generated from message switchboard.v1.BusEnvelope
@@ -1555,7 +1683,7 @@ export type BusEnvelope = Message$1<"switchboard.v1.BusEnvelope"> & {
  * Use `create(BusEnvelopeSchema)` to create a new message.
  */
 export const BusEnvelopeSchema: GenMessage<BusEnvelope> = /*@__PURE__*/
-  messageDesc(file_switchboard, 37);
+  messageDesc(file_switchboard, 39);
 
 /**
  * Operator commands (admin API), broadcast to every node on `<prefix>.admin.cmd`.
@@ -1586,7 +1714,7 @@ export type AdminCommand = Message$1<"switchboard.v1.AdminCommand"> & {
  * Use `create(AdminCommandSchema)` to create a new message.
  */
 export const AdminCommandSchema: GenMessage<AdminCommand> = /*@__PURE__*/
-  messageDesc(file_switchboard, 38);
+  messageDesc(file_switchboard, 40);
 
 /**
  * Remove matching sessions: from `room` if set, else disconnect them (KICKED).
@@ -1628,7 +1756,7 @@ export type AdminKick = Message$1<"switchboard.v1.AdminKick"> & {
  * Use `create(AdminKickSchema)` to create a new message.
  */
 export const AdminKickSchema: GenMessage<AdminKick> = /*@__PURE__*/
-  messageDesc(file_switchboard, 39);
+  messageDesc(file_switchboard, 41);
 
 /**
  * A server message to every session of `user`, wherever connected.
@@ -1652,7 +1780,7 @@ export type AdminUserMessage = Message$1<"switchboard.v1.AdminUserMessage"> & {
  * Use `create(AdminUserMessageSchema)` to create a new message.
  */
 export const AdminUserMessageSchema: GenMessage<AdminUserMessage> = /*@__PURE__*/
-  messageDesc(file_switchboard, 40);
+  messageDesc(file_switchboard, 42);
 
 /**
  * @generated from message switchboard.v1.PresenceUpdate
@@ -1684,7 +1812,7 @@ export type PresenceUpdate = Message$1<"switchboard.v1.PresenceUpdate"> & {
  * Use `create(PresenceUpdateSchema)` to create a new message.
  */
 export const PresenceUpdateSchema: GenMessage<PresenceUpdate> = /*@__PURE__*/
-  messageDesc(file_switchboard, 41);
+  messageDesc(file_switchboard, 43);
 
 /**
  * Targeted signaling: on a room subject, or (call signaling) on the target's inbox.
@@ -1713,7 +1841,7 @@ export type BusSignal = Message$1<"switchboard.v1.BusSignal"> & {
  * Use `create(BusSignalSchema)` to create a new message.
  */
 export const BusSignalSchema: GenMessage<BusSignal> = /*@__PURE__*/
-  messageDesc(file_switchboard, 42);
+  messageDesc(file_switchboard, 44);
 
 /**
  * @generated from message switchboard.v1.BusKeyframeRequest
@@ -1735,7 +1863,7 @@ export type BusKeyframeRequest = Message$1<"switchboard.v1.BusKeyframeRequest"> 
  * Use `create(BusKeyframeRequestSchema)` to create a new message.
  */
 export const BusKeyframeRequestSchema: GenMessage<BusKeyframeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard, 43);
+  messageDesc(file_switchboard, 45);
 
 /**
  * @generated from message switchboard.v1.NodeHeartbeat
@@ -1762,7 +1890,7 @@ export type NodeHeartbeat = Message$1<"switchboard.v1.NodeHeartbeat"> & {
  * Use `create(NodeHeartbeatSchema)` to create a new message.
  */
 export const NodeHeartbeatSchema: GenMessage<NodeHeartbeat> = /*@__PURE__*/
-  messageDesc(file_switchboard, 44);
+  messageDesc(file_switchboard, 46);
 
 /**
  * @generated from enum switchboard.v1.SignalKind
@@ -1986,6 +2114,13 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_TOO_MANY_CONNECTIONS = 44;
    */
   TOO_MANY_CONNECTIONS = 44,
+
+  /**
+   * The session chose layers for as many senders as it may (`LayerSubscribe`).
+   *
+   * @generated from enum value: ERROR_CODE_TOO_MANY_SUBSCRIPTIONS = 45;
+   */
+  TOO_MANY_SUBSCRIPTIONS = 45,
 
   /**
    * The cluster bus is unavailable; retry later.
