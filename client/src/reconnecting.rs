@@ -407,6 +407,12 @@ impl ReconnectingClient {
         self.ready().await?.keyframe_request(room, session, track).await
     }
 
+    /// See [`Client::layer_subscribe`]. A choice belongs to the session: after a reconnect
+    /// (and for a sender that reconnected, under its new session id) choose again.
+    pub async fn layer_subscribe(&self, room: &str, session: &str, layer: u32) -> Result<(), ClientError> {
+        self.ready().await?.layer_subscribe(room, session, layer).await
+    }
+
     /// Use `token` for the next reconnects and refresh the live session with it.
     pub async fn refresh_token(&self, token: &str) -> Result<(), ClientError> {
         self.shared.lock().configs.iter_mut().for_each(|c| c.token = token.to_owned());
