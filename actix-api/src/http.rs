@@ -11,7 +11,7 @@ pub struct AppState {
     /// The relay node.
     pub node: Arc<Node>,
     /// SHA-256 (hex) of the generated WebTransport certificate, if WebTransport runs.
-    pub cert_sha256: Option<String>,
+    pub cert_sha256: Option<switchboard_webtransport::CertificateHash>,
     /// The WebTransport address clients should use, if WebTransport runs.
     pub wt_port: Option<u16>,
     /// The admin API key; `None` disables the admin API.
@@ -83,7 +83,7 @@ async fn certificate(state: web::Data<AppState>) -> impl Responder {
         Some(hash) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/plain"))
             .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(format!("{hash}\n")),
+            .body(format!("{}\n", hash.current())),
         None => HttpResponse::NotFound().body("WebTransport is disabled or uses a configured certificate\n"),
     }
 }

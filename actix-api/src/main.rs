@@ -109,7 +109,7 @@ async fn serve_async(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         let config = WtConfig { allowed_origins: args.node.allowed_origins(), ..args.wt.config() };
         let server = WtServer::bind(config).await.context("starting WebTransport")?;
-        let hash = server.generated_certificate_sha256_hex();
+        let hash = server.generated_certificate_hash();
         let port = server.local_addr()?.port();
         tracing::info!(addr = %server.local_addr()?, "WebTransport listening");
         wt_task = Some(tokio::spawn(server.serve(node.clone())));

@@ -116,7 +116,7 @@ async fn asset(file: web::Path<String>) -> HttpResponse {
 /// served by one node connects to the others.
 async fn endpoints(state: web::Data<AppState>, web_state: web::Data<WebState>) -> HttpResponse {
     let webtransport = state.wt_port.map(|port| {
-        json!({"port": port, "path": switchboard_webtransport::WT_PATH, "certificate_sha256": state.cert_sha256})
+        json!({"port": port, "path": switchboard_webtransport::WT_PATH, "certificate_sha256": state.cert_sha256.as_ref().map(|h| h.current())})
     });
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
         "node": state.node.id(),

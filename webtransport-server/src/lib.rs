@@ -8,10 +8,12 @@
 mod lanes;
 pub mod probe;
 mod records;
+mod rotation;
 mod server;
 mod transport;
 
-pub use server::{Congestion, WtConfig, WtError, WtServer, WT_PATH};
+pub use rotation::CertificateHash;
+pub use server::{Congestion, WtConfig, WtError, WtServer, GENERATED_ROTATION, WT_PATH};
 pub use transport::WtTransport;
 
 /// WebTransport flags of a node.
@@ -21,7 +23,8 @@ pub struct WtArgs {
     #[arg(long, env = "SWITCHBOARD_WT_ADDR", default_value = "0.0.0.0:4433")]
     pub wt_addr: std::net::SocketAddr,
     /// TLS certificate chain (PEM) for WebTransport. Default: a generated self-signed
-    /// certificate valid 13 days, whose hash is served at /certificate.sha256.
+    /// certificate valid 13 days, replaced every `--wt-cert-rotation`, whose hash is served at
+    /// /certificate.sha256.
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// TLS private key (PEM) of `--tls-cert`.
@@ -38,6 +41,11 @@ pub struct WtArgs {
     /// QUIC congestion control: `bbr` (default; keeps up on lossy links) or `cubic`.
     #[arg(long, env = "SWITCHBOARD_WT_CONGESTION", value_enum, default_value = "bbr")]
     pub wt_congestion: Congestion,
+    /// Seconds between rotations of the generated certificate (without `--tls-cert`): each
+    /// rotation generates a new one for new connections and serves its hash; open sessions
+    /// keep theirs. Default 6 days (it is valid 13).
+    #[arg(long, env = "SWITCHBOARD_WT_CERT_ROTATION", default_value_t = GENERATED_ROTATION.as_secs(), value_parser = clap::value_parser!(u64).range(1..1_123_200))]
+    pub wt_cert_rotation: u64,
 }
 
 impl WtArgs {
@@ -50,6 +58,7 @@ impl WtArgs {
             max_sessions: self.wt_max_sessions,
             media_lanes: self.wt_media_lanes == "on",
             congestion: self.wt_congestion,
+            generated_rotation: std::time::Duration::from_secs(self.wt_cert_rotation),
             ..WtConfig::default()
         }
     }

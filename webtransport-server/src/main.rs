@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(probe::serve(
         listener,
         node.clone(),
-        server.generated_certificate_sha256_hex(),
+        server.generated_certificate_hash(),
         args.node.allowed_origins(),
     ));
     let serving = tokio::spawn(server.serve(node.clone()));

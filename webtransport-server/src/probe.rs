@@ -15,7 +15,12 @@ const MAX_REQUEST: usize = 8 * 1024;
 const MAX_CONCURRENT: usize = 64;
 
 /// Serve probes on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, cert_sha256: Option<String>, origins: AllowedOrigins) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    cert_sha256: Option<crate::CertificateHash>,
+    origins: AllowedOrigins,
+) {
     let cert = Arc::new(cert_sha256);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
@@ -65,7 +70,7 @@ fn cors_headers(head: &str, origins: &AllowedOrigins) -> String {
 async fn handle(
     mut stream: TcpStream,
     node: &Node,
-    cert: &Option<String>,
+    cert: &Option<crate::CertificateHash>,
     origins: &AllowedOrigins,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -101,7 +106,7 @@ async fn handle(
         "/certificate.sha256" => {
             let cors = cors_headers(&head, origins);
             match cert {
-                Some(hash) => respond(&mut stream, 200, "text/plain", &format!("{hash}\n"), &cors).await,
+                Some(hash) => respond(&mut stream, 200, "text/plain", &format!("{}\n", hash.current()), &cors).await,
                 None => respond(&mut stream, 404, "text/plain", "no generated certificate\n", &cors).await,
             }
         }

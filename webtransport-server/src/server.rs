@@ -1,5 +1,6 @@
 //! The WebTransport listener: certificate, QUIC endpoint, accept loop.
 
+use crate::rotation::CertificateHash;
 use crate::transport::WtTransport;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,7 +86,14 @@ pub struct WtConfig {
     pub media_lanes: bool,
     /// QUIC congestion control of every connection.
     pub congestion: Congestion,
+    /// How often a generated certificate is replaced ([`crate::rotation`]); shorter than
+    /// its 13 days of validity.
+    pub generated_rotation: Duration,
 }
+
+/// Default period of the generated certificate's rotation: the one served always has at
+/// least a week left.
+pub const GENERATED_ROTATION: Duration = Duration::from_secs(6 * 24 * 3600);
 
 /// QUIC congestion control (quinn's implementations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +120,7 @@ impl Default for WtConfig {
             allowed_origins: AllowedOrigins::default(),
             media_lanes: true,
             congestion: Congestion::Bbr,
+            generated_rotation: GENERATED_ROTATION,
         }
     }
 }
@@ -165,14 +174,14 @@ impl Drop for Slot {
 /// A bound WebTransport listener.
 pub struct WtServer {
     endpoint: Arc<Endpoint<Server>>,
-    cert_hash: String,
+    cert_hash: CertificateHash,
     /// The leaf certificate (DER), for its expiry gauge.
     cert_der: Vec<u8>,
     generated: bool,
     config: WtConfig,
 }
 
-fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, WtError> {
+pub(crate) fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, WtError> {
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
@@ -200,7 +209,7 @@ fn server_config(config: &WtConfig, identity: Identity) -> Result<ServerConfig, 
 
 /// Lowercase hex SHA-256 of a certificate (the form `serverCertificateHashes` and
 /// `/certificate.sha256` use).
-fn sha256_hex(cert: &Certificate) -> String {
+pub(crate) fn sha256_hex(cert: &Certificate) -> String {
     let digest = cert.hash();
     let bytes: &[u8; 32] = digest.as_ref();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -217,6 +226,12 @@ impl WtServer {
         if config.max_sessions == 0 {
             return Err(WtError::Config("max_sessions must be at least 1".into()));
         }
+        if config.generated_rotation.is_zero() || config.generated_rotation >= GENERATED_VALIDITY {
+            return Err(WtError::Config(format!(
+                "the generated certificate's rotation must be between 1 s and its {} days of validity",
+                GENERATED_VALIDITY.as_secs() / 86_400
+            )));
+        }
         let (identity, generated) = match (&config.cert_pem, &config.key_pem) {
             (Some(cert), Some(key)) => {
                 (Identity::load_pemfiles(cert, key).await.map_err(|e| WtError::Certificate(e.to_string()))?, false)
@@ -232,6 +247,7 @@ impl WtServer {
         let (cert_hash, cert_der) = (sha256_hex(leaf), leaf.der().to_vec());
         let endpoint = Endpoint::server(server_config(&config, identity)?)
             .map_err(|source| WtError::Bind { addr: config.addr, source })?;
+        let cert_hash = CertificateHash::new(cert_hash);
         Ok(Self { endpoint: Arc::new(endpoint), cert_hash, cert_der, generated, config })
     }
 
@@ -241,14 +257,21 @@ impl WtServer {
     }
 
     /// Lowercase hex SHA-256 (64 characters) of the leaf certificate loaded or generated
-    /// by [`WtServer::bind`].
+    /// by [`WtServer::bind`] (a generated one is later rotated: see
+    /// [`WtServer::generated_certificate_hash`]).
     pub fn certificate_sha256_hex(&self) -> String {
-        self.cert_hash.clone()
+        self.cert_hash.current()
     }
 
     /// [`WtServer::certificate_sha256_hex`] if the certificate was generated (the one
     /// browsers must pin with `serverCertificateHashes`), `None` with a configured one.
     pub fn generated_certificate_sha256_hex(&self) -> Option<String> {
+        self.generated.then(|| self.cert_hash.current())
+    }
+
+    /// The generated certificate's hash as it rotates (what `/certificate.sha256` serves),
+    /// `None` with a configured certificate.
+    pub fn generated_certificate_hash(&self) -> Option<CertificateHash> {
         self.generated.then(|| self.cert_hash.clone())
     }
 
@@ -262,8 +285,17 @@ impl WtServer {
             .connection_limit
             .get_or_create(&switchboard_relay::metrics::TransportLabel { transport: "webtransport" })
             .set(i64::try_from(self.config.max_sessions).unwrap_or(i64::MAX));
-        let watcher =
-            tokio::spawn(watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone(), node.clone()));
+        let watcher = if self.generated {
+            let rotation = crate::rotation::rotate(
+                Arc::downgrade(&self.endpoint),
+                self.config.clone(),
+                node.clone(),
+                self.cert_hash.clone(),
+            );
+            tokio::spawn(rotation)
+        } else {
+            tokio::spawn(watch_certificate(Arc::downgrade(&self.endpoint), self.config.clone(), node.clone()))
+        };
         let mut drain = node.drain_signal();
         let draining = drain.wait_for(|d| *d);
         tokio::pin!(draining);
@@ -467,7 +499,7 @@ async fn establish(
     Some((connection, send, recv))
 }
 
-fn generate_identity() -> Result<Identity, WtError> {
+pub(crate) fn generate_identity() -> Result<Identity, WtError> {
     use wtransport::tls::self_signed::time::{Duration as TimeDuration, OffsetDateTime};
     let now = OffsetDateTime::now_utc();
     let not_before = now - TimeDuration::seconds(GENERATED_BACKDATE.as_secs() as i64);

@@ -29,6 +29,8 @@ struct Server {
     node: Arc<Node>,
     addr: SocketAddr,
     hash: String,
+    /// The served hash as it rotates.
+    served: switchboard_webtransport::CertificateHash,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -43,8 +45,9 @@ impl Server {
         let addr = server.local_addr().expect("local addr");
         let hash = server.certificate_sha256_hex();
         assert_eq!(server.generated_certificate_sha256_hex().as_deref(), Some(hash.as_str()));
+        let served = server.generated_certificate_hash().expect("a generated certificate");
         let serving = tokio::spawn(server.serve(node.clone()));
-        Self { node, addr, hash, serving }
+        Self { node, addr, hash, served, serving }
     }
 
     fn url(&self, path: &str) -> String {
@@ -260,7 +263,7 @@ async fn probe_listener() {
     tokio::spawn(switchboard_webtransport::probe::serve(
         listener,
         server.node.clone(),
-        Some(server.hash.clone()),
+        Some(server.served.clone()),
         origins,
     ));
     assert_eq!(http(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await, (200, "ok\n".into()));
