@@ -1,10 +1,15 @@
 //! The `media-room` scenario: one room of a video call, its receivers possibly behind an
 //! impaired link.
 //!
-//! Members: 2 senders of 30 fps video-like media (track 1 each: 1–2 KiB deltas, a 20–40 KiB
-//! keyframe every second, the payload starting with the send time; a `KeyframeRequest` makes
-//! the next frame a keyframe, at most one forced keyframe per 500 ms) and `--clients`
-//! receivers. Every member also sends one reliable chat message per second (`kind` "chat",
+//! Members: `--senders` (default 2) senders of 30 fps video-like media (track 1 each: 1–2 KiB
+//! deltas, a 20–40 KiB keyframe every second, the payload starting with the send time; a
+//! `KeyframeRequest` makes the next frame a keyframe, at most one forced keyframe per 500 ms)
+//! and `--clients` receivers. With `--layers L` (2..=3) every sender sends L simulcast layers
+//! at once, layer `l` on track `1 + l` with `Media.layer = l`, the top layer sized as above
+//! and each lower one a quarter of the bytes of the one above, keyframes per layer (a
+//! `KeyframeRequest` forces one on the layer it names); receivers choose `--want-layer` for
+//! every sender (`top`: `LayerSubscribe` to L - 1 before the start; `low`: layer 0, the
+//! node's default, nothing sent). Every member also sends one reliable chat message per second (`kind` "chat",
 //! payload: send time, member, sequence number), so the room carries chat and media at once.
 //! With `--receiver-netns`, the receivers' connections are made inside those network
 //! namespaces (the lab's shaped client hosts); senders connect from the bench's own.
@@ -23,7 +28,12 @@
 //!   when the run stopped waiting, [`CHAT_GRACE`] after the senders stopped: late, not lost);
 //!   `chat_send_errors` counts publishes that failed or were not acknowledged in time;
 //! * `node_cpu_us_per_delivery`: the servers' CPU time while sending (`--server-pid`) per
-//!   delivery (media frames and chat messages, to every member).
+//!   delivery (media frames and chat messages, to every member), and
+//!   `node_cpu_us_per_forwarded_frame` per media frame delivered;
+//! * simulcast: `layers` (per layer: frames sent, frames and bytes delivered in all and per
+//!   receiver, latency), `wanted_layer_delivered_ratio` (frames of the wanted layer delivered
+//!   over those sent times receivers) and `min_receiver_fps` (the lowest, over receivers and
+//!   senders, of the wanted layer's frames delivered per second of sending).
 
 use super::netns;
 use super::scenarios::{latency_us, now_us, report};
@@ -45,8 +55,17 @@ use tokio::sync::{oneshot, watch};
 
 /// The room every member joins.
 const ROOM: &str = "bench-media-room";
-/// Media senders (members `0..SENDERS`); receivers follow.
-const SENDERS: usize = 2;
+/// Most simulcast layers (the protocol's `MAX_LAYERS`).
+const MAX_LAYERS: u32 = 3;
+
+/// The layer receivers choose for every sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WantLayer {
+    /// Layer 0: the node's default, no `LayerSubscribe` sent.
+    Low,
+    /// The top layer (`--layers` - 1).
+    Top,
+}
 /// Frames per second per sender.
 const FPS: f64 = 30.0;
 /// A keyframe every this many frames (one a second).
@@ -76,6 +95,12 @@ fn frame_size(seq: u64, keyframe: bool) -> usize {
     }
 }
 
+/// The size of layer `layer` of `layers` for frame `seq`: the top layer as [`frame_size`],
+/// each lower one a quarter of the one above (at least the 8-byte timestamp).
+fn layer_frame_size(seq: u64, keyframe: bool, layer: u32, layers: u32) -> usize {
+    (frame_size(seq, keyframe) >> (2 * (layers - 1 - layer))).max(8)
+}
+
 /// A `size`-byte payload starting with the send time.
 fn stamped(size: usize) -> Bytes {
     let mut b = BytesMut::zeroed(size.max(8));
@@ -87,6 +112,9 @@ fn stamped(size: usize) -> Bytes {
 #[derive(Default)]
 struct Track {
     delivered: u64,
+    /// Frames and bytes delivered per layer (0 without layers).
+    by_layer: [u64; MAX_LAYERS as usize],
+    bytes_by_layer: [u64; MAX_LAYERS as usize],
     last_us: Option<u64>,
     freezes: u64,
     frozen_us: u64,
@@ -95,6 +123,7 @@ struct Track {
 /// What members saw, under one lock (a few hundred events a second).
 struct Tally {
     media_latency: Histogram<u64>,
+    layer_latency: Vec<Histogram<u64>>,
     chat_latency: Histogram<u64>,
     /// (receiver member, sender member) → track.
     tracks: HashMap<(usize, usize), Track>,
@@ -138,13 +167,19 @@ impl Tally {
 /// Shared by every member task, whatever thread (namespace) it runs on.
 struct Shared {
     members: usize,
+    /// Senders are members `0..n_senders`.
+    n_senders: usize,
+    /// Layers per sender (1: unlayered) and the one receivers want.
+    layers: u32,
+    want: u32,
     /// Session id → sender member, set before the run starts.
     senders: OnceLock<HashMap<String, usize>>,
     tally: Mutex<Tally>,
-    /// Frames sent and the time of the last one, per sender.
+    /// Frames sent (per layer) and the time of the last one, per sender.
     frames_sent: Vec<AtomicU64>,
     last_sent_us: Vec<AtomicU64>,
-    keyframe_wanted: Vec<AtomicBool>,
+    /// Per sender and layer.
+    keyframe_wanted: Vec<Vec<AtomicBool>>,
     keyframe_requests: AtomicU64,
     forced_keyframes: AtomicU64,
     /// Members whose chat loop has finished (every publish answered or failed).
@@ -154,12 +189,16 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(members: usize) -> Arc<Self> {
+    fn new(members: usize, n_senders: usize, layers: u32, want: u32) -> Arc<Self> {
         Arc::new(Self {
             members,
+            n_senders,
+            layers,
+            want,
             senders: OnceLock::new(),
             tally: Mutex::new(Tally {
                 media_latency: histogram(),
+                layer_latency: (0..MAX_LAYERS).map(|_| histogram()).collect(),
                 chat_latency: histogram(),
                 tracks: HashMap::new(),
                 chat_seen: vec![vec![HashSet::new(); members]; members],
@@ -169,9 +208,9 @@ impl Shared {
                 chat_send_errors: 0,
                 first_error: None,
             }),
-            frames_sent: (0..SENDERS).map(|_| AtomicU64::new(0)).collect(),
-            last_sent_us: (0..SENDERS).map(|_| AtomicU64::new(0)).collect(),
-            keyframe_wanted: (0..SENDERS).map(|_| AtomicBool::new(false)).collect(),
+            frames_sent: (0..n_senders).map(|_| AtomicU64::new(0)).collect(),
+            last_sent_us: (0..n_senders).map(|_| AtomicU64::new(0)).collect(),
+            keyframe_wanted: (0..n_senders).map(|_| (0..layers).map(|_| AtomicBool::new(false)).collect()).collect(),
             keyframe_requests: AtomicU64::new(0),
             forced_keyframes: AtomicU64::new(0),
             chat_done: AtomicUsize::new(0),
@@ -258,8 +297,11 @@ async fn receivers(
 async fn member(i: usize, client: Client, events: Events, shared: Arc<Shared>, mut signals: Signals, start: Instant) {
     let reader = tokio::spawn(read_events(i, events, shared.clone()));
     let end = start + signals.duration;
+    if i >= shared.n_senders && shared.want > 0 {
+        subscribe(i, &client, &shared).await;
+    }
     let chat = chat(i, &client, &shared, start, end);
-    if i < SENDERS {
+    if i < shared.n_senders {
         tokio::join!(chat, media(i, &client, &shared, start, end));
     } else {
         chat.await;
@@ -268,6 +310,17 @@ async fn member(i: usize, client: Client, events: Events, shared: Arc<Shared>, m
     reader.abort();
     *shared.media_stats.lock().unwrap_or_else(|e| e.into_inner()) += client.media_stats();
     client.close().await;
+}
+
+/// Receiver `i` chooses the wanted layer of every sender.
+async fn subscribe(i: usize, client: &Client, shared: &Shared) {
+    let Some(sessions) = shared.senders.get() else { return };
+    let asks = sessions.keys().map(|s| client.layer_subscribe(ROOM, s, shared.want));
+    for r in futures_util::future::join_all(asks).await {
+        if let Err(e) = r {
+            shared.note_error(format!("receiver {i}: layer_subscribe: {e}"));
+        }
+    }
 }
 
 /// Tally what member `i` receives; a sender notes keyframe requests.
@@ -292,15 +345,19 @@ async fn read_events(i: usize, mut events: Events, shared: Arc<Shared>) {
                 }
                 t.chat_deliveries += 1;
             }
-            Event::Media(m) if i >= SENDERS => {
+            Event::Media(m) if i >= shared.n_senders => {
                 let from = m.from.as_ref().map(|f| f.session.as_str()).unwrap_or_default();
                 let Some(&sender) = shared.senders.get().and_then(|s| s.get(from)) else { continue };
                 let now = now_us();
                 let mut t = shared.tally();
+                let layer = m.layer.unwrap_or(0).min(MAX_LAYERS - 1) as usize;
                 if let Some(l) = latency_us(&m.payload) {
                     let _ = t.media_latency.record(l);
+                    let _ = t.layer_latency[layer].record(l);
                 }
                 let track = t.tracks.entry((i, sender)).or_default();
+                track.by_layer[layer] += 1;
+                track.bytes_by_layer[layer] += m.payload.len() as u64;
                 if let Some(last) = track.last_us {
                     let gap = now.saturating_sub(last);
                     if gap > FREEZE.as_micros() as u64 {
@@ -311,9 +368,15 @@ async fn read_events(i: usize, mut events: Events, shared: Arc<Shared>) {
                 track.last_us = Some(now);
                 track.delivered += 1;
             }
-            Event::KeyframeRequest(_) if i < SENDERS => {
+            Event::KeyframeRequest(k) if i < shared.n_senders => {
                 shared.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                shared.keyframe_wanted[i].store(true, Ordering::Relaxed);
+                // The layer asked for, else the track's (track 1 + layer), else every layer.
+                let layer = k.layer.or_else(|| k.track.checked_sub(1).filter(|_| shared.layers > 1));
+                for (l, wanted) in shared.keyframe_wanted[i].iter().enumerate() {
+                    if layer.is_none_or(|w| w as usize == l) {
+                        wanted.store(true, Ordering::Relaxed);
+                    }
+                }
             }
             Event::Closed { reason, .. } => {
                 shared.note_error(format!("member {i}: connection closed: {reason}"));
@@ -358,40 +421,46 @@ async fn chat(i: usize, client: &Client, shared: &Arc<Shared>, start: Instant, e
     shared.chat_done.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Sender `i`: [`FPS`] frames per second from `start` to `end`.
+/// Sender `i`: [`FPS`] frames per second (of every layer) from `start` to `end`.
 async fn media(i: usize, client: &Client, shared: &Shared, start: Instant, end: Instant) {
-    let mut last_key: Option<Instant> = None;
-    for seq in 0u64.. {
+    let layers = shared.layers;
+    let mut last_key: Vec<Option<Instant>> = vec![None; layers as usize];
+    'frames: for seq in 0u64.. {
         let at = start + Duration::from_secs_f64(seq as f64 / FPS);
         if at >= end {
             break;
         }
         tokio::time::sleep_until(at.into()).await;
-        let scheduled = seq.is_multiple_of(KEYFRAME_EVERY);
-        let forced = !scheduled
-            && shared.keyframe_wanted[i].load(Ordering::Relaxed)
-            && last_key.is_none_or(|k| k.elapsed() >= FORCED_KEYFRAME_GAP);
-        let keyframe = scheduled || forced;
-        if keyframe {
-            shared.keyframe_wanted[i].store(false, Ordering::Relaxed);
-            last_key = Some(Instant::now());
-            if forced {
-                shared.forced_keyframes.fetch_add(1, Ordering::Relaxed);
+        for layer in 0..layers {
+            let l = layer as usize;
+            let wanted = &shared.keyframe_wanted[i][l];
+            let scheduled = seq.is_multiple_of(KEYFRAME_EVERY);
+            let forced = !scheduled
+                && wanted.load(Ordering::Relaxed)
+                && last_key[l].is_none_or(|k| k.elapsed() >= FORCED_KEYFRAME_GAP);
+            let keyframe = scheduled || forced;
+            if keyframe {
+                wanted.store(false, Ordering::Relaxed);
+                last_key[l] = Some(Instant::now());
+                if forced {
+                    shared.forced_keyframes.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        }
-        let frame = pb::Media {
-            room: ROOM.into(),
-            track: 1,
-            seq,
-            timestamp: seq * 33_333,
-            keyframe,
-            codec: "vp8".into(),
-            payload: stamped(frame_size(seq, keyframe)),
-            ..Default::default()
-        };
-        if let Err(e) = client.media(frame).await {
-            shared.note_error(format!("sender {i}: media frame {seq}: {e}"));
-            break;
+            let frame = pb::Media {
+                room: ROOM.into(),
+                track: 1 + layer,
+                seq,
+                timestamp: seq * 33_333,
+                keyframe,
+                codec: "vp8".into(),
+                payload: stamped(layer_frame_size(seq, keyframe, layer, layers)),
+                layer: (layers > 1).then_some(layer),
+                ..Default::default()
+            };
+            if let Err(e) = client.media(frame).await {
+                shared.note_error(format!("sender {i}: media frame {seq} layer {layer}: {e}"));
+                break 'frames;
+            }
         }
         shared.frames_sent[i].fetch_add(1, Ordering::Relaxed);
         shared.last_sent_us[i].store(now_us(), Ordering::Relaxed);
@@ -402,10 +471,17 @@ async fn media(i: usize, client: &Client, shared: &Shared, start: Instant, end: 
 pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> anyhow::Result<Report> {
     anyhow::ensure!(target.kind == TargetKind::Switchboard, "media-room needs a Switchboard target");
     anyhow::ensure!(args.clients <= 200, "media-room: --clients (receivers) must be at most 200");
+    anyhow::ensure!((1..=50).contains(&args.senders), "media-room: --senders must be 1..=50");
+    anyhow::ensure!((1..=MAX_LAYERS).contains(&args.layers), "media-room: --layers must be 1..={MAX_LAYERS}");
+    let n_senders = args.senders;
     let n_receivers = args.clients;
-    let members = SENDERS + n_receivers;
+    let members = n_senders + n_receivers;
     let duration = args.duration();
-    let shared = Shared::new(members);
+    let want = match args.want_layer {
+        WantLayer::Low => 0,
+        WantLayer::Top => args.layers - 1,
+    };
+    let shared = Shared::new(members, n_senders, args.layers, want);
     let (go_tx, go) = watch::channel(None);
     let (stop_tx, stop) = watch::channel(false);
     let signals = Signals { go, stop, duration };
@@ -419,7 +495,7 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     let mut groups: Vec<BoxFuture<'static, anyhow::Result<()>>> = Vec::new();
     let mut ready = Vec::new();
     for (k, ns) in spaces.iter().enumerate() {
-        let indices: Vec<usize> = (SENDERS..members).filter(|i| (i - SENDERS) % spaces.len() == k).collect();
+        let indices: Vec<usize> = (n_senders..members).filter(|i| (i - n_senders) % spaces.len() == k).collect();
         if indices.is_empty() {
             continue;
         }
@@ -448,15 +524,16 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         Err(_) => anyhow::bail!("the receivers did not connect within {CONNECT_LIMIT:?}"),
     }
     let mut senders = Vec::new();
-    for i in 0..SENDERS {
+    for i in 0..n_senders {
         senders.push(tokio::time::timeout(CONNECT_LIMIT, connect(target, i)).await.context("connecting a sender")??);
     }
     let sessions = senders.iter().enumerate().map(|(i, (c, _))| (c.session_id().to_owned(), i)).collect();
     let _ = shared.senders.set(sessions);
 
-    // Go: everyone starts at the same instant.
-    let start = Instant::now() + Duration::from_millis(200);
-    let start_us = now_us() + 200_000;
+    // Go: everyone starts at the same instant (receivers choosing a layer first).
+    let lead = Duration::from_millis(if want > 0 { 2000 } else { 200 });
+    let start = Instant::now() + lead;
+    let start_us = now_us() + lead.as_micros() as u64;
     go_tx.send_replace(Some(start));
     let sender_tasks: Vec<_> = senders
         .into_iter()
@@ -469,12 +546,15 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         let t = s.tally();
         t.tracks.values().map(|tr| tr.delivered).sum::<u64>() + t.chat_deliveries
     };
+    let media_at = |s: &Shared| s.tally().tracks.values().map(|tr| tr.delivered).sum::<u64>();
     let before = deliveries_at(&shared);
+    let media_before = media_at(&shared);
     let end = start + duration;
     tokio::time::sleep_until(end.into()).await;
     let mut r = report(args, target, members, rss_before);
     cpu.fill(&mut r);
     let during = deliveries_at(&shared) - before;
+    let media_during = media_at(&shared) - media_before;
 
     // Stragglers: every chat message (reliable), and media until complete or MEDIA_GRACE.
     let media_expected =
@@ -507,7 +587,7 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     let t = shared.tally();
     let sent: Vec<u64> = shared.frames_sent.iter().map(|f| f.load(Ordering::Relaxed)).collect();
     let (mut freezes, mut frozen_us) = (0u64, 0u64);
-    for rcv in SENDERS..members {
+    for rcv in n_senders..members {
         for (snd, &n) in sent.iter().enumerate() {
             let last_sent = shared.last_sent_us[snd].load(Ordering::Relaxed);
             let track = t.tracks.get(&(rcv, snd));
@@ -522,8 +602,10 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         }
     }
     r.scenario = "media-room".into();
-    r.sent = sent.iter().sum();
-    r.expected = r.sent * n_receivers as u64;
+    // Frames sent per layer; every receiver gets one layer of each sender.
+    let ticks: u64 = sent.iter().sum();
+    r.sent = ticks * u64::from(args.layers);
+    r.expected = ticks * n_receivers as u64;
     r.delivered = t.tracks.values().map(|tr| tr.delivered).sum();
     r.latency = t.media_latency.clone();
     r.window = duration;
@@ -537,7 +619,28 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     x.insert("receivers".into(), n_receivers.into());
     x.insert("receiver_netns".into(), args.receiver_netns.clone().into());
     x.insert("media_delivered_ratio".into(), (r.delivered as f64 / r.expected.max(1) as f64).into());
-    x.insert("tracks".into(), (n_receivers * SENDERS).into());
+    x.insert("tracks".into(), (n_receivers * n_senders).into());
+    x.insert("senders".into(), n_senders.into());
+    x.insert("want_layer".into(), want.into());
+    let mut layers = Vec::new();
+    for l in 0..args.layers as usize {
+        let frames: u64 = t.tracks.values().map(|tr| tr.by_layer[l]).sum();
+        let bytes: u64 = t.tracks.values().map(|tr| tr.bytes_by_layer[l]).sum();
+        let h = &t.layer_latency[l];
+        layers.push(json!({"layer": l, "frames_sent": ticks, "delivered_frames": frames, "delivered_bytes": bytes,
+            "frames_per_receiver": frames as f64 / n_receivers as f64,
+            "bytes_per_receiver": (bytes as f64 / n_receivers as f64).round(),
+            "latency_ms": {"p50": ms(h, 0.5), "p99": ms(h, 0.99)}}));
+    }
+    x.insert("layers".into(), layers.into());
+    let w = want as usize;
+    let wanted: u64 = t.tracks.values().map(|tr| tr.by_layer[w]).sum();
+    x.insert("wanted_layer_delivered_ratio".into(), (wanted as f64 / r.expected.max(1) as f64).into());
+    let min_fps = (n_senders..members)
+        .flat_map(|rcv| (0..n_senders).map(move |snd| (rcv, snd)))
+        .map(|k| t.tracks.get(&k).map_or(0, |tr| tr.by_layer[w]) as f64 / duration.as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
+    x.insert("min_receiver_fps".into(), ((min_fps * 10.0).round() / 10.0).into());
     x.insert("freezes".into(), freezes.into());
     x.insert("frozen_ms".into(), (frozen_us / 1000).into());
     x.insert("keyframe_requests".into(), shared.keyframe_requests.load(Ordering::Relaxed).into());
@@ -566,6 +669,10 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     );
     if let Some(us) = cpu_us {
         x.insert("node_cpu_us_per_delivery".into(), ((us / during.max(1) as f64 * 10.0).round() / 10.0).into());
+        x.insert(
+            "node_cpu_us_per_forwarded_frame".into(),
+            ((us / media_during.max(1) as f64 * 10.0).round() / 10.0).into(),
+        );
     }
     if let Some(e) = &t.first_error {
         x.insert("first_error".into(), e.clone().into());

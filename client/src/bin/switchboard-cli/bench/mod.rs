@@ -8,8 +8,9 @@
 //! * `pairs`: `--clients`/2 rooms of two, both sides sending at `--rate` each;
 //! * `media`: `--rooms` rooms × (2 senders, `--clients` receivers, `--slow-receivers` of them
 //!   never reading), 30 fps frames of 1–8 KiB with a keyframe every 30 frames;
-//! * `media-room`: one room, 2 senders of 30 fps video-like frames (1–2 KB deltas, a 20–40 KB
-//!   keyframe every second) and `--clients` receivers (8 in `bench/compare`), every member
+//! * `media-room`: one room, `--senders` (2) senders of 30 fps video-like frames (1–2 KB
+//!   deltas, a 20–40 KB keyframe every second; `--layers` simulcast layers, receivers
+//!   choosing `--want-layer`) and `--clients` receivers (8 in `bench/compare`), every member
 //!   also chatting once a second; receivers may sit behind an impaired link
 //!   (`--receiver-netns`). Frame latency, delivered/expected, freezes, chat latency, lost and
 //!   duplicated chat (see `media_room.rs`); `--wt-lanes` picks WebTransport's media lanes;
@@ -101,6 +102,17 @@ pub struct BenchArgs {
     /// robin). Senders connect from the bench's own namespace. Needs root.
     #[arg(long = "receiver-netns")]
     pub receiver_netns: Vec<String>,
+    /// media-room: media senders (members 0..N); the --clients receivers follow.
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// media-room: simulcast layers per sender (1..=3), each its own track (track 1 + layer),
+    /// every layer a quarter of the bytes of the one above; 1: one track without a layer.
+    #[arg(long, default_value_t = 1)]
+    pub layers: u32,
+    /// media-room: the layer every receiver chooses for every sender: low (layer 0, the
+    /// node's default: no LayerSubscribe is sent) or top.
+    #[arg(long, value_enum, default_value = "low")]
+    pub want_layer: media_room::WantLayer,
     #[command(flatten)]
     pub cluster: cluster::ClusterArgs,
 }
