@@ -225,6 +225,9 @@ pub struct Metrics {
     pub webhook_latency_seconds: Histogram,
     /// Media payload bytes this node received from the bus, by simulcast layer.
     pub media_bus_bytes: Family<LayerLabel, Counter>,
+    /// `media_bus_bytes`' series (layers 0, 1, 2, none), taken once: the fan-out counts every
+    /// media message without a label lookup.
+    media_bus_bytes_by_layer: [Counter; 4],
     /// Receivers' layer choices (receiver, sender) held by this node.
     pub layer_subscriptions: Gauge,
     /// Bus subscriptions to simulcast layer subjects held (a room's layer its local
@@ -309,6 +312,7 @@ impl Metrics {
             // 10 ms .. ~1.4 h: retries stretch it.
             webhook_latency_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
             media_bus_bytes: Family::default(),
+            media_bus_bytes_by_layer: Default::default(),
             layer_subscriptions: Gauge::default(),
             layer_bus_subscriptions: Gauge::default(),
             layer_switches: Family::default(),
@@ -462,9 +466,6 @@ impl Metrics {
             let _ = m.layer_switches.get_or_create(&DirectionLabel { direction });
             let _ = m.layer_auto_moves.get_or_create(&DirectionLabel { direction });
         }
-        for layer in [Some(0), Some(1), Some(2), None] {
-            let _ = m.media_bus_bytes.get_or_create(&LayerLabel::of(layer));
-        }
         for reason in ["queue_full", "store_failed", "expired"] {
             let _ = m.webhook_dropped.get_or_create(&ReasonLabel { reason });
         }
@@ -486,7 +487,16 @@ impl Metrics {
         for kind in ["reliable", "unreliable", "media"] {
             let _ = m.overload_shed.get_or_create(&KindLabel { kind });
         }
-        Self { registry, ..m }
+        let media_bus_bytes_by_layer =
+            [Some(0), Some(1), Some(2), None].map(|l| m.media_bus_bytes.get_or_create(&LayerLabel::of(l)).clone());
+        Self { registry, media_bus_bytes_by_layer, ..m }
+    }
+
+    /// Count `bytes` of media received from the bus on `layer` (`None` or out of range: not
+    /// layered).
+    pub fn media_bus_bytes_in(&self, layer: Option<u32>, bytes: u64) {
+        let index = layer.filter(|l| *l < 3).map_or(3, |l| l as usize);
+        self.media_bus_bytes_by_layer[index].inc_by(bytes);
     }
 
     /// Count an error sent to a client.

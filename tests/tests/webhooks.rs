@@ -21,6 +21,16 @@ fn hook_args(endpoints: &[String], extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// A node on `nats` with webhooks `endpoints` (and `extra` flags).
+fn clustered(nats: &NatsServer, id: &str, endpoints: &[String], extra: &[&str]) -> NodeOptions {
+    NodeOptions {
+        nats_url: Some(nats.url()),
+        node_id: Some(id.into()),
+        args: hook_args(endpoints, extra),
+        ..Default::default()
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
@@ -169,12 +179,8 @@ async fn two_nodes_deliver_each_event_once() {
     let nats = NatsServer::start().await;
     let mut receiver = WebhookReceiver::start().await;
     let url = receiver.url.clone();
-    let opts = |id: &str| NodeOptions {
-        nats_url: Some(nats.url()),
-        node_id: Some(id.into()),
-        args: hook_args(&[format!("{url} room.*,participant.*")], &[]),
-        ..Default::default()
-    };
+    let endpoints = [format!("{url} room.*,participant.*")];
+    let opts = |id: &str| clustered(&nats, id, &endpoints, &[]);
     let (n1, n2) = tokio::join!(TestNode::start(opts("hook1")), TestNode::start(opts("hook2")));
     let (alice, _a) = Client::connect(ClientConfig::new(n1.ws_url(), token("alice", &["r1"]))).await.unwrap();
     let (bob, _b) = Client::connect(ClientConfig::new(n2.ws_url(), token("bob", &["r1"]))).await.unwrap();
@@ -220,12 +226,7 @@ async fn an_event_held_by_a_dead_node_is_delivered_by_another() {
     let nats = NatsServer::start().await;
     let mut receiver = WebhookReceiver::start().await;
     let url = receiver.url.clone();
-    let opts = |id: &str| NodeOptions {
-        nats_url: Some(nats.url()),
-        node_id: Some(id.into()),
-        args: hook_args(std::slice::from_ref(&url), &["--webhook-timeout", "25"]),
-        ..Default::default()
-    };
+    let opts = |id: &str| clustered(&nats, id, std::slice::from_ref(&url), &["--webhook-timeout", "25"]);
     // The endpoint hangs: node 1 takes the event and waits on its POST.
     receiver.hold(true);
     let mut n1 = TestNode::start(opts("dies1")).await;
@@ -287,12 +288,8 @@ async fn the_rooms_a_dead_node_leaves_alone_finish() {
     let nats = NatsServer::start().await;
     let mut receiver = WebhookReceiver::start().await;
     let url = receiver.url.clone();
-    let opts = |id: &str| NodeOptions {
-        nats_url: Some(nats.url()),
-        node_id: Some(id.into()),
-        args: hook_args(&[format!("{url} room.*,participant.left")], &["--node-timeout", "3"]),
-        ..Default::default()
-    };
+    let endpoints = [format!("{url} room.*,participant.left")];
+    let opts = |id: &str| clustered(&nats, id, &endpoints, &["--node-timeout", "3"]);
     let (mut n1, n2) = tokio::join!(TestNode::start(opts("alone1")), TestNode::start(opts("other2")));
     // Node 2 must have heard node 1 to notice its silence: wait for one of node 1's
     // heartbeats after both are up (node 2 listens before it turns ready).

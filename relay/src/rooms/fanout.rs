@@ -6,7 +6,7 @@ use super::{Room, RoomState};
 use crate::bus::{BusMessage, Subscription};
 use crate::context::NodeContext;
 use crate::layers::{Admit, Wanted};
-use crate::metrics::{DirectionLabel, LayerLabel};
+use crate::metrics::DirectionLabel;
 use crate::outbound::{Class, Outbound, Pushed};
 use crate::transport::{MediaOrigin, MediaTag};
 use bytes::Bytes;
@@ -200,10 +200,7 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
             bus_envelope::Kind::Media(media) => {
                 let (sender, user) =
                     media.from.as_ref().map(|f| (f.session.clone(), f.user.clone())).unwrap_or_default();
-                node.metrics
-                    .media_bus_bytes
-                    .get_or_create(&LayerLabel::of(media.layer))
-                    .inc_by(media.payload.len() as u64);
+                node.metrics.media_bus_bytes_in(media.layer, media.payload.len() as u64);
                 // Nodes check both at the sender's edge; a bad value from elsewhere is ignored.
                 let layer = media.layer.filter(|l| *l < crate::layers::MAX_LAYERS);
                 match (layer, media.audio_level) {
