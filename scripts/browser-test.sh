@@ -6,6 +6,8 @@
 # sources (rebuilding it if not), builds the node and runs the tests.
 # The TURN test (turn.test.mjs) runs a call through coturn between pages in network
 # namespaces that cannot reach each other (as root; else with iceTransportPolicy "relay").
+# The meeting test (meeting.test.mjs) runs four pages across two nodes and thins one page's
+# downlink in a network namespace (as root; else it simulates the loss on loopback).
 # Screenshots go to target/browser-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,12 @@ fi
 if ! command -v turnserver >/dev/null 2>&1; then
   echo "==> installing coturn (apt)"
   apt_install coturn
+fi
+
+# curl: the meeting test asks nodes inside network namespaces for /readyz with it.
+if ! command -v curl >/dev/null 2>&1; then
+  echo "==> installing curl (apt)"
+  apt_install curl
 fi
 
 source scripts/nats-server.sh

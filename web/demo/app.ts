@@ -1,15 +1,18 @@
 /**
  * The Switchboard demo: sign in with a name, chat in a room with a presence list, call
  * someone (it rings on all their tabs), a 1:1 video call over WebRTC signaled through
- * Switchboard with relayed media as the fallback, and call history.
+ * Switchboard with relayed media as the fallback, meetings of many through the relay (the
+ * room's meeting, or a call with several callees), and call history.
  *
  * URL parameters: `name` and `room` sign in at once; `nodes` (comma-separated HTTP
  * origins, default this page's) lists the nodes to use, in order; `transport`
  * (`auto`, `webtransport`, `websocket`); `relay=1` forces relayed media; `iceRelay=1` makes
- * WebRTC use TURN relay candidates only (`iceTransportPolicy: "relay"`).
+ * WebRTC use TURN relay candidates only (`iceTransportPolicy: "relay"`); `meeting=1` joins
+ * the room's meeting after signing in; `fps` sets the camera rate meetings ask for (30).
  */
-import { CallState, SwitchboardClient, type CallEvent, type Participant } from "../src/index";
+import { CallState, Meeting, SwitchboardClient, type CallEvent, type Participant } from "../src/index";
 import { ActiveCall, type MediaPath } from "./call";
+import { MeetingView } from "./meeting-view";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const params = new URLSearchParams(location.search);
@@ -30,6 +33,10 @@ const people = new Map<string, Participant>();
 let ringing: { call: string; from: string; name: string } | undefined;
 let outgoing: { call: string; to: string } | undefined;
 let active: ActiveCall | undefined;
+/** The meeting shown, and the group call it belongs to (if it is one). */
+let meeting: { view: MeetingView; call?: string } | undefined;
+/** Users ticked for a group call. */
+const picked = new Set<string>();
 const chatLog: { from: string; text: string; offset: string }[] = [];
 let tokenRefreshes = 0;
 
@@ -40,6 +47,10 @@ const demo = {
   },
   get call() {
     return active;
+  },
+  /** The meeting's library object (`stats()`, `participants()`), if one is open. */
+  get meeting() {
+    return meeting?.view.meeting;
   },
   chatLog,
   people,
@@ -130,6 +141,7 @@ async function signIn(name: string, room: string, transport: string): Promise<vo
   document.title = `${first.name} · Switchboard`;
   setPeople(joined.participants);
   void refreshHistory();
+  if (params.get("meeting") === "1") await openMeeting(`${room}-meeting`, `#${room} meeting`);
 }
 
 $("signin-form").addEventListener("submit", (ev) => {
@@ -244,6 +256,17 @@ function renderPeople(): void {
     label.append(where);
     li.append(label);
     if (user !== session?.user) {
+      const pick = document.createElement("input");
+      pick.type = "checkbox";
+      pick.className = "pick";
+      pick.title = "include in a group call";
+      pick.checked = picked.has(user);
+      pick.onchange = () => {
+        if (pick.checked) picked.add(user);
+        else picked.delete(user);
+        renderGroupCall();
+      };
+      label.prepend(pick);
       const btn = document.createElement("button");
       btn.className = "small call-btn";
       btn.textContent = "Call";
@@ -255,6 +278,14 @@ function renderPeople(): void {
     ul.append(li);
   }
   $("people-count").textContent = `(${byUser.size})`;
+  for (const u of [...picked]) if (!byUser.has(u)) picked.delete(u);
+  renderGroupCall();
+}
+
+function renderGroupCall(): void {
+  const btn = $<HTMLButtonElement>("group-call");
+  btn.textContent = `Group call (${picked.size})`;
+  btn.disabled = picked.size < 2;
 }
 
 // -------------------------------------------------------------------------------------
@@ -265,12 +296,12 @@ function callInfo(text: string): void {
   $("call-info").textContent = text;
 }
 
-async function placeCall(user: string, name: string): Promise<void> {
-  if (!session || active || outgoing) return;
+async function placeCall(user: string, name: string, more: string[] = []): Promise<void> {
+  if (!session || active || outgoing || meeting) return;
   try {
-    const call = await session.client.invite([user], "video");
+    const call = await session.client.invite([user, ...more], "video");
     outgoing = { call, to: user };
-    $("outgoing-to").textContent = name;
+    $("outgoing-to").textContent = more.length ? [name, ...more].join(", ") : name;
     $("outgoing").hidden = false;
   } catch (e) {
     callInfo(`call failed: ${e instanceof Error ? e.message : e}`);
@@ -282,9 +313,11 @@ async function onCallEvent(ev: CallEvent): Promise<void> {
   const call = ev.call;
   if (!s || !call) return;
   const me = s.client.welcome?.sessionId;
+  // A call with several callees is a meeting in the call's room.
+  const group = call.parties.length > 2;
   switch (ev.state) {
     case CallState.RINGING:
-      if (call.caller !== s.user && !active && ev.by?.user !== s.user) {
+      if (call.caller !== s.user && !active && !meeting && ev.by?.user !== s.user) {
         ringing = { call: call.id, from: call.caller, name: ev.by?.name || call.caller };
         $("incoming-from").textContent = ringing.name;
         $("incoming").hidden = false;
@@ -296,12 +329,14 @@ async function onCallEvent(ev: CallEvent): Promise<void> {
         callInfo("answered on another device");
       } else if (ev.by?.session === me && ringing?.call === call.id) {
         stopRinging();
-        await startCall(call, call.caller, false);
+        if (group) await openMeeting(call.room, `call with ${call.parties.map((p) => p.user).join(", ")}`, call.id);
+        else await startCall(call, call.caller, false);
       } else if (outgoing?.call === call.id) {
         const peer = ev.by?.user ?? "";
         outgoing = undefined;
         $("outgoing").hidden = true;
-        await startCall(call, peer, true);
+        if (group) await openMeeting(call.room, `call with ${call.parties.map((p) => p.user).join(", ")}`, call.id);
+        else await startCall(call, peer, true);
       }
       break;
     case CallState.REJECTED:
@@ -315,6 +350,7 @@ async function onCallEvent(ev: CallEvent): Promise<void> {
         $("outgoing").hidden = true;
       }
       if (active?.call.id === call.id) endActive();
+      if (meeting?.call === call.id) void closeMeeting();
       callInfo(`call ended (${outcomeName(call.outcome)})`);
       void refreshHistory();
       break;
@@ -386,6 +422,46 @@ $("camera").onclick = () => {
 };
 $("force-relay").onchange = () => {
   if (active && $<HTMLInputElement>("force-relay").checked) void active.switchToRelay("switched by the user", true);
+};
+
+// -------------------------------------------------------------------------------------
+// Meetings
+// -------------------------------------------------------------------------------------
+
+async function openMeeting(room: string, title: string, call?: string): Promise<void> {
+  if (!session || meeting || active) return;
+  if (!Meeting.supported()) {
+    callInfo("meetings need WebCodecs, which this browser lacks");
+    return;
+  }
+  const s = session;
+  const fps = Number(params.get("fps")) || 30;
+  const view = new MeetingView(new Meeting(s.client, room), title, () => {
+    // Leaving a group call as its last participant ends it; otherwise the others go on.
+    if (call && view.meeting.participants().length === 0) s.client.end(call).catch(() => {});
+    void closeMeeting();
+  }, Math.min(60, Math.max(1, fps)));
+  meeting = { view, call };
+  try {
+    await view.open();
+  } catch (e) {
+    callInfo(`meeting failed: ${e instanceof Error ? e.message : e}`);
+    await closeMeeting();
+  }
+}
+
+async function closeMeeting(): Promise<void> {
+  const m = meeting;
+  meeting = undefined;
+  await m?.view.close();
+}
+
+$("meeting-open").onclick = () => {
+  if (session) void openMeeting(`${session.room}-meeting`, `#${session.room} meeting`);
+};
+$("group-call").onclick = () => {
+  const [first, ...more] = [...picked];
+  if (first) void placeCall(first, people.get([...people.keys()].find((k) => people.get(k)?.user === first) ?? "")?.name || first, more);
 };
 
 // -------------------------------------------------------------------------------------

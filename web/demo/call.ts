@@ -3,11 +3,11 @@
  * the WebRTC offer when the callee is there, SDP and ICE travel as `Signal`s through
  * Switchboard (room = call room, to_user = the peer). When the peer-to-peer path does not
  * connect in time (or fails, or relayed media is forced), both sides switch to relayed
- * media (video: `relay.ts`, audio: `relay-audio.ts`).
+ * media (video: `relay.ts`, audio: the library's `RelayedAudio`).
  */
 import type { Call, SignalEvent, SwitchboardClient } from "../src/index";
 import { RelayedVideo } from "./relay";
-import { RelayedAudio } from "./relay-audio";
+import { RelayedAudio } from "../src/index";
 
 /** Time allowed for ICE to connect before falling back to relayed media. */
 const P2P_TIMEOUT_MS = 12_000;

@@ -4,9 +4,9 @@
  * other side and drawn on a canvas. A receiver that loses a frame drops everything up to
  * the next keyframe and asks the sender for one (`KeyframeRequest`); the sender forces a
  * keyframe when the server passes such a request on. Audio goes alongside, on its own track
- * (`relay-audio.ts`).
+ * (`RelayedAudio` from the library).
  */
-import type { MediaEvent, SwitchboardClient } from "../src/index";
+import { captureVideo, even, type MediaEvent, type SwitchboardClient } from "../src/index";
 
 export const VIDEO_TRACK = 1;
 /** A keyframe at least this often, so a late joiner does not wait long. */
@@ -123,7 +123,7 @@ export class RelayedVideo {
       enc.encode(frame, { keyFrame });
       frame.close();
     };
-    this.captureStop = capture(track, width, height, encode);
+    this.captureStop = captureVideo(track, width, height, encode);
   }
 
   stop(): void {
@@ -187,48 +187,4 @@ export class RelayedVideo {
       new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp: Number(m.timestamp), data: m.payload }),
     );
   }
-}
-
-function even(n: number): number {
-  return Math.max(2, Math.floor(n / 2) * 2);
-}
-
-/**
- * Deliver the track's frames: `MediaStreamTrackProcessor` where the browser has it
- * (Chromium), else frames grabbed from a playing `<video>` about 30 times a second.
- */
-function capture(track: MediaStreamTrack, width: number, height: number, onFrame: (f: VideoFrame) => void): () => void {
-  const Processor = (globalThis as { MediaStreamTrackProcessor?: new (o: { track: MediaStreamTrack }) => { readable: ReadableStream<VideoFrame> } }).MediaStreamTrackProcessor;
-  if (Processor) {
-    const clone = track.clone();
-    const reader = new Processor({ track: clone }).readable.getReader();
-    let stopped = false;
-    (async () => {
-      while (!stopped) {
-        const { value, done } = await reader.read();
-        if (done || !value) break;
-        if (stopped) value.close();
-        else onFrame(value);
-      }
-    })().catch(() => {});
-    return () => {
-      stopped = true;
-      reader.cancel().catch(() => {});
-      clone.stop();
-    };
-  }
-  const video = document.createElement("video");
-  video.muted = true;
-  video.playsInline = true;
-  video.srcObject = new MediaStream([track]);
-  void video.play();
-  const start = performance.now();
-  const timer = setInterval(() => {
-    if (video.readyState < 2) return;
-    onFrame(new VideoFrame(video, { timestamp: Math.round((performance.now() - start) * 1000), displayWidth: width, displayHeight: height }));
-  }, 33);
-  return () => {
-    clearInterval(timer);
-    video.srcObject = null;
-  };
 }

@@ -624,3 +624,71 @@ test("ICE servers: Welcome's as RTCPeerConnection takes them, refreshIceServers(
   assert.equal(lib.iceRenewDelay(300, 0), 240_000);
   assert.equal(lib.iceRenewDelay(10, 9_900), 1000, "at least a second away");
 });
+
+test("meeting layer choice: tile size caps the layer", () => {
+  const layers = [{ width: 320, height: 180 }, { width: 640, height: 360 }, { width: 1280, height: 720 }];
+  assert.equal(lib.layerForTile(layers, 120), 0, "a thumbnail");
+  assert.equal(lib.layerForTile(layers, 180), 0);
+  assert.equal(lib.layerForTile(layers, 181), 1);
+  assert.equal(lib.layerForTile(layers, 700), 2);
+  assert.equal(lib.layerForTile(layers, 2000), 2, "bigger than the top layer: the top");
+  assert.equal(lib.layerForTile([], 500), 0);
+});
+
+test("meeting layer choice: bad windows move down, a clean hold-off moves up, failed probes back off", () => {
+  const clean = { received: 30, lost: 0, longestGapMs: 40, delayMs: 20 };
+  const lossy = { received: 20, lost: 10, longestGapMs: 40, delayMs: 20 };
+  const frozen = { received: 5, lost: 0, longestGapMs: 1500, delayMs: 20 };
+  const queued = { received: 30, lost: 0, longestGapMs: 40, delayMs: 1200 };
+  for (const bad of [lossy, frozen, queued]) assert.ok(lib.isBadWindow(bad), JSON.stringify(bad));
+  assert.ok(!lib.isBadWindow(clean));
+  assert.ok(!lib.isBadWindow({ received: 0, lost: 0, longestGapMs: 0, delayMs: 0 }), "nothing sent is not bad");
+
+  let t = 0;
+  const c = new lib.LayerChoice(2, t, 1);
+  assert.equal(c.layer, 1);
+  assert.equal(c.observe(lossy, (t += 1000)), 1, "one bad window is a hiccup");
+  assert.equal(c.observe(clean, (t += 1000)), 1);
+  assert.equal(c.observe(lossy, (t += 1000)), 0, "down on the second bad window of three");
+  assert.equal(c.observe(lossy, (t += 1000)), 0, "not below 0");
+  // Clean windows: up only after the hold-off.
+  let up;
+  for (let i = 0; i < 20 && up === undefined; i++) if (c.observe(clean, (t += 1000)) === 1) up = t;
+  assert.ok(up !== undefined, "moved up");
+  const cleanFrom = up - lib.HOLD_OFF_MS;
+  assert.ok(cleanFrom >= 2000, `up after ${lib.HOLD_OFF_MS} ms clean`);
+  // The probe fails at once: down, and the next hold-off is doubled.
+  assert.equal(c.observe(queued, (t += 1000)), 1);
+  assert.equal(c.observe(queued, (t += 1000)), 0);
+  assert.equal(c.upHoldOff, 2 * lib.HOLD_OFF_MS, "a failed probe doubles the hold-off");
+  let secondUp;
+  for (let i = 0; i < 40 && secondUp === undefined; i++) if (c.observe(clean, (t += 1000)) === 1) secondUp = t;
+  assert.ok(secondUp - up >= 2 * lib.HOLD_OFF_MS, "the second probe waited the doubled hold-off");
+  // Failed probes never wait longer than the maximum.
+  for (let i = 0; i < 10; i++) {
+    c.observe(frozen, (t += 1000));
+    c.observe(frozen, (t += 1000));
+    for (let j = 0; j < 70 && c.layer === 0; j++) c.observe(clean, (t += 1000));
+  }
+  assert.equal(c.upHoldOff, lib.MAX_HOLD_OFF_MS);
+  // A long stable stretch resets it.
+  for (let i = 0; i < 61; i++) c.observe(clean, (t += 1000));
+  assert.equal(c.upHoldOff, lib.HOLD_OFF_MS);
+});
+
+test("meeting layer choice: a small tile keeps the low layer whatever the delivery; growing it asks for more", () => {
+  const clean = { received: 30, lost: 0, longestGapMs: 40, delayMs: 0 };
+  const c = new lib.LayerChoice(3, 0, 0);
+  for (let t = 1000; t < 30_000; t += 1000) assert.equal(c.observe(clean, t), 0);
+  assert.equal(c.setTileLayer(2), 2, "a bigger tile asks for its layer at once");
+  assert.equal(c.setTileLayer(9), 2, "bounded by the layers sent");
+});
+
+test("audio levels are RFC 6464 -dBov", () => {
+  assert.equal(lib.levelFromRms(1), 0);
+  assert.equal(lib.levelFromRms(0.1), 20);
+  assert.equal(lib.levelFromRms(0.001), 60);
+  assert.equal(lib.levelFromRms(0), 127);
+  assert.equal(lib.levelFromRms(1e-9), 127, "clamped");
+  assert.equal(lib.levelFromRms(Number.NaN), 127);
+});

@@ -2,6 +2,12 @@
 //! router and hosts in network namespaces, each host's link shaped with a profile — print how
 //! to reach each host, and tear everything down on Ctrl-C (SIGINT) or SIGTERM.
 //!
+//! With `--exit-on-stdin-eof`, standard input also takes commands, one per line, answered on
+//! standard output with `ok: <command>` or `error: <command>: <why>`:
+//!
+//! - `downlink HOST KBIT` caps what HOST receives at KBIT kbit/s (its uplink unchanged);
+//!   `downlink HOST off` lifts the cap.
+//!
 //! `deploy/netns-lab` builds and runs it. Needs root.
 
 use clap::Parser;
@@ -20,7 +26,8 @@ struct Args {
     #[arg(long = "partition")]
     partitions: Vec<String>,
     /// Also tear down when standard input closes (for a program that runs the lab as its
-    /// child: the lab goes when that program does, however it ends).
+    /// child: the lab goes when that program does, however it ends), and take commands
+    /// from it (`downlink HOST KBIT|off`).
     #[arg(long)]
     exit_on_stdin_eof: bool,
 }
@@ -55,24 +62,57 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("ready: lab {} up; Ctrl-C tears it down", lab.tag());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
     if args.exit_on_stdin_eof {
-        // Ends at EOF or a read error; the input itself is ignored.
+        // Ends at EOF or a read error (dropping the sender closes the channel).
         std::thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(n) if n > 0) {}
-            let _ = closed_tx.send(());
+            for line in std::io::BufRead::lines(std::io::stdin().lock()) {
+                let Ok(line) = line else { break };
+                if lines_tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
         });
     } else {
-        std::mem::forget(closed_tx); // never closes
+        std::mem::forget(lines_tx); // never closes
     }
-    let stdin_closed = closed_rx;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = stdin_closed => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            line = lines.recv() => match line {
+                None => break,
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => match command(&lab, line.trim()) {
+                    Ok(()) => println!("ok: {}", line.trim()),
+                    Err(e) => println!("error: {}: {e:#}", line.trim()),
+                },
+            },
+        }
     }
     drop(lab);
     println!("lab torn down");
     Ok(())
+}
+
+/// Run one standard-input command.
+fn command(lab: &Lab, line: &str) -> anyhow::Result<()> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["downlink", host, rate] => {
+            let host =
+                lab.hosts().iter().find(|h| h.name() == *host).ok_or_else(|| anyhow::anyhow!("no host {host}"))?;
+            let bps = match *rate {
+                "off" => None,
+                kbit => Some(
+                    kbit.parse::<u64>()
+                        .ok()
+                        .and_then(|k| k.checked_mul(1000))
+                        .ok_or_else(|| anyhow::anyhow!("KBIT must be a number (kbit/s) or off"))?,
+                ),
+            };
+            lab.limit_downlink(host, bps)
+        }
+        _ => anyhow::bail!("unknown command (try: downlink HOST KBIT|off)"),
+    }
 }

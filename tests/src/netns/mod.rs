@@ -308,6 +308,24 @@ impl Lab {
         Ok(())
     }
 
+    /// Cap what `host` receives at `bps` (`None`: lift the cap), leaving its uplink and its
+    /// profile's delay and loss as they are: a link thin one way, such as a congested
+    /// downlink or an ADSL line. Replaces the profile's rate cap on that direction.
+    pub fn limit_downlink(&self, host: &Host, bps: Option<u64>) -> anyhow::Result<()> {
+        let rif = host.router_if();
+        let Some(bps) = bps else {
+            let _ = sh(&["tc", "-n", &self.router, "qdisc", "del", "dev", &rif, "root"]);
+            return Ok(());
+        };
+        ensure!(bps >= 8_000, "a downlink cap below 8 kbit/s carries nothing useful");
+        let burst = (bps / 8 / 100).max(2 * 1514).to_string();
+        let rate = format!("{bps}bit");
+        let latency = format!("{TBF_LATENCY_MS}ms");
+        let args =
+            ["qdisc", "replace", "dev", &rif, "root", "tbf", "rate", &rate, "burst", &burst, "latency", &latency];
+        sh(&[&["tc", "-n", self.router.as_str()][..], &args[..]].concat())
+    }
+
     /// Take `host`'s link down (both ends lose carrier; nothing passes).
     pub fn link_down(&self, host: &Host) -> anyhow::Result<()> {
         sh(&["ip", "-n", &self.router, "link", "set", &host.router_if(), "down"])

@@ -1,13 +1,16 @@
 /**
- * Relayed audio, next to relayed video (`relay.ts`): the microphone is captured with
- * `MediaStreamTrackProcessor`, encoded with WebCodecs (`AudioEncoder`, Opus, 20 ms frames),
- * sent as `Media` frames on track 2 (every Opus frame decodes on its own, so each is sent as
- * a keyframe and a loss needs no keyframe request), decoded with `AudioDecoder` and played
+ * Relayed audio for a room (a 1:1 call's fallback, or a meeting): the microphone is captured
+ * with `MediaStreamTrackProcessor`, encoded with WebCodecs (`AudioEncoder`, Opus, 20 ms
+ * frames), sent as `Media` frames on track 2 (every Opus frame decodes on its own, so each is
+ * sent as a keyframe and a loss needs no keyframe request) with its level (`audioLevel`,
+ * -dBov, for the node's active-speaker detection), decoded with `AudioDecoder` and played
  * through an `AudioContext`: each decoded frame becomes an `AudioBufferSourceNode` scheduled
  * right after the previous one, a small jitter buffer ahead of the clock. Frames that would
  * queue more than `MAX_QUEUED_S` are dropped, so the delay stays bounded.
  */
-import type { MediaEvent, SwitchboardClient } from "../src/index";
+import type { SwitchboardClient } from "../client.js";
+import type { MediaEvent } from "../gen/switchboard_pb.js";
+import { audioCaptureSupported, captureAudio } from "./capture.js";
 
 export const AUDIO_TRACK = 2;
 const CODEC = "opus";
@@ -41,9 +44,29 @@ interface Receiver {
   playhead: number;
 }
 
-type Processor = new (o: { track: MediaStreamTrack }) => { readable: ReadableStream<AudioData> };
-const trackProcessor = (): Processor | undefined =>
-  (globalThis as { MediaStreamTrackProcessor?: Processor }).MediaStreamTrackProcessor;
+/**
+ * The level of one captured buffer in -dBov as RFC 6464 has it: 0 the loudest, 127 silence
+ * (the first channel's RMS; the encoder's input, so it is the level the room hears).
+ */
+export function audioLevel(data: AudioData): number {
+  const n = data.numberOfFrames;
+  if (n === 0) return 127;
+  const samples = new Float32Array(n);
+  try {
+    data.copyTo(samples, { planeIndex: 0, format: "f32-planar" });
+  } catch {
+    return 127;
+  }
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += samples[i] * samples[i];
+  return levelFromRms(Math.sqrt(sum / n));
+}
+
+/** -dBov (0..127) of a root-mean-square sample value (full scale 1.0). */
+export function levelFromRms(rms: number): number {
+  if (!(rms > 0)) return 127;
+  return Math.max(0, Math.min(127, Math.round(-20 * Math.log10(Math.min(1, rms)))));
+}
 
 /** Send the microphone to a room and play what others send. */
 export class RelayedAudio {
@@ -61,6 +84,8 @@ export class RelayedAudio {
   /** Input format the encoder is configured for ("rate/channels"). */
   private encoderInput = "";
   private encoderErrors = 0;
+  /** The level of the latest captured buffer, sent with the next encoded frame. */
+  private level = 127;
   private seq = 0;
   private stopped = false;
   private ctx?: AudioContext;
@@ -72,7 +97,7 @@ export class RelayedAudio {
     private readonly client: SwitchboardClient,
     private readonly room: string,
   ) {
-    if (!RelayedAudio.receiveSupported()) return;
+    if (!RelayedAudio.receiveSupported() || typeof document === "undefined") return;
     // Created now, close to the click that started or accepted the call (autoplay policy);
     // resumed on the next click or key press if the browser still suspended it.
     this.ctx = new AudioContext({ latencyHint: "interactive" });
@@ -91,7 +116,7 @@ export class RelayedAudio {
 
   /** Capturing and encoding (Chromium: `MediaStreamTrackProcessor` and `AudioEncoder`). */
   static sendSupported(): boolean {
-    return typeof AudioEncoder === "function" && trackProcessor() !== undefined;
+    return typeof AudioEncoder === "function" && audioCaptureSupported();
   }
 
   static receiveSupported(): boolean {
@@ -138,6 +163,7 @@ export class RelayedAudio {
           keyframe: true, // every Opus frame decodes on its own
           codec: CODEC,
           payload,
+          audioLevel: this.level,
         });
         if (sent) this.stats.audioFramesSent++;
       },
@@ -183,6 +209,7 @@ export class RelayedAudio {
         this.encoderInput = input;
       }
       if (enc.encodeQueueSize > MAX_ENCODE_QUEUE) return;
+      this.level = audioLevel(data);
       enc.encode(data);
     } catch (e) {
       this.encoderFailed(e); // a synchronous failure; asynchronous ones come to the error callback
@@ -250,27 +277,4 @@ export class RelayedAudio {
       data.close();
     }
   }
-}
-
-/** Deliver the track's audio with `MediaStreamTrackProcessor` (Chromium); returns a stop function. */
-function captureAudio(track: MediaStreamTrack, onData: (d: AudioData) => void): () => void {
-  const Processor = trackProcessor()!;
-  // A clone, stopped with the capture. It does not follow the call's track's `enabled`
-  // (mute), so the sender checks that per frame.
-  const clone = track.clone();
-  const reader = new Processor({ track: clone }).readable.getReader();
-  let stopped = false;
-  (async () => {
-    while (!stopped) {
-      const { value, done } = await reader.read();
-      if (done || !value) break;
-      if (stopped) value.close();
-      else onData(value);
-    }
-  })().catch(() => {});
-  return () => {
-    stopped = true;
-    reader.cancel().catch(() => {});
-    clone.stop();
-  };
 }
