@@ -636,13 +636,15 @@ test("meeting layer choice: tile size caps the layer", () => {
 });
 
 test("meeting layer choice: bad windows move down, a clean hold-off moves up, failed probes back off", () => {
-  const clean = { received: 30, lost: 0, longestGapMs: 40, delayMs: 20 };
-  const lossy = { received: 20, lost: 10, longestGapMs: 40, delayMs: 20 };
-  const frozen = { received: 5, lost: 0, longestGapMs: 1500, delayMs: 20 };
-  const queued = { received: 30, lost: 0, longestGapMs: 40, delayMs: 1200 };
+  const clean = { received: 30, lost: 0, longestGapMs: 40 };
+  const lossy = { received: 20, lost: 10, longestGapMs: 40 };
+  const frozen = { received: 5, lost: 0, longestGapMs: 1500 };
+  const queued = { received: 27, lost: 3, longestGapMs: 1200 };
   for (const bad of [lossy, frozen, queued]) assert.ok(lib.isBadWindow(bad), JSON.stringify(bad));
+  assert.equal(lib.badWindowReason(lossy), "loss 33%");
+  assert.equal(lib.badWindowReason(frozen), "freeze 1500 ms");
   assert.ok(!lib.isBadWindow(clean));
-  assert.ok(!lib.isBadWindow({ received: 0, lost: 0, longestGapMs: 0, delayMs: 0 }), "nothing sent is not bad");
+  assert.ok(!lib.isBadWindow({ received: 0, lost: 0, longestGapMs: 0 }), "nothing sent is not bad");
 
   let t = 0;
   const c = new lib.LayerChoice(2, t, 1);
@@ -677,7 +679,7 @@ test("meeting layer choice: bad windows move down, a clean hold-off moves up, fa
 });
 
 test("meeting layer choice: a small tile keeps the low layer whatever the delivery; growing it asks for more", () => {
-  const clean = { received: 30, lost: 0, longestGapMs: 40, delayMs: 0 };
+  const clean = { received: 30, lost: 0, longestGapMs: 40 };
   const c = new lib.LayerChoice(3, 0, 0);
   for (let t = 1000; t < 30_000; t += 1000) assert.equal(c.observe(clean, t), 0);
   assert.equal(c.setTileLayer(2), 2, "a bigger tile asks for its layer at once");
@@ -691,4 +693,34 @@ test("audio levels are RFC 6464 -dBov", () => {
   assert.equal(lib.levelFromRms(0), 127);
   assert.equal(lib.levelFromRms(1e-9), 127, "clamped");
   assert.equal(lib.levelFromRms(Number.NaN), 127);
+});
+
+test("meeting delivery windows: sequence gaps per layer, freezes the path caused, not the sender's pauses", () => {
+  const asked = [];
+  const client = { requestKeyframe: (room, session, track) => (asked.push(track), true) };
+  const v = new lib.RemoteVideo(client, "r", "s1", 2);
+  // Delta frames only (no decoder needed: the receiver waits for a keyframe).
+  const frame = (seq, tsMs, layer = 1) => ({ room: "r", track: 10 + layer, layer, seq: BigInt(seq), timestamp: BigInt(tsMs * 1000), keyframe: false, codec: "vp8", payload: new Uint8Array(100) });
+  let t = 1000;
+  for (let i = 0; i < 10; i++) v.onFrame(frame(i, i * 66), (t += 66));
+  // The sender paused 2 s (its camera, or a busy encoder): frames captured 2 s apart.
+  v.onFrame(frame(10, 10 * 66 + 2000), (t += 2000));
+  let w = v.takeWindow();
+  assert.equal(w.received, 11);
+  assert.equal(w.lost, 0);
+  assert.ok(w.longestGapMs < 5, `a sender's pause is no freeze: ${w.longestGapMs}`);
+  // The path held a frame back 1.5 s: a freeze of ~1.43 s.
+  v.onFrame(frame(11, 10 * 66 + 2066), (t += 1500));
+  // Two frames lost on the way.
+  v.onFrame(frame(14, 10 * 66 + 2264), (t += 200));
+  w = v.takeWindow();
+  assert.ok(w.longestGapMs > 1400 && w.longestGapMs < 1500, String(w.longestGapMs));
+  assert.equal(w.lost, 2);
+  assert.equal(lib.badWindowReason(w), "loss 50%");
+  // A new layer starts its own numbering: no gap counted across the switch.
+  v.onFrame(frame(500, 10 * 66 + 2330, 0), (t += 66));
+  assert.equal(v.takeWindow().lost, 0);
+  assert.equal(v.stats.layer, 0);
+  assert.ok(asked.length >= 1 && asked.every((tr) => tr === 11 || tr === 10), JSON.stringify(asked));
+  assert.deepEqual(v.stats.bytesByLayer, [100, 1300]);
 });

@@ -5,10 +5,14 @@
  * - **Tile size** caps the layer: the lowest layer at least as tall as the tile (in device
  *   pixels) is enough; a thumbnail gets layer 0, a big tile the top layer.
  * - **Delivery** moves it down: in each one-second window the receiver counts frames lost
- *   (sequence gaps, frames it could not decode), the longest wait between frames (a freeze)
- *   and how much later than usual frames arrive (queueing on the path). Two bad windows out
- *   of the last three move it one layer down (at most once per `DOWN_GAP_MS`): a link that
- *   cannot carry a layer stays bad, while one hiccup (a busy device, a burst of loss) passes.
+ *   (sequence gaps, frames it could not decode) and the longest freeze the path caused (the
+ *   wait between two frames beyond the time between their captures, so a sender that paused
+ *   or skipped frames is not taken for a bad path). Two bad windows out of the last three
+ *   move it one layer down (at most once per `DOWN_GAP_MS`): a link that cannot carry a layer
+ *   stays bad, while one hiccup (a busy device, a burst of loss) passes. (Arrival delay is not
+ *   a signal here: measured from capture time it also grows when the sender's encoder falls
+ *   behind, which no receiver's layer choice helps; queues on the node's side are the node's
+ *   to see, and it moves receivers down on its own drops.)
  * - **Steady delivery** moves it up one layer after a hold-off of clean windows. An up move
  *   that fails soon (a bad window within `PROBE_FAIL_MS`) doubles the hold-off, up to
  *   `MAX_HOLD_OFF_MS`, so a link that cannot carry the higher layer is probed ever more rarely
@@ -21,10 +25,8 @@
 
 /** A window counts as bad when more than this share of the sender's frames were lost. */
 export const LOSS_LIMIT = 0.1;
-/** ...or when no frame came for this long while the sender was sending (a freeze). */
+/** ...or when the path held frames back this long (a freeze). */
 export const FREEZE_MS = 1_000;
-/** ...or when frames arrive this much later than the least delay seen (queues building up). */
-export const DELAY_LIMIT_MS = 800;
 /** Bad windows among the last `BAD_OF` that move the layer down. */
 export const BAD_WINDOWS = 2;
 export const BAD_OF = 3;
@@ -38,8 +40,6 @@ export const MAX_HOLD_OFF_MS = 64_000;
 export const PROBE_FAIL_MS = 10_000;
 /** This long on a layer reached by an up move, without trouble, resets the hold-off. */
 export const STABLE_RESET_MS = 60_000;
-/** The least one-way delay is forgotten after this long (clocks drift, routes change). */
-export const DELAY_BASE_MS = 10_000;
 
 /** The size of each layer the sender sends, lowest first. */
 export interface LayerSize {
@@ -53,10 +53,8 @@ export interface DeliveryWindow {
   received: number;
   /** Frames missing: sequence gaps, and frames dropped before decoding. */
   lost: number;
-  /** Longest wait between two frames, ms (counted only while the sender sends video). */
+  /** Longest freeze the path caused, ms: the wait between two frames beyond the time between their captures. */
   longestGapMs: number;
-  /** Largest arrival delay above the least seen, ms (0 when unknown). */
-  delayMs: number;
 }
 
 /** The layer a tile of `tileHeight` device pixels needs: the lowest at least that tall. */
@@ -71,12 +69,11 @@ export function isBadWindow(w: DeliveryWindow): boolean {
   return badWindowReason(w) !== undefined;
 }
 
-/** Why a window is bad ("loss 12%", "freeze 1300 ms", "delay 900 ms"), or undefined. */
+/** Why a window is bad ("loss 12%", "freeze 1300 ms"), or undefined. */
 export function badWindowReason(w: DeliveryWindow): string | undefined {
   const total = w.received + w.lost;
   if (total > 0 && w.lost / total > LOSS_LIMIT) return `loss ${Math.round((100 * w.lost) / total)}%`;
   if (w.longestGapMs > FREEZE_MS) return `freeze ${Math.round(w.longestGapMs)} ms`;
-  if (w.delayMs > DELAY_LIMIT_MS) return `delay ${Math.round(w.delayMs)} ms`;
   return undefined;
 }
 

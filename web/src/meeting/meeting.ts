@@ -288,7 +288,7 @@ export class Meeting {
   private tick(): void {
     const now = performance.now();
     for (const r of this.remotes.values()) {
-      const w = r.video.takeWindow(now, r.info.video);
+      const w = r.video.takeWindow();
       r.choice.setTileLayer(this.tileLayer(r));
       this.revise(r, r.choice.observe(w, now));
     }

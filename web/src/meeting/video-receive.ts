@@ -11,7 +11,6 @@
 import type { SwitchboardClient } from "../client.js";
 import type { MediaEvent } from "../gen/switchboard_pb.js";
 import type { DeliveryWindow } from "./layer-choice.js";
-import { DELAY_BASE_MS } from "./layer-choice.js";
 import { MEETING_VIDEO_TRACK } from "./video-send.js";
 
 /** At most one keyframe request per sender per this interval. */
@@ -50,12 +49,9 @@ export class RemoteVideo {
   private windowReceived = 0;
   private windowLost = 0;
   private windowLongestGap = 0;
-  private windowDelay = 0;
+  /** Arrival time (ms) and capture time (µs) of the last frame. */
   private lastArrival?: number;
-  /** Least (arrival - capture time) seen, over the current and the previous epoch. */
-  private delayBase = Infinity;
-  private delayBasePrev = Infinity;
-  private delayEpoch = 0;
+  private lastCapture = 0n;
   /** Testing aid: received frames to discard as if the network lost them. */
   private discard = 0;
 
@@ -113,23 +109,12 @@ export class RemoteVideo {
     decoder.decode(new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp: Number(m.timestamp), data: m.payload }));
   }
 
-  /**
-   * The window ending at `now`: its figures, and a new window. `sending`: whether the sender's
-   * video is on (a pause is not a freeze).
-   */
-  takeWindow(now: number, sending: boolean): DeliveryWindow {
-    let gap = this.windowLongestGap;
-    if (sending && this.lastArrival !== undefined) gap = Math.max(gap, now - this.lastArrival);
-    const w: DeliveryWindow = {
-      received: this.windowReceived,
-      lost: this.windowLost,
-      longestGapMs: sending && this.stats.framesReceived > 0 ? gap : 0,
-      delayMs: this.windowDelay,
-    };
+  /** The window ending now: its figures, and a new window. */
+  takeWindow(): DeliveryWindow {
+    const w: DeliveryWindow = { received: this.windowReceived, lost: this.windowLost, longestGapMs: this.windowLongestGap };
     this.windowReceived = 0;
     this.windowLost = 0;
     this.windowLongestGap = 0;
-    this.windowDelay = 0;
     return w;
   }
 
@@ -140,20 +125,16 @@ export class RemoteVideo {
 
   private arrived(m: MediaEvent, now: number): void {
     this.windowReceived++;
-    if (this.lastArrival !== undefined) this.windowLongestGap = Math.max(this.windowLongestGap, now - this.lastArrival);
-    this.lastArrival = now;
-    // Arrival minus capture time: the two clocks differ by a constant, so its excess over
-    // the least seen lately is the queueing on the way.
-    const delay = now - Number(m.timestamp) / 1000;
-    const epoch = Math.floor(now / DELAY_BASE_MS);
-    if (epoch !== this.delayEpoch) {
-      this.delayBasePrev = epoch === this.delayEpoch + 1 ? this.delayBase : Infinity;
-      this.delayBase = Infinity;
-      this.delayEpoch = epoch;
+    if (this.lastArrival !== undefined && m.timestamp >= this.lastCapture) {
+      // The wait beyond the time between the two captures: what the path held back (a
+      // sender that paused, or skipped frames, sends frames captured that much apart).
+      const held = now - this.lastArrival - Number(m.timestamp - this.lastCapture) / 1000;
+      this.windowLongestGap = Math.max(this.windowLongestGap, held);
     }
-    this.delayBase = Math.min(this.delayBase, delay);
-    const base = Math.min(this.delayBase, this.delayBasePrev);
-    this.windowDelay = Math.max(this.windowDelay, delay - base);
+    if (this.lastArrival === undefined || m.timestamp >= this.lastCapture) {
+      this.lastArrival = now;
+      this.lastCapture = m.timestamp;
+    }
   }
 
   private lost(n: number, layer: number, now: number): void {
