@@ -12,19 +12,16 @@
 // root): everything on loopback, and the slow page's link is stood in for by discarding most
 // of the frames it receives (the meeting's `simulateLoss` testing aid).
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
-import { freeTcpPort, freeUdpPort, Proc, ROOT, waitFor } from "./cluster.mjs";
+import { freeTcpPort, freeUdpPort, ROOT, waitFor } from "./cluster.mjs";
+import { answers200, Lab, labsAvailable, launchChromium, runOn } from "./lab.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SWITCHBOARD = process.env.SWITCHBOARD_BIN ?? join(ROOT, "target/debug/switchboard");
 const NATS = process.env.NATS_SERVER_BIN ?? "nats-server";
-const NETNS_LAB = process.env.NETNS_LAB_BIN ?? join(ROOT, "target/debug/netns-lab");
-const NETNS = process.env.MEETING_TEST_MODE !== "loopback" && process.getuid?.() === 0 && existsSync(NETNS_LAB);
+const NETNS = process.env.MEETING_TEST_MODE !== "loopback" && labsAvailable();
 const WAIT = 60_000;
 /** Camera rate: 15 fps keeps four pages' encoders and decoders within a 2-core machine. */
 const FPS = 15;
@@ -60,7 +57,6 @@ function writeCameraFile(path, width = 640, height = 360, frames = 15) {
 
 let dir;
 let lab;
-let labOut = "";
 const procs = [];
 const browsers = {};
 const pages = [];
@@ -68,77 +64,24 @@ let nodes = [];
 /** The pages of the first test, by name, for the second. */
 const byName = {};
 
-function on(ns, name, cmd, args, env) {
-  const p = ns ? new Proc(name, "ip", ["netns", "exec", ns, cmd, ...args], env) : new Proc(name, cmd, args, env);
-  procs.push(p);
-  return p;
-}
-
-async function startLab() {
-  lab = spawn(NETNS_LAB, ["--name", "meet", "--host", "srv", "--host", "fast", "--host", "slow", "--exit-on-stdin-eof"], { stdio: ["pipe", "pipe", "pipe"] });
-  lab.stdout.on("data", (d) => (labOut += d));
-  lab.stderr.on("data", (d) => (labOut += d));
-  lab.exited = new Promise((r) => lab.once("exit", r));
-  await waitFor("netns-lab to be ready", () => {
-    if (lab.exitCode !== null) throw new Error(`netns-lab exited: ${labOut}`);
-    return labOut.includes("\nready:");
-  }, 30_000);
-  const hosts = {};
-  for (const m of labOut.matchAll(/^host (\S+) (\S+) .*ip netns exec (\S+) </gm)) hosts[m[1]] = { addr: m[2], ns: m[3] };
-  assert.ok(hosts.srv && hosts.fast && hosts.slow, labOut);
-  return hosts;
-}
-
-/** Whether `url` answers 200, asked from namespace `ns` (the test itself has no route into the lab). */
-function answers200(ns, url) {
-  if (!ns) return fetch(url).then((r) => r.status === 200, () => false);
-  return new Promise((res) => {
-    execFile("ip", ["netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", url], (_err, stdout) => res(String(stdout).trim() === "200"));
-  });
-}
-
-/** Send netns-lab a command; resolves when it answers ok. */
-async function labCommand(cmd) {
-  const from = labOut.length;
-  lab.stdin.write(`${cmd}\n`);
-  await waitFor(`netns-lab: ${cmd}`, () => {
-    const out = labOut.slice(from);
-    if (out.includes(`error: ${cmd}`)) throw new Error(out);
-    return out.includes(`ok: ${cmd}`);
-  }, 10_000, 50);
-}
+const on = (ns, name, cmd, args, env) => runOn(procs, ns, name, cmd, args, env);
 
 async function launchBrowser(ns, name, origins, camera) {
-  let executablePath = CHROMIUM;
-  if (ns) {
-    executablePath = join(dir, `chromium-${name}`);
-    writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
-    chmodSync(executablePath, 0o755);
-  }
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
+  browsers[name] = await launchChromium({
+    dir,
+    ns,
+    name,
+    // The lab's addresses are plain HTTP: camera, WebCodecs and WebTransport there.
+    origins,
     args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
       `--use-file-for-fake-video-capture=${camera}`,
       // Background pages must keep their timers and encoders at full rate.
       "--disable-background-timer-throttling",
       "--disable-renderer-backgrounding",
       "--disable-backgrounding-occluded-windows",
-      // The lab's addresses are plain HTTP: let the pages use the camera, WebCodecs and
-      // WebTransport there.
-      `--unsafely-treat-insecure-origin-as-secure=${origins.join(",")}`,
     ],
   });
-  browsers[name] = browser;
-  return browser;
+  return browsers[name];
 }
 
 /** A demo page that joins `team`'s meeting at once. */
@@ -179,7 +122,9 @@ async function waitForLayer(page, others, layer, what) {
   let before;
   return waitFor(`${page.label}: ${what}`, async () => {
     last = await received(page);
-    const ok = others.every((u) => last[u]?.layer === layer && last[u].requested >= 0);
+    // ...and the frames decoded are that layer's size (the default layers: 180p, 360p).
+    const height = layer === 0 ? 180 : 360;
+    const ok = others.every((u) => last[u]?.layer === layer && last[u].requested >= 0 && last[u].height === height);
     if (!ok) {
       before = undefined;
       return false;
@@ -213,7 +158,11 @@ describe(`a meeting of four across two nodes, one page's link thinned (${NETNS ?
   before(async () => {
     const t0 = Date.now();
     dir = mkdtempSync(join(tmpdir(), "switchboard-meeting-"));
-    if (NETNS) hosts = await startLab();
+    if (NETNS) {
+      lab = await Lab.start(["--name", "meet", "--host", "srv", "--host", "fast", "--host", "slow"]);
+      hosts = lab.hosts;
+      assert.ok(hosts.srv && hosts.fast && hosts.slow, lab.out);
+    }
     const addr = hosts.srv?.addr ?? "127.0.0.1";
     const natsPort = NETNS ? 4222 : await freeTcpPort();
     const nats = on(hosts.srv?.ns, "nats", NATS, ["-js", "-a", addr, "-p", String(natsPort), "-sd", join(dir, "js")]);
@@ -248,13 +197,7 @@ describe(`a meeting of four across two nodes, one page's link thinned (${NETNS ?
   after(async () => {
     await Promise.all(Object.values(browsers).map((b) => b.close().catch(() => {})));
     await Promise.all(procs.map((p) => p.kill()));
-    if (lab && lab.exitCode === null) {
-      lab.stdin.end(); // netns-lab tears the namespaces (and qdiscs) down
-      let timer;
-      const gone = await Promise.race([lab.exited.then(() => true), new Promise((r) => (timer = setTimeout(() => r(false), 15_000)))]);
-      clearTimeout(timer);
-      if (!gone) lab.kill("SIGTERM");
-    }
+    await lab?.stop(); // netns-lab tears the namespaces (and qdiscs) down
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -295,7 +238,7 @@ describe(`a meeting of four across two nodes, one page's link thinned (${NETNS ?
       console.log(`senders' layers (kbit/s): ${JSON.stringify(rates)}; Dee needs ${need(0)} low, ${need(1)} high; cap ${cap}`);
       assert.ok(cap < 0.8 * need(1), `the layers differ too little to thin one link between them: ${JSON.stringify(rates)}`);
       if (NETNS) {
-        await labCommand(`downlink slow ${cap}`);
+        await lab.command(`downlink slow ${cap}`);
       } else {
         // Stand-in: lose most of what arrives of the high layer, as an overfull link would.
         slowLoss = setInterval(() => {
@@ -324,11 +267,9 @@ describe(`a meeting of four across two nodes, one page's link thinned (${NETNS ?
         const after = await Promise.all(fast.map(received));
         return after.every((a, i) => a.dee.decoded > before[i].dee.decoded);
       }, WAIT, 0);
-      const deeNow = await received(dee);
-      assert.ok(others(dee).every((u) => deeNow[u].requested === 0 || deeNow[u].layer === 0), `Dee stays low: ${JSON.stringify(deeNow)}`);
 
       // 3. Lift the cap: after the hold-off, Dee climbs back to the high layer.
-      if (NETNS) await labCommand("downlink slow off");
+      if (NETNS) await lab.command("downlink slow off");
       else clearInterval(slowLoss);
       await waitForLayer(dee, others(dee), 1, "the high layer again once the link is wide");
       for (const page of all) console.log(`${page.label}: ${JSON.stringify(await received(page))}`);
@@ -389,7 +330,19 @@ describe(`a meeting of four across two nodes, one page's link thinned (${NETNS ?
         await page.waitForFunction(() => /call ended \(completed\)/.test(document.getElementById("call-info").textContent), null, { timeout: WAIT });
       }
     } catch (e) {
-      for (const p of pages) console.error(p.logs.slice(-20).join("\n"));
+      for (const p of pages) {
+        const ui = await p.evaluate(() => ({
+          room: window.demo.meeting?.room,
+          tiles: document.querySelectorAll("#meeting-grid .tile").length,
+          meeting: !document.getElementById("meeting").hidden,
+          inCall: !document.getElementById("in-call").hidden,
+          incoming: !document.getElementById("incoming").hidden,
+          outgoing: !document.getElementById("outgoing").hidden,
+          info: document.getElementById("call-info").textContent,
+        })).catch((err) => String(err));
+        console.error(`${p.label}: ${JSON.stringify(ui)}`);
+        console.error(p.logs.slice(-20).join("\n"));
+      }
       for (const p of procs) console.error(`--- ${p.name}\n${p.tail(15)}`);
       throw e;
     }

@@ -11,25 +11,22 @@
 // Checked: the selected candidate pair of each page has a relay candidate on coturn's relay
 // address, frames are decoded on both sides, and coturn logged allocations for both users.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
-import { freeTcpPort, freeUdpPort, Proc, ROOT, waitFor } from "./cluster.mjs";
+import { freeTcpPort, freeUdpPort, ROOT, waitFor } from "./cluster.mjs";
+import { Lab, labsAvailable, launchChromium, runOn } from "./lab.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SWITCHBOARD = process.env.SWITCHBOARD_BIN ?? join(ROOT, "target/debug/switchboard");
 const NATS = process.env.NATS_SERVER_BIN ?? "nats-server";
-const NETNS_LAB = process.env.NETNS_LAB_BIN ?? join(ROOT, "target/debug/netns-lab");
 const TURNSERVER = process.env.TURNSERVER_BIN ?? "turnserver";
 const WAIT = 30_000;
 const SECRET = "browser-test-turn-shared-secret";
-const NETNS = process.env.TURN_TEST_MODE !== "relay-policy" && process.getuid?.() === 0 && existsSync(NETNS_LAB);
+const NETNS = process.env.TURN_TEST_MODE !== "relay-policy" && labsAvailable();
 
 let dir;
-let lab; // the netns-lab process (namespaces), if any
+let lab; // the namespaces (netns-lab), if any
 const procs = [];
 const browsers = [];
 const pages = [];
@@ -38,56 +35,19 @@ let origin;
 let turn;
 
 /** `cmd args` run on host `ns` (a namespace), or here. */
-function on(ns, name, cmd, args, env) {
-  const p = ns ? new Proc(name, "ip", ["netns", "exec", ns, cmd, ...args], env) : new Proc(name, cmd, args, env);
-  procs.push(p);
-  return p;
-}
+const on = (ns, name, cmd, args, env) => runOn(procs, ns, name, cmd, args, env);
 
 /** Start the lab: srv, alice, bob; alice and bob partitioned. Resolves with the hosts. */
 async function startLab() {
-  lab = spawn(NETNS_LAB, ["--name", "turn", "--host", "srv", "--host", "alice", "--host", "bob", "--partition", "alice,bob", "--exit-on-stdin-eof"], {
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let out = "";
-  lab.stdout.on("data", (d) => (out += d));
-  lab.stderr.on("data", (d) => (out += d));
-  const exited = new Promise((r) => lab.once("exit", r));
-  lab.exited = exited;
-  await waitFor("netns-lab to be ready", () => {
-    if (lab.exitCode !== null) throw new Error(`netns-lab exited: ${out}`);
-    return out.includes("\nready:");
-  }, WAIT);
-  const hosts = {};
-  for (const m of out.matchAll(/^host (\S+) (\S+) .*ip netns exec (\S+) </gm)) hosts[m[1]] = { addr: m[2], ns: m[3] };
-  assert.ok(hosts.srv && hosts.alice && hosts.bob, out);
-  return hosts;
+  lab = await Lab.start(["--name", "turn", "--host", "srv", "--host", "alice", "--host", "bob", "--partition", "alice,bob"], WAIT);
+  assert.ok(lab.hosts.srv && lab.hosts.alice && lab.hosts.bob, lab.out);
+  return lab.hosts;
 }
 
-/** A Chromium whose network is host `ns`'s (a wrapper execs it there), or this machine's. */
+/** A Chromium whose network is host `ns`'s, or this machine's. */
 async function launchBrowser(ns, name) {
-  let executablePath = CHROMIUM;
-  if (ns) {
-    executablePath = join(dir, `chromium-${name}`);
-    writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
-    chmodSync(executablePath, 0o755);
-  }
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      // The node's lab address is plain HTTP: let the page use the camera there.
-      `--unsafely-treat-insecure-origin-as-secure=${origin}`,
-    ],
-  });
+  // The node's lab address is plain HTTP: let the page use the camera there.
+  const browser = await launchChromium({ dir, ns, name, origins: [origin] });
   browsers.push(browser);
   return browser;
 }
@@ -157,13 +117,7 @@ describe(`TURN: a WebRTC call between pages with no direct path (${NETNS ? "netw
     const t0 = Date.now();
     await Promise.all(browsers.map((b) => b.close().catch(() => {})));
     await Promise.all(procs.map((p) => p.kill()));
-    if (lab && lab.exitCode === null) {
-      lab.stdin.end(); // netns-lab tears the namespaces down (and kills what runs in them)
-      let timer;
-      const gone = await Promise.race([lab.exited.then(() => true), new Promise((r) => (timer = setTimeout(() => r(false), 15_000)))]);
-      clearTimeout(timer);
-      if (!gone) lab.kill("SIGTERM");
-    }
+    await lab?.stop(); // netns-lab tears the namespaces down (and kills what runs in them)
     if (dir) rmSync(dir, { recursive: true, force: true });
     console.log(`torn down in ${Date.now() - t0} ms`);
   });
