@@ -1,18 +1,23 @@
 /**
- * Relayed media: when the peer-to-peer path fails (or the user asks for it), video is
- * encoded with WebCodecs (VP8), sent as `Media` frames through Switchboard, decoded on the
- * other side and drawn on a canvas. A receiver that loses a frame drops everything up to
- * the next keyframe and asks the sender for one (`KeyframeRequest`); the sender forces a
- * keyframe when the server passes such a request on. Audio goes alongside, on its own track
- * (`RelayedAudio` from the library).
+ * Relayed media for a 1:1 call: when the peer-to-peer path fails (or the user asks for it),
+ * video goes through Switchboard with the library's meeting pieces, one layer: the camera is
+ * encoded with WebCodecs (VP8, `SimulcastSender` with a single 640x480 layer), sent as
+ * `Media` frames, decoded on the other side (`RemoteVideo`) and drawn on a canvas. A receiver
+ * that loses a frame drops everything up to the next keyframe and asks the sender for one;
+ * the sender forces a keyframe when such a request arrives. Audio goes alongside, on its own
+ * track (`RelayedAudio` from the library).
  */
-import { captureVideo, even, type MediaEvent, type SwitchboardClient } from "../src/index";
+import {
+  MEETING_VIDEO_TRACK,
+  RemoteVideo,
+  SimulcastSender,
+  type MediaEvent,
+  type SwitchboardClient,
+  type VideoLayer,
+} from "../src/index";
 
-export const VIDEO_TRACK = 1;
-/** A keyframe at least this often, so a late joiner does not wait long. */
-const KEYFRAME_EVERY = 90;
-/** At most one keyframe request per sender per this interval. */
-const KEYFRAME_REQUEST_GAP_MS = 300;
+/** The one layer a call sends: the camera's size, at a call's bitrate. */
+const layerFor = (width: number, height: number): VideoLayer => ({ width, height, bitrate: 800_000 });
 
 export interface RelayStats {
   framesEncoded: number;
@@ -24,167 +29,75 @@ export interface RelayStats {
   keyframeRequestsReceived: number;
 }
 
-interface Receiver {
-  decoder: VideoDecoder;
-  nextSeq?: bigint;
-  waitKey: boolean;
-  lastRequest: number;
-}
-
 /** Send one video track to a room and draw what others send on a canvas. */
 export class RelayedVideo {
-  readonly stats: RelayStats = {
-    framesEncoded: 0,
-    framesSent: 0,
-    framesReceived: 0,
-    framesDecoded: 0,
-    framesDropped: 0,
-    keyframeRequestsSent: 0,
-    keyframeRequestsReceived: 0,
-  };
-  private encoder?: VideoEncoder;
-  private forceKey = true;
-  private seq = 0;
-  private frameCount = 0;
+  private sender?: SimulcastSender;
+  private readonly remotes = new Map<string, RemoteVideo>();
+  private readonly off: () => void;
+  private pendingLoss = 0;
   private stopped = false;
-  private readonly receivers = new Map<string, Receiver>();
-  private readonly offs: (() => void)[] = [];
-  private captureStop?: () => void;
-  private simulatedLoss = 0;
 
   constructor(
     private readonly client: SwitchboardClient,
     private readonly room: string,
     private readonly canvas: HTMLCanvasElement,
   ) {
-    this.offs.push(
-      client.on("media", (m) => this.onMedia(m)),
-      client.on("keyframeRequest", (k) => {
-        if (k.room === this.room && k.track === VIDEO_TRACK) {
-          this.stats.keyframeRequestsReceived++;
-          this.forceKey = true;
-        }
-      }),
-    );
-  }
-
-  /** Testing aid: discard the next `n` received frames as if the network lost them. */
-  simulateLoss(n: number): void {
-    this.simulatedLoss += n;
+    this.off = client.on("media", (m) => this.onMedia(m));
   }
 
   static supported(): boolean {
     return typeof VideoEncoder === "function" && typeof VideoDecoder === "function";
   }
 
-  /** Start encoding and sending `track` (a camera track). */
+  /** Counters of both directions, for the page's tests. */
+  get stats(): RelayStats {
+    const sent = this.sender?.stats;
+    const got = [...this.remotes.values()].map((r) => r.stats);
+    const sum = (f: (s: (typeof got)[number]) => number) => got.reduce((n, s) => n + f(s), 0);
+    return {
+      framesEncoded: sent?.framesEncoded[0] ?? 0,
+      framesSent: sent?.framesSent[0] ?? 0,
+      framesReceived: sum((s) => s.framesReceived),
+      framesDecoded: sum((s) => s.framesDecoded),
+      framesDropped: sum((s) => s.framesLost),
+      keyframeRequestsSent: sum((s) => s.keyframeRequests),
+      keyframeRequestsReceived: sent?.keyframesRequested[0] ?? 0,
+    };
+  }
+
+  /** Testing aid: discard the next `n` received frames as if the network lost them. */
+  simulateLoss(n: number): void {
+    if (this.remotes.size === 0) this.pendingLoss += n;
+    for (const r of this.remotes.values()) r.simulateLoss(n);
+  }
+
+  /** Start encoding and sending `track` (a camera track) while `isEnabled()` (camera on). */
   async send(track: MediaStreamTrack, isEnabled: () => boolean): Promise<void> {
     const settings = track.getSettings();
-    const width = even(settings.width ?? 640);
-    const height = even(settings.height ?? 480);
-    const config: VideoEncoderConfig = {
-      codec: "vp8",
-      width,
-      height,
-      bitrate: 800_000,
-      framerate: 30,
-      latencyMode: "realtime",
-    };
-    const support = await VideoEncoder.isConfigSupported(config);
-    if (!support.supported) throw new Error("this browser cannot encode VP8");
-    this.encoder = new VideoEncoder({
-      output: (chunk) => {
-        const payload = new Uint8Array(chunk.byteLength);
-        chunk.copyTo(payload);
-        this.stats.framesEncoded++;
-        const sent = this.client.sendMedia({
-          room: this.room,
-          track: VIDEO_TRACK,
-          seq: this.seq++,
-          timestamp: Math.max(0, Math.round(chunk.timestamp)),
-          keyframe: chunk.type === "key",
-          codec: "vp8",
-          payload,
-        });
-        if (sent) this.stats.framesSent++;
-      },
-      error: (e) => console.warn("VP8 encoder error", e),
-    });
-    this.encoder.configure(config);
-    const encode = (frame: VideoFrame) => {
-      const enc = this.encoder;
-      if (this.stopped || !enc || enc.state !== "configured" || !isEnabled() || enc.encodeQueueSize > 2) {
-        frame.close();
-        return;
-      }
-      const keyFrame = this.forceKey || this.frameCount % KEYFRAME_EVERY === 0;
-      this.forceKey = false;
-      this.frameCount++;
-      enc.encode(frame, { keyFrame });
-      frame.close();
-    };
-    this.captureStop = captureVideo(track, width, height, encode);
+    this.sender = new SimulcastSender(this.client, this.room, [layerFor(settings.width ?? 640, settings.height ?? 480)]);
+    if (this.stopped) return;
+    await this.sender.start(track, isEnabled);
   }
 
   stop(): void {
     this.stopped = true;
-    this.captureStop?.();
-    this.offs.forEach((off) => off());
-    if (this.encoder && this.encoder.state !== "closed") this.encoder.close();
-    for (const r of this.receivers.values()) if (r.decoder.state !== "closed") r.decoder.close();
-    this.receivers.clear();
-  }
-
-  private receiver(session: string): Receiver {
-    let r = this.receivers.get(session);
-    if (r) return r;
-    const decoder = new VideoDecoder({
-      output: (frame) => {
-        this.stats.framesDecoded++;
-        if (this.canvas.width !== frame.displayWidth) this.canvas.width = frame.displayWidth;
-        if (this.canvas.height !== frame.displayHeight) this.canvas.height = frame.displayHeight;
-        this.canvas.getContext("2d")?.drawImage(frame, 0, 0);
-        frame.close();
-      },
-      error: (e) => {
-        console.warn("VP8 decoder error", e);
-        this.receivers.delete(session); // a fresh decoder, from the next keyframe
-      },
-    });
-    decoder.configure({ codec: "vp8" });
-    r = { decoder, waitKey: true, lastRequest: 0 };
-    this.receivers.set(session, r);
-    return r;
+    this.off();
+    this.sender?.stop();
+    for (const r of this.remotes.values()) r.close();
+    this.remotes.clear();
   }
 
   private onMedia(m: MediaEvent): void {
-    if (this.stopped || m.room !== this.room || m.track !== VIDEO_TRACK || m.codec !== "vp8") return;
+    if (this.stopped || m.room !== this.room || m.track !== MEETING_VIDEO_TRACK || m.codec !== "vp8") return;
     const session = m.from?.session ?? "";
-    this.stats.framesReceived++;
-    if (this.simulatedLoss > 0) {
-      this.simulatedLoss--;
-      return;
+    let r = this.remotes.get(session);
+    if (!r) {
+      r = new RemoteVideo(this.client, this.room, session, 1);
+      r.canvas = this.canvas;
+      if (this.pendingLoss) r.simulateLoss(this.pendingLoss);
+      this.pendingLoss = 0;
+      this.remotes.set(session, r);
     }
-    const r = this.receiver(session);
-    if (r.nextSeq !== undefined && m.seq !== r.nextSeq && !m.keyframe) r.waitKey = true; // lost one
-    r.nextSeq = m.seq + 1n;
-    if (m.keyframe) r.waitKey = false;
-    if (r.waitKey) {
-      this.stats.framesDropped++;
-      const now = performance.now();
-      if (now - r.lastRequest > KEYFRAME_REQUEST_GAP_MS) {
-        r.lastRequest = now;
-        if (this.client.requestKeyframe(this.room, session, VIDEO_TRACK)) this.stats.keyframeRequestsSent++;
-      }
-      return;
-    }
-    if (r.decoder.state !== "configured" || r.decoder.decodeQueueSize > 10) {
-      r.waitKey = true;
-      this.stats.framesDropped++;
-      return;
-    }
-    r.decoder.decode(
-      new EncodedVideoChunk({ type: m.keyframe ? "key" : "delta", timestamp: Number(m.timestamp), data: m.payload }),
-    );
+    r.onFrame(m, performance.now());
   }
 }

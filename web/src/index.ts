@@ -22,7 +22,7 @@ export { LayerChoice, layerForTile, isBadWindow, badWindowReason, HOLD_OFF_MS, M
 export { SimulcastSender, DEFAULT_LAYERS, MEETING_VIDEO_TRACK, type VideoLayer, type VideoSendStats } from "./meeting/video-send.js";
 export { RemoteVideo, type RemoteVideoStats } from "./meeting/video-receive.js";
 export { RelayedAudio, AUDIO_TRACK, audioLevel, levelFromRms, type RelayAudioStats } from "./media/audio.js";
-export { captureVideo, captureAudio, audioCaptureSupported, even } from "./media/capture.js";
+export { captureVideo, captureAudio, audioCaptureSupported } from "./media/capture.js";
 export { MediaOrder, type OrderedFrame } from "./media-order.js";
 export { webTransportSupported, type TransportKind } from "./transport.js";
 export * from "./gen/switchboard_pb.js";
