@@ -36,6 +36,7 @@ mod context;
 mod heal;
 pub mod ice;
 pub mod ids;
+pub mod layer_interest;
 pub mod layers;
 pub mod limiter;
 mod liveness;

@@ -233,6 +233,9 @@ pub struct Metrics {
     /// Bus subscriptions to simulcast layer subjects held (a room's layer its local
     /// receivers want).
     pub layer_bus_subscriptions: Gauge,
+    /// Frames of a simulcast layer above 0 not published to the bus: no node wanted that
+    /// layer of the room (`layer_interest`).
+    pub layer_frames_unpublished: Counter,
     /// Receivers switched to another layer (on its keyframe), by direction.
     pub layer_switches: Family<DirectionLabel, Counter>,
     /// Layer moves the node made itself (down on media drops, up after a quiet hold-off).
@@ -315,6 +318,7 @@ impl Metrics {
             media_bus_bytes_by_layer: Default::default(),
             layer_subscriptions: Gauge::default(),
             layer_bus_subscriptions: Gauge::default(),
+            layer_frames_unpublished: Counter::default(),
             layer_switches: Family::default(),
             layer_auto_moves: Family::default(),
             active_speaker_changes: Counter::default(),
@@ -450,6 +454,11 @@ impl Metrics {
             "layer_bus_subscriptions",
             "Bus subscriptions to simulcast layers held",
             m.layer_bus_subscriptions.clone(),
+        );
+        registry.register(
+            "layer_frames_unpublished",
+            "Frames of a simulcast layer above 0 not published to the bus because no node wanted that layer of the room",
+            m.layer_frames_unpublished.clone(),
         );
         registry.register("layer_switches", "Receivers switched to another simulcast layer", m.layer_switches.clone());
         registry.register(

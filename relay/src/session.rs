@@ -946,6 +946,13 @@ impl Session {
         if !self.admit_publish(&m.room, false, "media", id) {
             return;
         }
+        // A layer above 0 that no node wants goes nowhere (see `layer_interest`).
+        if let Some(layer) = m.layer {
+            if !crate::rooms::layer_published(&self.node, &m.room, layer) {
+                self.node.metrics.layer_frames_unpublished.inc();
+                return;
+            }
+        }
         let event = MediaEvent {
             room: m.room.clone(),
             from: Some(self.sender()),

@@ -248,6 +248,73 @@ async fn a_node_pulls_from_nats_only_the_layers_its_receivers_want() {
     assert_eq!(b.metric(&layer("1")).await, high_bytes, "high-layer bytes kept coming after the unsubscribe");
 }
 
+/// Bytes of the room's layer-1 subject a plain NATS subscriber has seen, counted in the
+/// background.
+fn count_layer_bytes(mut sub: async_nats::Subscriber) -> Arc<std::sync::atomic::AtomicU64> {
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(msg) = sub.next().await {
+            count.fetch_add(msg.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    n
+}
+
+#[tokio::test]
+async fn a_senders_node_publishes_a_layer_only_while_some_node_wants_it() {
+    let nats = NatsServer::start().await;
+    // 1 s heartbeats: interest announcements live 3 s.
+    let args = ["--node-timeout", "5"];
+    let (a, b) = tokio::join!(
+        TestNode::start(with_nats(&nats, "node-a", &args)),
+        TestNode::start(with_nats(&nats, "node-b", &args))
+    );
+    let watcher = async_nats::connect(nats.url()).await.expect("connecting to NATS");
+    let high = count_layer_bytes(watcher.subscribe(format!("*.room.{ROOM}.media.1")).await.unwrap());
+    watcher.flush().await.unwrap();
+    let high_bytes = || high.load(std::sync::atomic::Ordering::Relaxed);
+    let unpublished = "switchboard_layer_frames_unpublished_total";
+
+    let (sender, sender_events) = connect(&a, "sender").await;
+    let (r1, r1_events) = connect(&b, "r1").await;
+    let mut r1_rx = collect(r1_events);
+    let s = sender.session_id().to_owned();
+    let _source = LayeredSender::start(sender, sender_events, [300, 3_000]);
+
+    // Nobody wants layer 1: node A does not publish it at all.
+    let m = next_media(&mut r1_rx).await;
+    let last = only_layer(&mut r1_rx, 0, m.seq, 100).await;
+    let kept = a.metric(unpublished).await;
+    assert!(kept >= 50.0, "node A counted the layer-1 frames it kept: {kept}");
+    assert_eq!(high_bytes(), 0, "layer-1 bytes reached NATS while no node wanted them");
+
+    // A receiver on node B wants layer 1: B announces it, A publishes it, the switch happens
+    // on a keyframe as before.
+    r1.layer_subscribe(ROOM, &s, 1).await.unwrap();
+    let first = within(WAIT, "the switch to layer 1", until_layer(&mut r1_rx, 0, 1)).await;
+    assert!(first.keyframe);
+    only_layer(&mut r1_rx, 1, first.seq, 50).await;
+    assert!(high_bytes() > 0, "no layer-1 bytes on NATS for a node that wants them");
+
+    // Back to layer 0: within the announcement's life node A stops publishing layer 1.
+    r1.layer_subscribe(ROOM, &s, 0).await.unwrap();
+    until_layer(&mut r1_rx, 1, 0).await;
+    let stopped = wait_for(WAIT, "node A to stop publishing layer 1", || async {
+        let before = (high_bytes(), a.metric(unpublished).await);
+        tokio::time::sleep(Duration::from_millis(300)).await; // two samples apart
+        let after = (high_bytes(), a.metric(unpublished).await);
+        (after.0 == before.0 && after.1 > before.1).then_some(after.0)
+    })
+    .await;
+    let _ = last;
+    for _ in 0..3 {
+        next_media(&mut r1_rx).await;
+    }
+    assert_eq!(high_bytes(), stopped, "layer-1 bytes kept reaching NATS after nobody wanted them");
+}
+
 #[tokio::test]
 async fn a_receiver_that_drops_media_is_moved_down_and_back_up_after_a_quiet_hold_off() {
     let nats = NatsServer::start().await;

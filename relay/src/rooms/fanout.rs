@@ -143,6 +143,8 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
     let mut keyframe_requests = Vec::new();
     // Simulcast: receivers the fan-out moved down, and layers whose keyframe receivers wait for.
     let (mut moves, mut layer_asks, mut layer_sender) = (Vec::new(), Vec::new(), String::new());
+    // Another node asked which layers this one pulls.
+    let mut answer_interest = false;
     {
         let mut st = room.lock();
         match kind {
@@ -183,6 +185,12 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
                     });
                     notify_locals(node, &st, "", ev);
                 }
+            }
+            bus_envelope::Kind::LayerInterest(li) => {
+                if origin == node.config.node_id {
+                    return;
+                }
+                answer_interest = super::layers::interest_from(&mut st, &origin, &li);
             }
             bus_envelope::Kind::Signal(sig) => {
                 let Some(event) = sig.event else { return };
@@ -262,6 +270,9 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
             bus_envelope::Kind::Heartbeat(_) | bus_envelope::Kind::Admin(_) | bus_envelope::Kind::Call(_) => {}
         }
         drop(st);
+    }
+    if answer_interest {
+        super::layers::announce(node, room, true).await;
     }
     for (to_session, track) in keyframe_requests {
         request_keyframe(node, &room.id, to_session, track).await;

@@ -3,16 +3,21 @@
 //! that layer, and drops the subscription when the last one stops; a receiver's choice asks
 //! the sender for a keyframe of its new layer; the node's own moves (down on drops, up after
 //! a quiet hold-off) do the same. The choices themselves are [`crate::layers::Choices`].
+//!
+//! The node also tells the room's other nodes which layers it subscribes to
+//! ([`crate::layer_interest`]), and publishes its own senders' layers above 0 only while some
+//! node wants them.
 
 use super::fanout::read_room;
 use super::{Room, RoomState};
 use crate::bus::BusError;
 use crate::context::NodeContext;
+use crate::layer_interest::{layers_of, mask_of, LayerMask};
 use crate::layers::{Wanted, MAX_LAYERS};
 use crate::metrics::DirectionLabel;
 use std::sync::Arc;
 use std::time::Instant;
-use switchboard_protocol::pb::{bus_envelope, BusKeyframeRequest, KeyframeRequestEvent, Sender};
+use switchboard_protocol::pb::{bus_envelope, BusKeyframeRequest, KeyframeRequestEvent, LayerInterest, Sender};
 use switchboard_protocol::subject::RoomChannel;
 use switchboard_protocol::ErrorCode;
 
@@ -69,7 +74,8 @@ pub(crate) async fn choose(
 }
 
 /// Make the room's layer subscriptions match what its local receivers want: subscribe to
-/// the missing ones, drop the others.
+/// the missing ones (and tell the other nodes at once), drop the others (told at the next
+/// heartbeat).
 pub(super) async fn sync_subscriptions(node: &Arc<NodeContext>, room: &Arc<Room>) -> Result<(), BusError> {
     let missing: Vec<u32> = {
         let mut st = room.lock();
@@ -80,6 +86,7 @@ pub(super) async fn sync_subscriptions(node: &Arc<NodeContext>, room: &Arc<Room>
         let want = st.layers.wanted_layers();
         (0..MAX_LAYERS).filter(|&l| want[l as usize] && st.layer_readers[l as usize].is_none()).collect()
     };
+    let mut added = false;
     for layer in missing {
         let sub = node.bus.subscribe(node.subjects.room_media_layer(&room.id, layer)).await?;
         let mut st = room.lock();
@@ -90,8 +97,69 @@ pub(super) async fn sync_subscriptions(node: &Arc<NodeContext>, room: &Arc<Room>
         }
         st.layer_readers[i] = Some(node.runtime.spawn(read_room(Arc::downgrade(node), room.clone(), sub)));
         node.metrics.layer_bus_subscriptions.inc();
+        added = true;
+    }
+    if added {
+        // Before the keyframe request that follows, on the same connection: the sender's
+        // node learns someone wants the layer first.
+        announce(node, room, false).await;
     }
     Ok(())
+}
+
+/// The layers this node subscribes to in the room.
+fn subscribed(st: &RoomState) -> LayerMask {
+    mask_of((0..MAX_LAYERS).filter(|&l| st.layer_readers[l as usize].is_some()))
+}
+
+/// Tell the room's other nodes which layers this node subscribes to, when due (see
+/// [`crate::layer_interest::RoomInterest::due`]) or, with `answer`, because a node asked and
+/// this one wants a layer above 0.
+pub(super) async fn announce(node: &NodeContext, room: &Room, answer: bool) {
+    let (mask, ask) = {
+        let mut st = room.lock();
+        if st.closed {
+            return;
+        }
+        let mask = subscribed(&st);
+        match st.interest.due(mask) {
+            Some(ask) => (mask, ask),
+            None if answer && mask & !1 != 0 => (mask, false),
+            None => return,
+        }
+    };
+    let ttl = node.config.node_heartbeat.saturating_mul(3);
+    let msg = LayerInterest {
+        room: room.id.clone(),
+        layers: layers_of(mask),
+        ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+        ask,
+    };
+    let subject = node.subjects.room(&room.id, RoomChannel::Media);
+    let _ = node.publish(subject, bus_envelope::Kind::LayerInterest(msg)).await;
+}
+
+/// Another node's announcement (from the room's subject): remember it. Returns whether it
+/// asks for this node's.
+pub(super) fn interest_from(st: &mut RoomState, origin: &str, msg: &LayerInterest) -> bool {
+    let ttl = std::time::Duration::from_millis(msg.ttl_ms.into());
+    if !st.interest.remote.update(origin, mask_of(msg.layers.iter().copied()), ttl, Instant::now()) {
+        tracing::warn!(node = %origin, "layer interest of more nodes than a room tracks; ignored");
+    }
+    msg.ask
+}
+
+/// Whether a frame of `layer` published in `room_id` would reach anyone: layer 0 always; a
+/// higher layer while this node subscribes to it (a local receiver wants it) or another
+/// node announced it. A room this node does not host (the sender left meanwhile) publishes.
+pub(crate) fn layer_published(node: &NodeContext, room_id: &str, layer: u32) -> bool {
+    if layer == 0 {
+        return true;
+    }
+    let Some(room) = node.rooms.get(room_id) else { return true };
+    let st = room.lock();
+    st.layer_readers.get(layer as usize).is_some_and(Option::is_some)
+        || st.interest.remote.wanted(layer, Instant::now())
 }
 
 /// Drop the subscriptions of layers no local receiver wants any more (all of them once the
@@ -190,8 +258,10 @@ pub(crate) async fn tick(node: &Arc<NodeContext>) {
             speaker.retain(|s| view.contains_key(s));
             let ups = layers.raise(now, node.config.layer_up_hold_off);
             drop_unwanted(node, &mut st);
+            st.interest.remote.prune(now);
             ups
         };
         apply_moves(node, &room, ups, "up").await;
+        announce(node, &room, false).await;
     }
 }

@@ -40,7 +40,7 @@ mod speaker;
 
 pub(crate) use fanout::{flush_room_stats, request_keyframe};
 pub(crate) use history::{append_history, refollow_history};
-pub(crate) use layers::{choose as choose_layer, media_dropped, tick as layers_tick};
+pub(crate) use layers::{choose as choose_layer, layer_published, media_dropped, tick as layers_tick};
 pub(crate) use membership::{join, leave};
 pub(crate) use presence::{republish_presence, resync_presence};
 pub(crate) use reaper::reap_dead_nodes;
@@ -87,6 +87,8 @@ struct RoomState {
     layer_readers: [Option<JoinHandle<()>>; crate::layers::MAX_LAYERS as usize],
     /// The room's active speaker, from the audio levels of its frames.
     speaker: crate::speaker::Detector,
+    /// Which simulcast layers the room's other nodes pull, and what this node announced.
+    interest: crate::layer_interest::RoomInterest,
 }
 
 pub(crate) struct Room {
