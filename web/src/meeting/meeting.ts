@@ -32,8 +32,10 @@ import { DEFAULT_LAYERS, MEETING_VIDEO_TRACK, SimulcastSender, type VideoLayer, 
 export const MEETING_STATE_KIND = "meeting.state";
 /** How often delivery is judged and layer choices are revised, ms. */
 export const WINDOW_MS = 1_000;
-/** At most this many other participants get video decoded (the node bounds layer choices too). */
+/** At most this many other participants are shown and decoded (the node bounds layer choices too). */
 export const MAX_VIDEO_PARTICIPANTS = 48;
+/** A state announcement after a join waits up to this long, so a burst of joins makes one. */
+const ANNOUNCE_JITTER_MS = 500;
 
 export interface MeetingOptions {
   /** The simulcast layers this side sends, lowest first (all participants should agree). */
@@ -91,6 +93,7 @@ export class Meeting {
   private sender?: SimulcastSender;
   private audio?: RelayedAudio;
   private timer?: ReturnType<typeof setInterval>;
+  private announceTimer?: ReturnType<typeof setTimeout>;
   private muted = false;
   private cameraOff = false;
   private joined = false;
@@ -143,7 +146,7 @@ export class Meeting {
       this.client.on("participantJoined", (p) => {
         if (p.room !== this.room || !p.participant || p.participant.session === me()) return;
         this.add(p.participant);
-        this.announce();
+        this.announceSoon();
       }),
       this.client.on("participantLeft", (p) => {
         if (p.room === this.room && p.participant) this.remove(p.participant.session);
@@ -153,7 +156,7 @@ export class Meeting {
         if (j.room !== this.room) return;
         this.sync(j.joined.participants);
         for (const r of this.remotes.values()) this.ask(r, true);
-        this.announce();
+        this.announceSoon();
       }),
       this.client.on("media", (m) => {
         if (m.room !== this.room || m.track < MEETING_VIDEO_TRACK || m.track >= MEETING_VIDEO_TRACK + this.layers.length) return;
@@ -182,15 +185,21 @@ export class Meeting {
       }),
     );
     this.audio = new RelayedAudio(this.client, this.room);
-    const joined = await this.client.join(this.room);
-    this.sync(joined.participants);
-    const video = local?.getVideoTracks()[0];
-    if (video && SimulcastSender.supported()) {
-      this.sender = new SimulcastSender(this.client, this.room, this.layers);
-      await this.sender.start(video, () => !this.cameraOff);
+    try {
+      const joined = await this.client.join(this.room);
+      this.sync(joined.participants);
+      const video = local?.getVideoTracks()[0];
+      if (video && SimulcastSender.supported()) {
+        this.sender = new SimulcastSender(this.client, this.room, this.layers);
+        await this.sender.start(video, () => !this.cameraOff);
+      }
+      const mic = local?.getAudioTracks()[0];
+      if (mic) await this.audio.send(mic, () => !this.muted).catch(() => false);
+    } catch (e) {
+      await this.leave(); // nothing half-started is left running
+      throw e;
     }
-    const mic = local?.getAudioTracks()[0];
-    if (mic) await this.audio.send(mic, () => !this.muted).catch(() => false);
+    if (this.left) return;
     this.announce();
     this.timer = setInterval(() => this.tick(), WINDOW_MS);
   }
@@ -245,6 +254,7 @@ export class Meeting {
     if (this.left) return;
     this.left = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.announceTimer) clearTimeout(this.announceTimer);
     this.offs.forEach((off) => off());
     this.sender?.stop();
     this.audio?.stop();
@@ -312,6 +322,15 @@ export class Meeting {
       if (r.asked === layer) r.asked = -1;
       console.warn(`meeting: layer ${layer} of ${r.info.session} not set:`, e instanceof Error ? e.message : e);
     });
+  }
+
+  /** Announce after a short random wait; announcements asked for meanwhile make one. */
+  private announceSoon(): void {
+    if (this.announceTimer) return;
+    this.announceTimer = setTimeout(() => {
+      this.announceTimer = undefined;
+      this.announce();
+    }, Math.random() * ANNOUNCE_JITTER_MS);
   }
 
   private announce(): void {

@@ -16,6 +16,8 @@ export const MEETING_VIDEO_TRACK = 10;
 export const KEYFRAME_EVERY = 90;
 /** Frames queued in one layer's encoder past which a captured frame is skipped for it. */
 const MAX_ENCODE_QUEUE = 2;
+/** Encoder errors after which a layer stops (each one before is answered with a fresh encoder). */
+const MAX_ENCODER_ERRORS = 3;
 
 /** One simulcast layer: its size and target bitrate. */
 export interface VideoLayer extends LayerSize {
@@ -46,10 +48,12 @@ export interface VideoSendStats {
 
 interface Layer {
   spec: VideoLayer;
+  config: VideoEncoderConfig;
   encoder: VideoEncoder;
   seq: number;
   frames: number;
   forceKey: boolean;
+  errors: number;
 }
 
 /** Encode a camera track as layers and send them to `room`. */
@@ -89,17 +93,8 @@ export class SimulcastSender {
       };
       const support = await VideoEncoder.isConfigSupported(config);
       if (!support.supported) throw new Error(`this browser cannot encode VP8 at ${spec.width}x${spec.height}`);
-      const layer: Layer = {
-        spec,
-        seq: 0,
-        frames: 0,
-        forceKey: true,
-        encoder: new VideoEncoder({
-          output: (chunk) => this.send(i, layer, chunk),
-          error: (e) => console.warn(`VP8 encoder error (layer ${i})`, e),
-        }),
-      };
-      layer.encoder.configure(config);
+      const layer = { spec, config, seq: 0, frames: 0, forceKey: true, errors: 0 } as Layer;
+      layer.encoder = this.newEncoder(i, layer);
       this.layers.push(layer);
     }
     if (this.stopped) return this.stop();
@@ -120,6 +115,24 @@ export class SimulcastSender {
         frame.close();
       }
     });
+  }
+
+  /**
+   * A configured encoder for layer `i`. An error closes it: a fresh one takes over (from a
+   * keyframe) a few times, then the layer stops and the others go on.
+   */
+  private newEncoder(i: number, layer: Layer): VideoEncoder {
+    const encoder = new VideoEncoder({
+      output: (chunk) => this.send(i, layer, chunk),
+      error: (e) => {
+        console.warn(`VP8 encoder error (layer ${i})`, e);
+        if (this.stopped || ++layer.errors >= MAX_ENCODER_ERRORS) return;
+        layer.encoder = this.newEncoder(i, layer);
+        layer.forceKey = true;
+      },
+    });
+    encoder.configure(layer.config);
+    return encoder;
   }
 
   stop(): void {
