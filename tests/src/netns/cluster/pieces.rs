@@ -19,6 +19,11 @@ pub const HTTP_PORT: u16 = super::super::node::HTTP_PORT;
 /// WebTransport (UDP) port of a node, and the nginx UDP balancer's port.
 pub const WT_PORT: u16 = super::super::node::WT_PORT;
 
+/// NATS cluster route pings: every second, a route closed after 3 unanswered (the
+/// nats-server default is every 2 minutes). Keep in step with the README's NATS values
+/// ("NATS cluster settings") and `deploy/local-cluster`.
+pub const ROUTE_PINGS: &str = "ping_interval: \"1s\"\n  ping_max: 3";
+
 /// The nginx stream module as Debian ships it (`libnginx-mod-stream`).
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
@@ -46,8 +51,12 @@ pub fn nats(hosts: &[Host], index: usize, config: &ClusterConfig, dir: &Path) ->
     if hosts.len() > 1 {
         let routes: Vec<String> =
             hosts.iter().map(|h| format!("\"nats-route://{}:{NATS_ROUTE_PORT}\"", h.addr())).collect();
+        // Route pings as the README's NATS values set them (`ROUTE_PINGS`): a route that went
+        // silent (a split that drops packets and closes nothing) is closed within seconds and
+        // dialled again, instead of stalling in TCP's retransmission backoff and resuming
+        // seconds to minutes after the network heals.
         conf.push_str(&format!(
-            "cluster {{\n  name: switchboard\n  listen: \"0.0.0.0:{NATS_ROUTE_PORT}\"\n  routes: [{}]\n}}\n",
+            "cluster {{\n  name: switchboard\n  listen: \"0.0.0.0:{NATS_ROUTE_PORT}\"\n  routes: [{}]\n  {ROUTE_PINGS}\n}}\n",
             routes.join(", ")
         ));
     }
