@@ -14,7 +14,7 @@ use crate::transport::{Transport, TransportKind};
 use futures_util::StreamExt;
 use prost::Message as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use switchboard_protocol::pb::{bus_envelope, BusEnvelope, NodeHeartbeat};
@@ -219,6 +219,11 @@ async fn heartbeat_and_reap(node: Weak<NodeContext>) {
     };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The chores of a tick wait on JetStream (removing reaped records, re-reading calls);
+    // they run apart, one tick's at a time, so the heartbeat itself never waits behind
+    // them: a node whose heartbeats stalled while JetStream re-formed after a heal was
+    // reported lost by the others, its participants leaving and coming back.
+    let busy = Arc::new(AtomicBool::new(false));
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
@@ -229,21 +234,35 @@ async fn heartbeat_and_reap(node: Weak<NodeContext>) {
         };
         let subject = node.subjects.node_heartbeat(&node.config.node_id);
         let _ = node.publish(subject, bus_envelope::Kind::Heartbeat(hb)).await;
-        crate::rooms::reap_dead_nodes(&node).await;
-        crate::calls::resync::sweep(&node).await;
-        crate::rooms::flush_room_stats(&node);
-        crate::rooms::layers_tick(&node).await;
+        if busy.swap(true, Ordering::SeqCst) {
+            continue;
+        }
+        let busy = busy.clone();
+        node.runtime.clone().spawn(async move {
+            crate::rooms::reap_dead_nodes(&node).await;
+            crate::calls::resync::sweep(&node).await;
+            crate::rooms::flush_room_stats(&node);
+            crate::rooms::layers_tick(&node).await;
+            busy.store(false, Ordering::SeqCst);
+        });
     }
 }
 
-/// After the bus reconnects (e.g. NATS restarted and lost its in-memory presence bucket),
-/// re-create the stores, re-record this node's participants and re-follow room histories.
+/// After the bus reconnects (e.g. NATS restarted and lost its in-memory presence bucket):
+/// tell the other nodes this node's rosters (views converge over core NATS), re-create the
+/// stores, repair this node's part of the presence store in the background
+/// ([`crate::heal::repair_store`]: retried until JetStream answers), re-read calls and
+/// re-follow room histories.
 async fn restore_after_reconnect(weak: Weak<NodeContext>, mut epochs: watch::Receiver<u64>) {
     epochs.borrow_and_update();
     while epochs.changed().await.is_ok() {
         let Some(node) = weak.upgrade() else { return };
         tracing::info!("bus reconnected: restoring presence");
+        let since = tokio::time::Instant::now();
         node.forgive_silence();
+        // Views first, over core NATS (the store may take a while to answer).
+        crate::rooms::publish_rosters(&node, true).await;
+        crate::heal::repair_store(&node, since);
         let mut backoff = Duration::from_millis(100);
         loop {
             match node.bus.ensure_stores().await {
@@ -260,16 +279,13 @@ async fn restore_after_reconnect(weak: Weak<NodeContext>, mut epochs: watch::Rec
             }
         }
         crate::calls::resync::refresh(&node).await;
-        crate::rooms::republish_presence(&node).await;
         crate::rooms::refollow_history(&node).await;
         node.metrics.presence_restores.inc();
-        // Give the other nodes a couple of heartbeats to restore their records too, then
-        // reconcile the views with the store (leaves and joins lost during the outage).
-        let wait = node.config.node_heartbeat * 2;
+        // Nodes that reconnected after this one's first rosters get them now.
+        let wait = node.config.node_heartbeat;
         drop(node);
         tokio::time::sleep(wait).await;
         let Some(node) = weak.upgrade() else { return };
-        crate::rooms::resync_presence(&node).await;
-        node.metrics.presence_resyncs.inc();
+        crate::rooms::publish_rosters(&node, true).await;
     }
 }

@@ -145,6 +145,7 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
     let (mut moves, mut layer_asks, mut layer_sender) = (Vec::new(), Vec::new(), String::new());
     // Another node asked which layers this one pulls.
     let mut answer_interest = false;
+    let mut answer_roster = false;
     {
         let mut st = room.lock();
         match kind {
@@ -185,6 +186,15 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
                     });
                     notify_locals(node, &st, "", ev);
                 }
+            }
+            bus_envelope::Kind::Roster(roster) => {
+                if origin == node.config.node_id {
+                    return;
+                }
+                if node.saw_node(&origin) {
+                    crate::heal::schedule(node);
+                }
+                answer_roster = super::roster::apply(node, &room.id, &mut st, &origin, roster);
             }
             bus_envelope::Kind::LayerInterest(li) => {
                 if origin == node.config.node_id {
@@ -270,6 +280,9 @@ async fn handle_bus_message(node: &Arc<NodeContext>, room: &Arc<Room>, msg: BusM
             bus_envelope::Kind::Heartbeat(_) | bus_envelope::Kind::Admin(_) | bus_envelope::Kind::Call(_) => {}
         }
         drop(st);
+    }
+    if answer_roster {
+        super::roster::answer(node, room);
     }
     if answer_interest {
         super::layers::announce(node, room, true).await;

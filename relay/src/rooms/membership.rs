@@ -224,6 +224,7 @@ pub(crate) async fn leave(node: &Arc<NodeContext>, room_id: &str, session: &str,
         // Retried when the bus is back, so the store keeps no ghost.
         tracing::warn!(room = room_id, session, error = %e, "removing presence failed; will retry");
         node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room_id.to_owned(), session.to_owned()));
+        crate::heal::retry_removals(node);
     }
     let Some(p) = participant else { return true };
     crate::webhooks::participant_left(node, room_id, &p, reason, empty);

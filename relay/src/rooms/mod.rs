@@ -26,9 +26,11 @@
 //! node on the first, closing the room on the last); [`fanout`] delivers bus messages to
 //! local members; [`history`] appends, follows and replays room history; [`presence`]
 //! restores and reconciles the views after a bus outage; [`reaper`] removes the
-//! participants of dead nodes; [`layers`] holds the node's subscriptions to simulcast layers
-//! (one per room and layer its local receivers want, apart from the room's own) and the
-//! receivers' choices; [`speaker`] announces the room's active speaker.
+//! participants of dead nodes; [`roster`] exchanges each node's participants over the bus
+//! after a heal or a reconnect, so views converge without the store; [`layers`] holds the
+//! node's subscriptions to simulcast layers (one per room and layer its local receivers
+//! want, apart from the room's own) and the receivers' choices; [`speaker`] announces the
+//! room's active speaker.
 
 mod fanout;
 mod history;
@@ -36,14 +38,16 @@ mod layers;
 mod membership;
 mod presence;
 mod reaper;
+mod roster;
 mod speaker;
 
 pub(crate) use fanout::{flush_room_stats, request_keyframe};
 pub(crate) use history::{append_history, refollow_history};
 pub(crate) use layers::{choose as choose_layer, layer_published, media_dropped, tick as layers_tick};
 pub(crate) use membership::{join, leave};
-pub(crate) use presence::{republish_presence, resync_presence};
+pub(crate) use presence::{republish_presence, resync_presence, retry_removals};
 pub(crate) use reaper::reap_dead_nodes;
+pub(crate) use roster::publish_all as publish_rosters;
 
 use crate::bus::BusError;
 use crate::context::NodeContext;
@@ -89,6 +93,8 @@ struct RoomState {
     speaker: crate::speaker::Detector,
     /// Which simulcast layers the room's other nodes pull, and what this node announced.
     interest: crate::layer_interest::RoomInterest,
+    /// Other nodes' rosters of the room (after a heal or a reconnect).
+    rosters: roster::Rosters,
 }
 
 pub(crate) struct Room {

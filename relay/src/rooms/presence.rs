@@ -1,22 +1,28 @@
-//! Presence after a bus outage: re-recording this node's participants and reconciling
-//! every room's view with the presence store.
+//! Presence after a bus outage or a partition: re-recording this node's participants in the
+//! presence store, and reconciling every room's view with the store for the nodes that
+//! sent no roster ([`super::roster`]: the views of the nodes that did are theirs already).
 
 use super::fanout::notify_locals;
 use crate::context::NodeContext;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use switchboard_protocol::pb::{
-    bus_envelope, server_frame, Participant, ParticipantJoined, ParticipantLeft, PresenceUpdate,
-};
-use switchboard_protocol::subject::RoomChannel;
+use switchboard_protocol::pb::{server_frame, Participant, ParticipantJoined, ParticipantLeft};
+use tokio::time::Instant;
 
-/// Reconcile every room's view with the presence store (after the bus came back): leaves
-/// and joins announced while the bus was away were lost, so participants gone from the
-/// store are reported left (reason `resync`) and new ones joined. Local sessions are never
-/// removed here; their records, if the store lost them (purged by a side that reported this
-/// node lost, after this node restored them), are put back. `false` if a room could not be
-/// reconciled.
-pub(crate) async fn resync_presence(node: &Arc<NodeContext>) -> bool {
+/// Store writes of one repair in flight at once: a round takes about one store timeout
+/// while JetStream elects its leaders, not one per record.
+const STORE_WRITES_IN_FLIGHT: usize = 32;
+
+/// Reconcile every room with the presence store (after the bus came back or a partition
+/// healed). The store: this node's local participants missing from it (purged by a side
+/// that reported this node lost, after this node restored them) are put back. The view,
+/// for the participants of nodes that sent no complete roster of the room since `since`
+/// (a node with no member left there sends none; an old node): leaves and joins
+/// announced while the bus was away were lost, so participants gone from the store are
+/// reported left (reason `resync`) and new ones joined. Local sessions are never removed
+/// here. `false` if a room could not be reconciled.
+pub(crate) async fn resync_presence(node: &Arc<NodeContext>, since: Instant) -> bool {
     let mut complete = true;
     for room in node.rooms.all() {
         let snapshot = match node.bus.presence_list(&room.id).await {
@@ -32,30 +38,26 @@ pub(crate) async fn resync_presence(node: &Arc<NodeContext>) -> bool {
             let st = room.lock();
             st.local.keys().filter(|s| !stored.contains_key(*s)).filter_map(|s| st.view.get(s).cloned()).collect()
         };
-        for p in missing {
+        for p in &missing {
             tracing::info!(room = %room.id, session = %p.session, "a local participant's record was missing: put back");
-            if let Err(e) = node.bus.presence_put(&room.id, &p).await {
-                tracing::warn!(room = %room.id, error = %e, "putting back a presence record failed");
-                complete = false;
-                continue;
-            }
-            // Announced too: a node whose view lost the participant with the record (its
-            // removal landed after this node's republish) may have finished its own repair.
-            let update =
-                PresenceUpdate { room: room.id.clone(), participant: Some(p), joined: true, reason: String::new() };
-            let subject = node.subjects.room(&room.id, RoomChannel::Presence);
-            if let Err(e) = node.publish(subject, bus_envelope::Kind::Presence(update)).await {
-                tracing::warn!(room = %room.id, error = %e, "announcing a put-back participant failed");
-                complete = false;
-            }
         }
+        complete &= put_all(node, missing.into_iter().map(|p| (room.id.clone(), p)).collect()).await;
         let mut st = room.lock();
+        // This node's own records are never added: its participants are its local ones
+        // (a record of one that left is a removal still pending, not a participant).
+        let own = &node.config.node_id;
+        let judged = |p: &Participant| p.node != *own && !st.rosters.sent_since(&p.node, since);
         let gone: Vec<Participant> = st
             .view
             .values()
-            .filter(|p| !stored.contains_key(&p.session) && !st.local.contains_key(&p.session))
+            .filter(|p| !stored.contains_key(&p.session) && !st.local.contains_key(&p.session) && judged(p))
             .cloned()
             .collect();
+        let new: Vec<Participant> =
+            stored.into_values().filter(|p| !st.view.contains_key(&p.session) && judged(p)).collect();
+        if !gone.is_empty() || !new.is_empty() {
+            tracing::info!(room = %room.id, left = gone.len(), joined = new.len(), "presence view reconciled with the store");
+        }
         for p in gone {
             st.view.remove(&p.session);
             let ev = server_frame::Kind::ParticipantLeft(ParticipantLeft {
@@ -65,34 +67,24 @@ pub(crate) async fn resync_presence(node: &Arc<NodeContext>) -> bool {
             });
             notify_locals(node, &st, "", ev);
         }
-        for (session, p) in stored {
-            if let std::collections::hash_map::Entry::Vacant(slot) = st.view.entry(session) {
-                slot.insert(p.clone());
-                let ev = server_frame::Kind::ParticipantJoined(ParticipantJoined {
-                    room: room.id.clone(),
-                    participant: Some(p),
-                });
-                notify_locals(node, &st, "", ev);
-            }
+        for p in new {
+            st.view.insert(p.session.clone(), p.clone());
+            let ev = server_frame::Kind::ParticipantJoined(ParticipantJoined {
+                room: room.id.clone(),
+                participant: Some(p),
+            });
+            notify_locals(node, &st, "", ev);
         }
     }
     complete
 }
 
-/// Record and announce again every local participant (after the bus lost it, or other
-/// nodes reaped them while this node was cut off), and
-/// retry the removals that failed while it was away. `false` if something failed (it is
-/// retried by the next repair).
+/// Record every local participant again in the store (after the bus lost it, or other
+/// nodes purged them while this node was cut off), and retry the removals that failed while
+/// it was away. The other nodes' views learn of them from this node's rosters, not from
+/// here. `false` if something failed (it is retried by the next repair).
 pub(crate) async fn republish_presence(node: &Arc<NodeContext>) -> bool {
-    let mut complete = true;
-    let pending = std::mem::take(&mut *node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()));
-    for (room, session) in pending {
-        if let Err(e) = node.bus.presence_remove(&room, &session).await {
-            tracing::warn!(room, session, error = %e, "removing presence failed again; will retry");
-            complete = false;
-            node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).push((room, session));
-        }
-    }
+    let mut complete = retry_removals(node).await;
     crate::rooms_cap::restore(node).await;
     let mut records = Vec::new();
     for room in node.rooms.all() {
@@ -100,19 +92,48 @@ pub(crate) async fn republish_presence(node: &Arc<NodeContext>) -> bool {
         records.extend(st.local.keys().filter_map(|sid| st.view.get(sid)).map(|p| (room.id.clone(), p.clone())));
     }
     let count = records.len();
-    for (room, p) in records {
-        if let Err(e) = node.bus.presence_put(&room, &p).await {
-            tracing::warn!(room, error = %e, "restoring presence failed");
-            complete = false;
-        }
-        // Announce them again too: nodes that reaped them while this node was cut off
-        // (a partition) add them back; for everyone else a known join is a no-op.
-        let update = PresenceUpdate { room: room.clone(), participant: Some(p), joined: true, reason: String::new() };
-        let subject = node.subjects.room(&room, RoomChannel::Presence);
-        if let Err(e) = node.publish(subject, bus_envelope::Kind::Presence(update)).await {
-            tracing::warn!(room, error = %e, "re-announcing a participant failed");
-        }
-    }
-    tracing::info!(records = count, "presence restored");
+    complete &= put_all(node, records).await;
+    tracing::info!(records = count, complete, "presence records restored");
     complete
+}
+
+/// Retry the presence removals that failed, [`STORE_WRITES_IN_FLIGHT`] at a time; whether
+/// none is left (the failed ones stay for the next retry).
+pub(crate) async fn retry_removals(node: &Arc<NodeContext>) -> bool {
+    let pending = std::mem::take(&mut *node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()));
+    if pending.is_empty() {
+        return true;
+    }
+    let failed: Vec<(String, String)> = futures_util::stream::iter(pending)
+        .map(|(room, session)| async move {
+            match node.bus.presence_remove(&room, &session).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(room, session, error = %e, "removing presence failed again; will retry");
+                    Some((room, session))
+                }
+            }
+        })
+        .buffer_unordered(STORE_WRITES_IN_FLIGHT)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    let done = failed.is_empty();
+    node.pending_removals.lock().unwrap_or_else(|e| e.into_inner()).extend(failed);
+    done
+}
+
+/// Write presence records, [`STORE_WRITES_IN_FLIGHT`] at a time; whether all were written.
+async fn put_all(node: &Arc<NodeContext>, records: Vec<(String, Participant)>) -> bool {
+    futures_util::stream::iter(records)
+        .map(|(room, p)| async move {
+            let put = node.bus.presence_put(&room, &p).await;
+            if let Err(e) = &put {
+                tracing::warn!(room, error = %e, "restoring presence failed");
+            }
+            put.is_ok()
+        })
+        .buffer_unordered(STORE_WRITES_IN_FLIGHT)
+        .fold(true, |all, ok| async move { all && ok })
+        .await
 }
