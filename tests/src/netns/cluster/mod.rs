@@ -165,6 +165,21 @@ struct WorkDir(std::path::PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
+        // `SB_CLUSTER_KEEP_LOGS=<dir>`: the logs (`*.log`) are copied to `<dir>/<lab tag>/`
+        // first, to study a run afterwards (the test's output gives the wall-clock times).
+        if let Some(keep) = std::env::var_os("SB_CLUSTER_KEEP_LOGS") {
+            let name = self.0.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let to = std::path::Path::new(&keep).join(name);
+            if std::fs::create_dir_all(&to).is_ok() {
+                for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "log") {
+                        let _ = std::fs::copy(&path, to.join(entry.file_name()));
+                    }
+                }
+                eprintln!("cluster logs kept in {}", to.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -249,7 +264,8 @@ impl Cluster {
     }
 
     /// The working directory: configurations, JetStream stores and every piece's log
-    /// (`nats1.log`, `node1.log`, `haproxy.log`, `nginx.log`); removed on drop.
+    /// (`nats1.log`, `node1.log`, `haproxy.log`, `nginx.log`); removed on drop (the logs
+    /// copied first to `$SB_CLUSTER_KEEP_LOGS/<lab tag>/` when that is set).
     pub fn work_dir(&self) -> &std::path::Path {
         &self.dir.0
     }
