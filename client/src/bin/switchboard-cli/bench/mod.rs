@@ -22,7 +22,10 @@
 //!   calls, churn, mixed WebSocket and WebTransport): see `cluster/mod.rs`.
 //!
 //! With `--server-pid` (repeatable: one per node) the report has the servers' summed RSS
-//! before and after and their CPU use during the run.
+//! before and after and their CPU use during the run (with several, each one's as well).
+//! `media-room` spreads its members over several nodes with `--node` (senders and receivers
+//! round robin) or `--node` for the senders and `--receiver-node` for the receivers, and
+//! reports a nats-server's CPU with `--nats-pid`.
 //!
 //! Latency is measured from timestamps embedded in payloads (same process, monotonic clock).
 
@@ -48,9 +51,17 @@ pub struct BenchArgs {
     /// What to measure: switchboard, bare (bare-broadcast) or nats-ws (nats-server websocket).
     #[arg(long, value_enum, default_value = "switchboard")]
     pub target: TargetKind,
-    /// Server URL; repeat to spread connections over several nodes. Default: --url.
+    /// Server URL; repeat to spread connections over several nodes (round robin; in
+    /// media-room, the senders, and the receivers unless --receiver-node). Default: --url.
+    /// WebTransport nodes with self-signed certificates: give every node's hash in
+    /// --cert-hash, comma-separated (a connection accepts any of them).
     #[arg(long = "node")]
     pub nodes: Vec<String>,
+    /// media-room: the receivers connect here (repeat to spread them round robin over several
+    /// nodes), the senders to --node (or --url): e.g. a webinar's senders on one node and its
+    /// audience on another. Default: the receivers share the senders' nodes.
+    #[arg(long = "receiver-node")]
+    pub receiver_nodes: Vec<String>,
     /// Connections (subscribers, receivers per room, pair members, idle or concurrent churners).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -79,6 +90,10 @@ pub struct BenchArgs {
     /// (figures are summed).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+    /// media-room: PID of the nodes' nats-server, to report its CPU use apart from the nodes'
+    /// (`nats_cpu_percent`).
+    #[arg(long = "nats-pid")]
+    pub nats_pid: Option<u32>,
     /// media: receivers per room that join and never read (0 for the reference run).
     #[arg(long, default_value_t = 1)]
     pub slow_receivers: usize,
@@ -127,7 +142,7 @@ impl BenchArgs {
     ) -> anyhow::Result<targets::Target> {
         let urls = if self.nodes.is_empty() { vec![url.to_owned()] } else { self.nodes.clone() };
         let mut lab_targets = false;
-        for u in urls.iter().chain(&self.metrics_url) {
+        for u in urls.iter().chain(&self.receiver_nodes).chain(&self.metrics_url) {
             let host = u.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or_default();
             let lab = in_lab_net(host);
             lab_targets |= lab;
@@ -145,6 +160,9 @@ impl BenchArgs {
         } else {
             (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect()
         };
+        if let Some(w) = check_cert_hashes(urls.iter().chain(&self.receiver_nodes), cert_hash.as_deref())? {
+            eprintln!("{w}");
+        }
         Ok(targets::Target {
             kind: self.target,
             urls,
@@ -182,14 +200,36 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(args.size >= 8, "--size must be at least 8 bytes (the timestamp)");
     anyhow::ensure!(args.clients >= 1 && args.clients <= 100_000, "--clients must be 1..=100000");
-    anyhow::ensure!(
-        args.receiver_netns.is_empty() || args.scenario == scenarios::Scenario::MediaRoom,
-        "--receiver-netns is for --scenario media-room"
-    );
+    let media_room = args.scenario == scenarios::Scenario::MediaRoom;
+    anyhow::ensure!(args.receiver_netns.is_empty() || media_room, "--receiver-netns is for --scenario media-room");
+    anyhow::ensure!(args.receiver_nodes.is_empty() || media_room, "--receiver-node is for --scenario media-room");
+    anyhow::ensure!(args.nats_pid.is_none() || media_room, "--nats-pid is for --scenario media-room");
     let target = args.target(url, token, cert_hash, media_lanes)?;
     let report = scenarios::run(&args, &target).await?;
     report.print();
     Ok(())
+}
+
+/// `--cert-hash` (comma-separated) against the nodes: every hash must parse (an error
+/// otherwise); fewer hashes than WebTransport nodes gives a warning (each node generates its
+/// own certificate unless they share one: a node whose hash is missing refuses the handshake).
+fn check_cert_hashes<'a>(urls: impl Iterator<Item = &'a String>, list: Option<&str>) -> anyhow::Result<Option<String>> {
+    let hashes = targets::split_hashes(list);
+    for h in &hashes {
+        switchboard_client::parse_cert_hash(h)
+            .map_err(|e| anyhow::anyhow!("--cert-hash {h}: not a SHA-256 in hex ({e})"))?;
+    }
+    let mut wt: Vec<&str> = urls.filter(|u| u.starts_with("https://")).map(String::as_str).collect();
+    wt.sort_unstable();
+    wt.dedup();
+    Ok((!hashes.is_empty() && hashes.len() < wt.len()).then(|| {
+        format!(
+            "warning: {} WebTransport nodes but {} --cert-hash: unless they share a certificate, give each \
+             node's hash, comma-separated (curl http://HOST:PORT/certificate.sha256 on each)",
+            wt.len(),
+            hashes.len()
+        )
+    }))
 }
 
 /// The impaired-network lab's private range (`switchboard_tests::netns::LAB_NET`,
@@ -205,7 +245,19 @@ fn in_lab_net(host: &str) -> bool {
 
 #[cfg(test)]
 mod lab_net_tests {
-    use super::in_lab_net;
+    use super::{check_cert_hashes, in_lab_net};
+
+    #[test]
+    fn several_webtransport_nodes_want_a_hash_each() {
+        let h = "ab".repeat(32);
+        let two = ["https://127.0.0.1:1/wt".to_owned(), "https://127.0.0.1:2/wt".to_owned()];
+        let warns = |urls: &[String], list: &str| check_cert_hashes(urls.iter(), Some(list)).unwrap().is_some();
+        assert!(check_cert_hashes(two.iter(), None).unwrap().is_none(), "no hash: a CA's certificates");
+        assert!(warns(&two, &h), "one hash for two nodes");
+        assert!(!warns(&two, &format!("{h}, {h}")));
+        assert!(!warns(&[two[0].clone(), two[0].clone()], &h), "the same node twice");
+        assert!(check_cert_hashes(two.iter(), Some(&format!("{h},xyz"))).is_err(), "not hex");
+    }
 
     #[test]
     fn only_the_lab_range_is_admitted_besides_loopback() {

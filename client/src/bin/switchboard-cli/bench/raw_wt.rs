@@ -81,7 +81,7 @@ impl RawWtRx {
 pub async fn connect(
     url: &str,
     ip: Option<IpAddr>,
-    cert_hash: Option<&str>,
+    cert_hashes: &[String],
     token: &str,
     room: &str,
 ) -> anyhow::Result<(AbortOnDrop, RawWtRx)> {
@@ -89,9 +89,12 @@ pub async fn connect(
         Some(ip) => ClientConfig::builder().with_bind_address(SocketAddr::new(ip, 0)),
         None => ClientConfig::builder().with_bind_default(),
     };
-    let config = match cert_hash {
-        Some(h) => builder.with_server_certificate_hashes([Sha256Digest::new(parse_cert_hash(h)?)]).build(),
-        None => builder.with_native_certs().build(),
+    let config = if cert_hashes.is_empty() {
+        builder.with_native_certs().build()
+    } else {
+        let hashes =
+            cert_hashes.iter().map(|h| parse_cert_hash(h).map(Sha256Digest::new)).collect::<Result<Vec<_>, _>>()?;
+        builder.with_server_certificate_hashes(hashes).build()
     };
     let connection = Endpoint::client(config)?.connect(url).await.with_context(|| format!("connecting to {url}"))?;
     let (mut send, recv) = connection.open_bi().await?.await?;

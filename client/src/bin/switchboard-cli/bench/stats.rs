@@ -114,7 +114,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 pub struct CpuMeter {
     pids: Vec<u32>,
     at: std::time::Instant,
-    servers: Option<u64>,
+    /// Each server's ticks at the start.
+    servers: Vec<Option<u64>>,
     own: Option<u64>,
 }
 
@@ -127,19 +128,37 @@ fn percent(ticks: u64, elapsed: std::time::Duration) -> f64 {
 impl CpuMeter {
     /// Start measuring (servers: a no-op without PIDs).
     pub fn start(pids: &[u32]) -> Self {
-        let servers = if pids.is_empty() { None } else { pids.iter().map(|&p| cpu_ticks(p)).sum() };
+        let servers = pids.iter().map(|&p| cpu_ticks(p)).collect();
         Self { pids: pids.to_vec(), at: std::time::Instant::now(), servers, own: cpu_ticks(std::process::id()) }
     }
 
-    /// The servers' CPU use since `start`.
-    pub fn percent(&self) -> Option<f64> {
-        let t1: u64 = self.pids.iter().map(|&p| cpu_ticks(p)).sum::<Option<u64>>()?;
-        Some(percent(t1.saturating_sub(self.servers?), self.at.elapsed()))
+    /// Each server's CPU ticks since `start` (`None` for one that is gone).
+    fn ticks(&self) -> Vec<Option<u64>> {
+        self.pids.iter().zip(&self.servers).map(|(&p, t0)| Some(cpu_ticks(p)?.saturating_sub((*t0)?))).collect()
     }
 
-    /// Record the servers' and the load generator's CPU use since `start` in `r`.
+    /// The servers' CPU use since `start`, summed (`None` without PIDs or if one is gone).
+    pub fn percent(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let ticks: u64 = self.ticks().into_iter().sum::<Option<u64>>()?;
+        Some(percent(ticks, self.at.elapsed()))
+    }
+
+    /// Each server's CPU use since `start`, in the order of the PIDs.
+    pub fn percent_each(&self) -> Vec<Option<f64>> {
+        let elapsed = self.at.elapsed();
+        self.ticks().into_iter().map(|t| t.map(|t| percent(t, elapsed))).collect()
+    }
+
+    /// Record the servers' and the load generator's CPU use since `start` in `r` (with
+    /// several servers, each one's too: `server_cpu_percent_each`, in `--server-pid` order).
     pub fn fill(&self, r: &mut Report) {
         r.server_cpu_percent = self.percent();
+        if self.pids.len() > 1 {
+            r.extra.insert("server_cpu_percent_each".into(), self.percent_each().into());
+        }
         if let (Some(t0), Some(t1)) = (self.own, cpu_ticks(std::process::id())) {
             r.extra.insert("generator_cpu_percent".into(), percent(t1.saturating_sub(t0), self.at.elapsed()).into());
         }

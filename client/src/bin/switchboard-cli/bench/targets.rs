@@ -28,6 +28,8 @@ pub struct Target {
     pub kind: TargetKind,
     pub urls: Vec<String>,
     pub token: String,
+    /// `--cert-hash`: one SHA-256 (hex), or several comma-separated (one per WebTransport
+    /// node: a connection accepts a certificate matching any of them).
     pub cert_hash: Option<String>,
     pub source_ips: Vec<IpAddr>,
     /// nats-ws: the subject a publisher-only connection publishes to.
@@ -69,7 +71,7 @@ impl Target {
         let url = &self.urls[i % self.urls.len()];
         let ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
         if self.kind == TargetKind::Switchboard && url.starts_with("https") {
-            let (pinger, rx) = super::raw_wt::connect(url, ip, self.cert_hash.as_deref(), &self.token, room).await?;
+            let (pinger, rx) = super::raw_wt::connect(url, ip, &self.cert_hashes(), &self.token, room).await?;
             return Ok((Tx::Raw { _pinger: pinger }, Rx::RawWt(Box::new(rx))));
         }
         if self.kind != TargetKind::Switchboard || !url.starts_with("ws") {
@@ -107,12 +109,17 @@ impl Target {
         Ok((Tx::Raw { _pinger: AbortOnDrop(pinger.abort_handle()) }, Rx::Raw(stream)))
     }
 
+    /// The certificate hashes of `--cert-hash` (a comma-separated list).
+    pub fn cert_hashes(&self) -> Vec<String> {
+        split_hashes(self.cert_hash.as_deref())
+    }
+
     /// The client-library configuration of Switchboard connection `i` (spread over the URLs
     /// and source addresses).
     pub fn client_config(&self, i: usize) -> ClientConfig {
         let url = &self.urls[i % self.urls.len()];
         let mut config = ClientConfig::new(url, &self.token);
-        config.cert_hashes.extend(self.cert_hash.clone());
+        config.cert_hashes = self.cert_hashes();
         config.bind_ip = (!self.source_ips.is_empty()).then(|| self.source_ips[i % self.source_ips.len()]);
         config.event_buffer = 4096;
         config.media_lanes = self.media_lanes;
@@ -151,6 +158,11 @@ impl Target {
             }
         }
     }
+}
+
+/// The hashes of a comma-separated `--cert-hash` (blanks skipped).
+pub fn split_hashes(list: Option<&str>) -> Vec<String> {
+    list.into_iter().flat_map(|l| l.split(',')).map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect()
 }
 
 async fn send_frame(sink: &mut SplitSink<Ws, Message>, id: u64, kind: pb::client_frame::Kind) -> anyhow::Result<()> {

@@ -14,7 +14,8 @@
 //! With `--receiver-netns`, the receivers' connections are made inside those network
 //! namespaces (the lab's shaped client hosts); senders connect from the bench's own.
 //! Everything goes through the client library, so `--wt-lanes` decides whether WebTransport
-//! media rides on lanes (datagrams, per-group streams) or on the control stream.
+//! media rides on lanes (datagrams, per-group streams) or on the control stream. Members may
+//! be spread over several nodes of a cluster (`--node`, `--receiver-node`: [`placement`]).
 //!
 //! Reported (besides the usual fields, where `sent`/`deliveries`/`latency_ms` are media frames
 //! at the receivers):
@@ -33,24 +34,35 @@
 //! * simulcast: `layers` (per layer: frames sent, frames and bytes delivered in all and per
 //!   receiver, latency), `wanted_layer_delivered_ratio` (frames of the wanted layer delivered
 //!   over those sent times receivers) and `min_receiver_fps` (the lowest, over receivers and
-//!   senders, of the wanted layer's frames delivered per second of sending).
+//!   senders, of the wanted layer's frames delivered per second of sending);
+//! * over several nodes: `placement` (senders and receivers per node), `latency_same_node_ms`
+//!   and `latency_across_nodes_ms` (frames whose sender is on the receiver's node, and those
+//!   that crossed the bus), `server_cpu_percent_each` (per `--server-pid`) and
+//!   `nats_cpu_percent` (`--nats-pid`); `layer_subscribe_retries` and `layer_subscribe_max_ms`:
+//!   a receiver's node refuses `LayerSubscribe` for a sender on another node until it has
+//!   learnt of that sender's join over the bus, so receivers ask again (see [`subscribe`]).
+//!
+//! The report is put together in [`report`].
+
+mod placement;
+mod report;
 
 use super::netns;
-use super::scenarios::{latency_us, now_us, report};
+use super::scenarios::{latency_us, now_us};
 use super::stats::{histogram, CpuMeter, Report};
 use super::targets::{Target, TargetKind};
 use super::BenchArgs;
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
-use serde_json::json;
+use placement::Placement;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use switchboard_client::{pb, Client, Event, Events};
+use switchboard_client::{pb, Client, ClientError, ErrorCode, Event, Events};
 use tokio::sync::{oneshot, watch};
 
 /// The room every member joins.
@@ -82,6 +94,10 @@ const CHAT_BYTES: usize = 64;
 const MEDIA_GRACE: Duration = Duration::from_secs(2);
 /// ...and chat (reliable, every message must arrive) this long at most.
 const CHAT_GRACE: Duration = Duration::from_secs(15);
+/// `LayerSubscribe` refused because the sender is not known yet (another node's): asked again
+/// this often, for at most this long.
+const SUBSCRIBE_RETRY: Duration = Duration::from_millis(50);
+const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
 /// Connecting and joining, every member.
 const CONNECT_LIMIT: Duration = Duration::from_secs(60);
 
@@ -124,6 +140,9 @@ struct Track {
 struct Tally {
     media_latency: Histogram<u64>,
     layer_latency: Vec<Histogram<u64>>,
+    /// Media latency of frames from a sender on the receiver's node, and from another node.
+    same_node_latency: Histogram<u64>,
+    across_nodes_latency: Histogram<u64>,
     chat_latency: Histogram<u64>,
     /// (receiver member, sender member) → track.
     tracks: HashMap<(usize, usize), Track>,
@@ -172,6 +191,8 @@ struct Shared {
     /// Layers per sender (1: unlayered) and the one receivers want.
     layers: u32,
     want: u32,
+    /// Every member's node.
+    placement: Placement,
     /// Session id → sender member, set before the run starts.
     senders: OnceLock<HashMap<String, usize>>,
     tally: Mutex<Tally>,
@@ -181,6 +202,9 @@ struct Shared {
     /// Per sender and layer.
     keyframe_wanted: Vec<Vec<AtomicBool>>,
     keyframe_requests: AtomicU64,
+    /// `LayerSubscribe`s asked again, and the longest time until one was answered.
+    subscribe_retries: AtomicU64,
+    subscribe_wait_us: AtomicU64,
     forced_keyframes: AtomicU64,
     /// Members whose chat loop has finished (every publish answered or failed).
     chat_done: AtomicUsize,
@@ -189,16 +213,20 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(members: usize, n_senders: usize, layers: u32, want: u32) -> Arc<Self> {
+    fn new(placement: Placement, n_senders: usize, layers: u32, want: u32) -> Arc<Self> {
+        let members = placement.node_of.len();
         Arc::new(Self {
             members,
             n_senders,
             layers,
             want,
+            placement,
             senders: OnceLock::new(),
             tally: Mutex::new(Tally {
                 media_latency: histogram(),
                 layer_latency: (0..MAX_LAYERS).map(|_| histogram()).collect(),
+                same_node_latency: histogram(),
+                across_nodes_latency: histogram(),
                 chat_latency: histogram(),
                 tracks: HashMap::new(),
                 chat_seen: vec![vec![HashSet::new(); members]; members],
@@ -212,6 +240,8 @@ impl Shared {
             last_sent_us: (0..n_senders).map(|_| AtomicU64::new(0)).collect(),
             keyframe_wanted: (0..n_senders).map(|_| (0..layers).map(|_| AtomicBool::new(false)).collect()).collect(),
             keyframe_requests: AtomicU64::new(0),
+            subscribe_retries: AtomicU64::new(0),
+            subscribe_wait_us: AtomicU64::new(0),
             forced_keyframes: AtomicU64::new(0),
             chat_done: AtomicUsize::new(0),
             media_stats: Mutex::new(Default::default()),
@@ -249,26 +279,33 @@ impl Signals {
     }
 }
 
-/// Connect member `i` and join the room.
-async fn connect(target: &Target, i: usize) -> anyhow::Result<(Client, Events)> {
-    let config = target.client_config(i);
+/// Connect member `i` to its node and join the room.
+async fn connect(target: &Target, placement: &Placement, i: usize) -> anyhow::Result<(Client, Events)> {
+    let mut config = target.client_config(i);
+    config.url = placement.url(i).to_owned();
     let url = config.url.clone();
     let (client, events) = Client::connect(config).await.with_context(|| format!("member {i}: connecting to {url}"))?;
     client.join(ROOM).await.with_context(|| format!("member {i}: joining {ROOM}"))?;
     Ok((client, events))
 }
 
-/// Connect the receivers `indices` (told on `ready`), then run them until stopped. Runs on
+/// Connect the receivers `indices`, at most `concurrency` at a time (`--connect-concurrency`:
+/// 200 WebTransport handshakes at once can outlast the connect timeout on a busy machine),
+/// told on `ready`, then run them until stopped. Runs on
 /// the bench's runtime or on a network namespace's thread.
 async fn receivers(
     target: Target,
     indices: Vec<usize>,
+    concurrency: usize,
     shared: Arc<Shared>,
     mut signals: Signals,
     ready: oneshot::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let conns = futures_util::future::join_all(indices.iter().map(|&i| connect(&target, i))).await;
-    let conns: anyhow::Result<Vec<_>> = conns.into_iter().collect();
+    let conns: anyhow::Result<Vec<_>> = futures_util::stream::iter(indices.clone())
+        .map(|i| connect(&target, &shared.placement, i))
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await;
     let conns = match conns {
         Ok(c) => {
             let _ = ready.send(Ok(()));
@@ -313,10 +350,29 @@ async fn member(i: usize, client: Client, events: Events, shared: Arc<Shared>, m
 }
 
 /// Receiver `i` chooses the wanted layer of every sender.
+/// A sender on another node is refused (`TargetNotFound`) until the receiver's node has
+/// learnt of its join over the bus: asked again every [`SUBSCRIBE_RETRY`] until
+/// [`SUBSCRIBE_LIMIT`] (how long it took is reported).
 async fn subscribe(i: usize, client: &Client, shared: &Shared) {
     let Some(sessions) = shared.senders.get() else { return };
-    let asks = sessions.keys().map(|s| client.layer_subscribe(ROOM, s, shared.want));
-    for r in futures_util::future::join_all(asks).await {
+    let asked = Instant::now();
+    let ask = |session: String| async move {
+        let mut retries = 0u64;
+        loop {
+            match client.layer_subscribe(ROOM, &session, shared.want).await {
+                Err(ClientError::Server { code: ErrorCode::TargetNotFound, .. })
+                    if asked.elapsed() + SUBSCRIBE_RETRY < SUBSCRIBE_LIMIT =>
+                {
+                    retries += 1;
+                    tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                }
+                r => return (r, retries, asked.elapsed()),
+            }
+        }
+    };
+    for (r, retries, took) in futures_util::future::join_all(sessions.keys().cloned().map(ask)).await {
+        shared.subscribe_retries.fetch_add(retries, Ordering::Relaxed);
+        shared.subscribe_wait_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
         if let Err(e) = r {
             shared.note_error(format!("receiver {i}: layer_subscribe: {e}"));
         }
@@ -354,6 +410,11 @@ async fn read_events(i: usize, mut events: Events, shared: Arc<Shared>) {
                 if let Some(l) = latency_us(&m.payload) {
                     let _ = t.media_latency.record(l);
                     let _ = t.layer_latency[layer].record(l);
+                    let _ = if shared.placement.same_node(i, sender) {
+                        t.same_node_latency.record(l)
+                    } else {
+                        t.across_nodes_latency.record(l)
+                    };
                 }
                 let track = t.tracks.entry((i, sender)).or_default();
                 track.by_layer[layer] += 1;
@@ -481,7 +542,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         WantLayer::Low => 0,
         WantLayer::Top => args.layers - 1,
     };
-    let shared = Shared::new(members, n_senders, args.layers, want);
+    let placement = Placement::new(&target.urls, &args.receiver_nodes, n_senders, n_receivers);
+    let shared = Shared::new(placement, n_senders, args.layers, want);
     let (go_tx, go) = watch::channel(None);
     let (stop_tx, stop) = watch::channel(false);
     let signals = Signals { go, stop, duration };
@@ -502,7 +564,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         let (ready_tx, ready_rx) = oneshot::channel();
         ready.push(ready_rx);
         let (t, s, sig) = (target.clone(), shared.clone(), signals.clone());
-        let make = move || receivers(t, indices, s, sig, ready_tx);
+        let concurrency = args.connect_concurrency;
+        let make = move || receivers(t, indices, concurrency, s, sig, ready_tx);
         groups.push(match ns {
             None => tokio::spawn(make()).map(|r| r.map_err(anyhow::Error::from).and_then(|r| r)).boxed(),
             Some(ns) => netns::spawn_in(ns, make)?
@@ -525,7 +588,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     }
     let mut senders = Vec::new();
     for i in 0..n_senders {
-        senders.push(tokio::time::timeout(CONNECT_LIMIT, connect(target, i)).await.context("connecting a sender")??);
+        let c = connect(target, &shared.placement, i);
+        senders.push(tokio::time::timeout(CONNECT_LIMIT, c).await.context("connecting a sender")??);
     }
     let sessions = senders.iter().enumerate().map(|(i, (c, _))| (c.session_id().to_owned(), i)).collect();
     let _ = shared.senders.set(sessions);
@@ -542,6 +606,7 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         .collect();
     tokio::time::sleep_until(start.into()).await;
     let cpu = CpuMeter::start(&args.server_pids);
+    let nats_cpu = CpuMeter::start(&Vec::from_iter(args.nats_pid));
     let deliveries_at = |s: &Shared| {
         let t = s.tally();
         t.tracks.values().map(|tr| tr.delivered).sum::<u64>() + t.chat_deliveries
@@ -551,8 +616,11 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     let media_before = media_at(&shared);
     let end = start + duration;
     tokio::time::sleep_until(end.into()).await;
-    let mut r = report(args, target, members, rss_before);
+    let mut r = super::scenarios::report(args, target, members, rss_before);
     cpu.fill(&mut r);
+    if let Some(p) = nats_cpu.percent() {
+        r.extra.insert("nats_cpu_percent".into(), p.into());
+    }
     let during = deliveries_at(&shared) - before;
     let media_during = media_at(&shared) - media_before;
 
@@ -583,99 +651,6 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         }
     }
 
-    // The report.
-    let t = shared.tally();
-    let sent: Vec<u64> = shared.frames_sent.iter().map(|f| f.load(Ordering::Relaxed)).collect();
-    let (mut freezes, mut frozen_us) = (0u64, 0u64);
-    for rcv in n_senders..members {
-        for (snd, &n) in sent.iter().enumerate() {
-            let last_sent = shared.last_sent_us[snd].load(Ordering::Relaxed);
-            let track = t.tracks.get(&(rcv, snd));
-            freezes += track.map_or(0, |tr| tr.freezes);
-            frozen_us += track.map_or(0, |tr| tr.frozen_us);
-            // A track that stopped before its sender did (or never started).
-            let last = track.and_then(|tr| tr.last_us).unwrap_or(start_us);
-            if n > 0 && last_sent.saturating_sub(last) > FREEZE.as_micros() as u64 {
-                freezes += 1;
-                frozen_us += last_sent - last;
-            }
-        }
-    }
-    r.scenario = "media-room".into();
-    // Frames sent per layer; every receiver gets one layer of each sender.
-    let ticks: u64 = sent.iter().sum();
-    r.sent = ticks * u64::from(args.layers);
-    r.expected = ticks * n_receivers as u64;
-    r.delivered = t.tracks.values().map(|tr| tr.delivered).sum();
-    r.latency = t.media_latency.clone();
-    r.window = duration;
-    r.errors = t.chat_send_errors;
-    let chat_expected: u64 = t.chat_acked.iter().map(|a| a.len() as u64).sum::<u64>() * (members as u64 - 1);
-    let ms = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
-    let cpu_us = r.server_cpu_percent.map(|p| p / 100.0 * duration.as_secs_f64() * 1e6);
-    let x = &mut r.extra;
-    x.insert("transport".into(), (if target.name().contains("wt") { "wt" } else { "ws" }).into());
-    x.insert("wt_lanes".into(), target.media_lanes.into());
-    x.insert("receivers".into(), n_receivers.into());
-    x.insert("receiver_netns".into(), args.receiver_netns.clone().into());
-    x.insert("media_delivered_ratio".into(), (r.delivered as f64 / r.expected.max(1) as f64).into());
-    x.insert("tracks".into(), (n_receivers * n_senders).into());
-    x.insert("senders".into(), n_senders.into());
-    x.insert("want_layer".into(), want.into());
-    let mut layers = Vec::new();
-    for l in 0..args.layers as usize {
-        let frames: u64 = t.tracks.values().map(|tr| tr.by_layer[l]).sum();
-        let bytes: u64 = t.tracks.values().map(|tr| tr.bytes_by_layer[l]).sum();
-        let h = &t.layer_latency[l];
-        layers.push(json!({"layer": l, "frames_sent": ticks, "delivered_frames": frames, "delivered_bytes": bytes,
-            "frames_per_receiver": frames as f64 / n_receivers as f64,
-            "bytes_per_receiver": (bytes as f64 / n_receivers as f64).round(),
-            "latency_ms": {"p50": ms(h, 0.5), "p99": ms(h, 0.99)}}));
-    }
-    x.insert("layers".into(), layers.into());
-    let w = want as usize;
-    let wanted: u64 = t.tracks.values().map(|tr| tr.by_layer[w]).sum();
-    x.insert("wanted_layer_delivered_ratio".into(), (wanted as f64 / r.expected.max(1) as f64).into());
-    let min_fps = (n_senders..members)
-        .flat_map(|rcv| (0..n_senders).map(move |snd| (rcv, snd)))
-        .map(|k| t.tracks.get(&k).map_or(0, |tr| tr.by_layer[w]) as f64 / duration.as_secs_f64())
-        .fold(f64::INFINITY, f64::min);
-    x.insert("min_receiver_fps".into(), ((min_fps * 10.0).round() / 10.0).into());
-    x.insert("freezes".into(), freezes.into());
-    x.insert("frozen_ms".into(), (frozen_us / 1000).into());
-    x.insert("keyframe_requests".into(), shared.keyframe_requests.load(Ordering::Relaxed).into());
-    x.insert("forced_keyframes".into(), shared.forced_keyframes.load(Ordering::Relaxed).into());
-    x.insert("chat_sent".into(), t.chat_acked.iter().map(Vec::len).sum::<usize>().into());
-    x.insert("chat_send_errors".into(), t.chat_send_errors.into());
-    x.insert("chat_expected".into(), chat_expected.into());
-    x.insert("chat_delivered".into(), t.chat_deliveries.into());
-    let (lost, pending) = t.chat_missing();
-    x.insert("chat_lost".into(), lost.into());
-    x.insert("chat_undelivered_at_stop".into(), pending.into());
-    x.insert("chat_duplicated".into(), t.chat_duplicated.into());
-    x.insert(
-        "chat_latency_ms".into(),
-        json!({"p50": ms(&t.chat_latency, 0.5), "p99": ms(&t.chat_latency, 0.99),
-               "max": if t.chat_latency.is_empty() { 0.0 } else { t.chat_latency.max() as f64 / 1000.0 }}),
-    );
-    x.insert("deliveries_while_sending".into(), during.into());
-    let m = *shared.media_stats.lock().unwrap_or_else(|e| e.into_inner());
-    x.insert(
-        "media_lanes".into(),
-        json!({"received_datagrams": m.received_datagrams, "received_streams": m.received_streams,
-               "received_control": m.received_control, "sent_datagrams": m.sent_datagrams,
-               "sent_streams": m.sent_streams, "sent_control": m.sent_control,
-               "stale_dropped": m.stale_dropped, "send_dropped": m.send_dropped}),
-    );
-    if let Some(us) = cpu_us {
-        x.insert("node_cpu_us_per_delivery".into(), ((us / during.max(1) as f64 * 10.0).round() / 10.0).into());
-        x.insert(
-            "node_cpu_us_per_forwarded_frame".into(),
-            ((us / media_during.max(1) as f64 * 10.0).round() / 10.0).into(),
-        );
-    }
-    if let Some(e) = &t.first_error {
-        x.insert("first_error".into(), e.clone().into());
-    }
+    report::fill(&mut r, &shared, &report::Run { args, target, start_us, during, media_during });
     Ok(r)
 }
