@@ -5,10 +5,9 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
 import { Cluster, ROOT, waitFor } from "./cluster.mjs";
+import { launchChromium } from "./lab.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const ARTIFACTS = join(ROOT, "target/browser-artifacts");
 const WAIT = 30_000;
 
@@ -74,20 +73,7 @@ describe("web client and demo in Chromium", () => {
     cluster = new Cluster();
     await cluster.startNats();
     [nodeA, nodeB] = await Promise.all([cluster.startNode("node-a"), cluster.startNode("node-b")]);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-      ],
-    });
+    browser = await launchChromium({});
     mkdirSync(ARTIFACTS, { recursive: true });
   });
 
