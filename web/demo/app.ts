@@ -29,6 +29,11 @@ interface Session {
 let session: Session | undefined;
 /** Lobby participants, by session id. */
 const people = new Map<string, Participant>();
+/**
+ * Presence events since the last `Joined` snapshot (a participant, or undefined for a leave):
+ * the snapshot is handed over after the events read with it, so it is corrected by them.
+ */
+const presenceSince = new Map<string, Participant | undefined>();
 /** The call ringing here (incoming) or placed from here (outgoing). */
 let ringing: { call: string; from: string; name: string } | undefined;
 let outgoing: { call: string; to: string } | undefined;
@@ -132,14 +137,14 @@ async function signIn(name: string, room: string, transport: string): Promise<vo
   wire(client);
   showMediaStats(client);
   await client.connect();
-  const joined = await client.join(room);
+  await client.join(room);
   $("signin").hidden = true;
   $("main").hidden = false;
   $("room-title").textContent = `#${room}`;
   $("me").hidden = false;
   $("me").textContent = `${first.name} (${first.user})`;
   document.title = `${first.name} · Switchboard`;
-  setPeople(joined.participants);
+  // The people list comes from the `joined` event (the snapshot and what followed it).
   void refreshHistory();
   if (params.get("meeting") === "1") await openMeeting(`${room}-meeting`, `#${room} meeting`);
 }
@@ -166,6 +171,7 @@ function wire(client: SwitchboardClient): void {
     $("transport").dataset.transport = s.transport ?? "";
     if (s.node) $("node").textContent = s.node;
     if (s.status === "closed" && s.error) system(`disconnected: ${s.error}`);
+    if (s.status !== "connected") presenceSince.clear(); // the rejoin's snapshot is newer
   });
   client.on("joined", (j) => {
     if (j.room !== session?.room) return;
@@ -179,12 +185,14 @@ function wire(client: SwitchboardClient): void {
   });
   client.on("participantJoined", (p) => {
     if (p.room === session?.room && p.participant) {
+      presenceSince.set(p.participant.session, p.participant);
       people.set(p.participant.session, p.participant);
       renderPeople();
     }
   });
   client.on("participantLeft", (p) => {
     if (p.room === session?.room && p.participant) {
+      presenceSince.set(p.participant.session, undefined);
       people.delete(p.participant.session);
       renderPeople();
     }
@@ -237,6 +245,11 @@ $("chat-form").addEventListener("submit", (ev) => {
 function setPeople(list: Participant[]): void {
   people.clear();
   for (const p of list) people.set(p.session, p);
+  for (const [s, p] of presenceSince) {
+    if (p) people.set(s, p);
+    else people.delete(s);
+  }
+  presenceSince.clear();
   renderPeople();
 }
 

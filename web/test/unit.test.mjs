@@ -724,3 +724,38 @@ test("meeting delivery windows: sequence gaps per layer, freezes the path caused
   assert.ok(asked.length >= 1 && asked.every((tr) => tr === 11 || tr === 10), JSON.stringify(asked));
   assert.deepEqual(v.stats.bytesByLayer, [100, 1300]);
 });
+
+test("meeting roster: presence events read with the Joined (before join() resumes) are not undone by its snapshot", async () => {
+  protobuf ??= await import("@bufbuild/protobuf");
+  const person = (i) => ({ user: `u${i}`, session: `s${i}`, name: `U${i}`, node: "n1" });
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = fakeWebSocket(
+    (ws) => ws.serverSend({ case: "welcome", value: { protocolVersion: 1, sessionId: "s0", node: "n1", user: "u0", heartbeatMs: 15_000 } }),
+    (ws, frame) => {
+      const { kind, id } = frame;
+      setTimeout(() => {
+        if (kind.case === "leave") ws.serverSend({ case: "ack", value: { refId: id } });
+        if (kind.case !== "join") return;
+        const room = kind.value.room;
+        // The snapshot has s0 (us), s1 and s2; in the same turn s3 joins and s2 leaves.
+        ws.serverSend({ case: "joined", value: { refId: id, room, participants: [person(0), person(1), person(2)], participantCount: 3 } });
+        ws.serverSend({ case: "participantJoined", value: { room, participant: person(3) } });
+        ws.serverSend({ case: "participantLeft", value: { room, participant: person(2), reason: "left" } });
+      }, 0);
+    },
+  );
+  const client = new lib.SwitchboardClient({ nodes: ["ws://127.0.0.1:9/ws"], token: "t", transport: "websocket", reconnect: false });
+  try {
+    await client.connect();
+    const meeting = new lib.Meeting(client, "m");
+    try {
+      await meeting.join(); // no camera or microphone: watching only
+      assert.deepEqual(meeting.participants().map((p) => p.session).sort(), ["s1", "s3"]);
+    } finally {
+      await meeting.leave();
+    }
+  } finally {
+    client.close();
+    globalThis.WebSocket = saved;
+  }
+});

@@ -98,6 +98,13 @@ export class Meeting {
   private cameraOff = false;
   private joined = false;
   private left = false;
+  /**
+   * Presence events since the last snapshot was applied. A `Joined` snapshot is applied when
+   * the client hands it over, after presence events read with it were already delivered; these
+   * say what it cannot know yet.
+   */
+  private readonly joinedSince = new Set<string>();
+  private readonly leftSince = new Set<string>();
 
   constructor(
     private readonly client: SwitchboardClient,
@@ -145,11 +152,23 @@ export class Meeting {
     this.offs.push(
       this.client.on("participantJoined", (p) => {
         if (p.room !== this.room || !p.participant || p.participant.session === me()) return;
+        this.joinedSince.add(p.participant.session);
+        this.leftSince.delete(p.participant.session);
         this.add(p.participant);
         this.announceSoon();
       }),
       this.client.on("participantLeft", (p) => {
-        if (p.room === this.room && p.participant) this.remove(p.participant.session);
+        if (p.room !== this.room || !p.participant) return;
+        this.leftSince.add(p.participant.session);
+        this.joinedSince.delete(p.participant.session);
+        this.remove(p.participant.session);
+      }),
+      this.client.on("state", (st) => {
+        // A new connection: the rejoin's snapshot is newer than any event before it.
+        if (st.status !== "connected") {
+          this.joinedSince.clear();
+          this.leftSince.clear();
+        }
       }),
       this.client.on("joined", (j) => {
         // After a reconnect the node has forgotten this session's layer choices.
@@ -186,8 +205,8 @@ export class Meeting {
     );
     this.audio = new RelayedAudio(this.client, this.room);
     try {
-      const joined = await this.client.join(this.room);
-      this.sync(joined.participants);
+      // The roster comes from the `joined` event above (the snapshot and what followed it).
+      await this.client.join(this.room);
       const video = local?.getVideoTracks()[0];
       if (video && SimulcastSender.supported()) {
         this.sender = new SimulcastSender(this.client, this.room, this.layers);
@@ -270,11 +289,16 @@ export class Meeting {
     return layerForTile(this.layers, c.clientHeight * dpr);
   }
 
+  /** Make the roster a `Joined` snapshot, corrected by the presence events that came after it. */
   private sync(list: Participant[]): void {
     const me = this.client.welcome?.sessionId;
     const present = new Set(list.map((p) => p.session));
+    for (const s of this.joinedSince) present.add(s);
+    for (const s of this.leftSince) present.delete(s);
     for (const s of [...this.remotes.keys()]) if (!present.has(s)) this.remove(s);
-    for (const p of list) if (p.session !== me) this.add(p);
+    for (const p of list) if (p.session !== me && present.has(p.session)) this.add(p);
+    this.joinedSince.clear();
+    this.leftSince.clear();
   }
 
   private add(p: Participant): void {
