@@ -34,6 +34,15 @@ const people = new Map<string, Participant>();
  * the snapshot is handed over after the events read with it, so it is corrected by them.
  */
 const presenceSince = new Map<string, Participant | undefined>();
+let forgetPresence: ReturnType<typeof setTimeout> | undefined;
+/** The events matter only until a snapshot read with them is applied, in the same task. */
+function notePresence(session: string, p: Participant | undefined): void {
+  presenceSince.set(session, p);
+  forgetPresence ??= setTimeout(() => {
+    forgetPresence = undefined;
+    presenceSince.clear();
+  }, 0);
+}
 /** The call ringing here (incoming) or placed from here (outgoing). */
 let ringing: { call: string; from: string; name: string } | undefined;
 let outgoing: { call: string; to: string } | undefined;
@@ -185,14 +194,14 @@ function wire(client: SwitchboardClient): void {
   });
   client.on("participantJoined", (p) => {
     if (p.room === session?.room && p.participant) {
-      presenceSince.set(p.participant.session, p.participant);
+      notePresence(p.participant.session, p.participant);
       people.set(p.participant.session, p.participant);
       renderPeople();
     }
   });
   client.on("participantLeft", (p) => {
     if (p.room === session?.room && p.participant) {
-      presenceSince.set(p.participant.session, undefined);
+      notePresence(p.participant.session, undefined);
       people.delete(p.participant.session);
       renderPeople();
     }

@@ -105,6 +105,7 @@ export class Meeting {
    */
   private readonly joinedSince = new Set<string>();
   private readonly leftSince = new Set<string>();
+  private forgetTimer?: ReturnType<typeof setTimeout>;
 
   constructor(
     private readonly client: SwitchboardClient,
@@ -154,6 +155,7 @@ export class Meeting {
         if (p.room !== this.room || !p.participant || p.participant.session === me()) return;
         this.joinedSince.add(p.participant.session);
         this.leftSince.delete(p.participant.session);
+        this.forgetEventsSoon();
         this.add(p.participant);
         this.announceSoon();
       }),
@@ -161,6 +163,7 @@ export class Meeting {
         if (p.room !== this.room || !p.participant) return;
         this.leftSince.add(p.participant.session);
         this.joinedSince.delete(p.participant.session);
+        this.forgetEventsSoon();
         this.remove(p.participant.session);
       }),
       this.client.on("state", (st) => {
@@ -274,6 +277,7 @@ export class Meeting {
     this.left = true;
     if (this.timer) clearInterval(this.timer);
     if (this.announceTimer) clearTimeout(this.announceTimer);
+    if (this.forgetTimer) clearTimeout(this.forgetTimer);
     this.offs.forEach((off) => off());
     this.sender?.stop();
     this.audio?.stop();
@@ -287,6 +291,20 @@ export class Meeting {
     if (!c) return 0;
     const dpr = typeof devicePixelRatio === "number" ? devicePixelRatio : 1;
     return layerForTile(this.layers, c.clientHeight * dpr);
+  }
+
+  /**
+   * The events only matter until a snapshot read with them is applied, which happens in the
+   * same task (the client hands `joined` over in microtasks): forget them at the next task, so
+   * a long meeting's churn does not pile up.
+   */
+  private forgetEventsSoon(): void {
+    if (this.forgetTimer) return;
+    this.forgetTimer = setTimeout(() => {
+      this.forgetTimer = undefined;
+      this.joinedSince.clear();
+      this.leftSince.clear();
+    }, 0);
   }
 
   /** Make the roster a `Joined` snapshot, corrected by the presence events that came after it. */
