@@ -79,6 +79,10 @@ pub struct RelayConfig {
     /// Without media drops for this long, a receiver the node moved down a layer goes up
     /// one ([`crate::layers`]).
     pub layer_up_hold_off: Duration,
+    /// Least time between two audits of this node's records in the presence store
+    /// (jittered, and longer for a large store: see the rooms' presence audit); zero turns
+    /// the audit off.
+    pub presence_audit_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -111,6 +115,7 @@ impl Default for RelayConfig {
             ice: crate::ice::IceConfig::none(),
             max_layer_subscriptions: 64,
             layer_up_hold_off: crate::layers::UP_HOLD_OFF,
+            presence_audit_interval: Duration::from_secs(10),
         }
     }
 }

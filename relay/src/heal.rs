@@ -59,6 +59,11 @@ impl Heal {
         self.lost.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned())
     }
 
+    /// Whether a store repair (after a heal or a reconnect) is running.
+    pub(crate) fn store_repair_running(&self) -> bool {
+        self.store_running.load(Ordering::SeqCst)
+    }
+
     /// `node` was heard from: whether it had been reported lost (it is back now).
     pub(crate) fn returned(&self, node: &str) -> bool {
         let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());

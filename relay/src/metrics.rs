@@ -177,6 +177,10 @@ pub struct Metrics {
     pub room_joins: Counter,
     /// Presence reconciliations with the store after the bus came back.
     pub presence_resyncs: Counter,
+    /// This node's presence records the periodic audit repaired, by kind: `missing`
+    /// (written again), `wrong` (another value, rewritten), `stale` (no such local
+    /// participant: removed).
+    pub presence_store_repairs: Family<KindLabel, Counter>,
     /// Resuming joins told that part of what they missed is no longer in history.
     pub history_gaps: Counter,
     /// History appends that lost a compare-and-set to another node and retried.
@@ -292,6 +296,7 @@ impl Metrics {
             room_joins: Counter::default(),
             history_gaps: Counter::default(),
             presence_resyncs: Counter::default(),
+            presence_store_repairs: Family::default(),
             history_conflicts: Counter::default(),
             call_transitions: Family::default(),
             call_conflicts: Counter::default(),
@@ -396,6 +401,11 @@ impl Metrics {
             "presence_resyncs",
             "Presence reconciliations with the store after the bus came back",
             m.presence_resyncs.clone(),
+        );
+        registry.register(
+            "presence_store_repairs",
+            "This node's presence records repaired by its periodic audit of the store",
+            m.presence_store_repairs.clone(),
         );
         registry.register("history_gaps", "Resuming joins told part of their gap is gone", m.history_gaps.clone());
         registry.register(

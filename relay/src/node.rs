@@ -63,6 +63,7 @@ impl Node {
             .await?;
         node.runtime.spawn(crate::calls::service::serve(Arc::downgrade(&node), calls));
         node.runtime.spawn(heartbeat_and_reap(Arc::downgrade(&node)));
+        node.runtime.spawn(crate::rooms::audit_presence(Arc::downgrade(&node)));
         node.runtime.spawn(crate::calls::bounds::refresh_usage(Arc::downgrade(&node)));
         node.runtime.spawn(crate::calls::history::redrive(Arc::downgrade(&node)));
         node.runtime.spawn(crate::webhooks::run(Arc::downgrade(&node)));

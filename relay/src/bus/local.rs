@@ -463,6 +463,17 @@ impl Bus for LocalBus {
         async move { Ok(list) }.boxed()
     }
 
+    fn presence_of_node(&self, node: &str) -> BoxFuture<'_, Result<super::PresenceScan, BusError>> {
+        let map = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let records = map
+            .iter()
+            .flat_map(|(room, members)| members.values().map(move |p| (room.clone(), p.clone())))
+            .filter(|(_, p)| p.node == node)
+            .collect();
+        let scanned = map.values().map(|m| m.len()).sum();
+        async move { Ok(super::PresenceScan { records, scanned }) }.boxed()
+    }
+
     fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>> {
         let map = self.presence.lock().unwrap_or_else(|e| e.into_inner());
         let rooms = map.iter().map(|(room, members)| (room.clone(), members.len())).collect();

@@ -201,6 +201,16 @@ impl Default for StoreLimits {
     }
 }
 
+/// A node's presence records, from one pass over the presence store
+/// ([`Bus::presence_of_node`]).
+#[derive(Debug, Clone, Default)]
+pub struct PresenceScan {
+    /// The node's records, as `(room, participant)`.
+    pub records: Vec<(String, Participant)>,
+    /// Records read in all (every node's): what the pass cost.
+    pub scanned: usize,
+}
+
 /// A live subscription; dropping it unsubscribes.
 pub type Subscription = BoxStream<'static, BusMessage>;
 
@@ -290,6 +300,10 @@ pub trait Bus: Send + Sync + 'static {
     fn presence_remove(&self, room: &str, session: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// Everyone recorded as present in `room`, cluster-wide.
     fn presence_list(&self, room: &str) -> BoxFuture<'_, Result<Vec<Participant>, BusError>>;
+    /// Every presence record of `node`'s participants, for the node's own audit of the
+    /// store. The store is read whole (records are keyed by room and session, not by node)
+    /// and filtered here: the cost is one pass over every record cluster-wide.
+    fn presence_of_node(&self, node: &str) -> BoxFuture<'_, Result<PresenceScan, BusError>>;
     /// Every room with presence records, with its participant count.
     fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>>;
     /// Flush published messages to the bus.

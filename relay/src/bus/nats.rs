@@ -611,6 +611,55 @@ impl Bus for NatsBus {
         .boxed()
     }
 
+    fn presence_of_node(&self, node: &str) -> BoxFuture<'_, Result<super::PresenceScan, BusError>> {
+        let node = node.to_owned();
+        let prefix = self.presence.prefix.clone();
+        async move {
+            // One ordered consumer over the whole bucket, last value per key: every record
+            // crosses the wire once (about 150 bytes each with its subject and reply), and
+            // only this node's are kept.
+            let config = push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{prefix}>"),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            };
+            let (consumer, _delete) = create_consumer(&self.presence.stream, config).await?;
+            let mut pending = consumer.cached_info().num_pending;
+            let mut out = super::PresenceScan::default();
+            if pending == 0 {
+                return Ok(out);
+            }
+            let mut messages = consumer.messages().await.map_err(other)?;
+            while pending > 0 {
+                let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                    .await
+                    .map_err(|_| BusError::Unavailable("presence listing timed out".into()))?;
+                let Some(msg) = next else { break };
+                let msg = msg.map_err(other)?;
+                pending -= 1;
+                out.scanned += 1;
+                let deleted =
+                    msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some_and(|op| op.as_str() != "PUT");
+                let Some((room, _)) =
+                    msg.subject.as_str().strip_prefix(prefix.as_str()).and_then(|k| k.split_once('.'))
+                else {
+                    continue;
+                };
+                if deleted {
+                    continue;
+                }
+                match Participant::decode(msg.payload.clone()) {
+                    Ok(p) if p.node == node => out.records.push((room.to_owned(), p)),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "skipping bad presence record"),
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
     fn presence_rooms(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, usize>, BusError>> {
         async move {
             let mut rooms = std::collections::BTreeMap::new();

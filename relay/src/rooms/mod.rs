@@ -30,13 +30,15 @@
 //! after a heal or a reconnect, so views converge without the store; [`layers`] holds the
 //! node's subscriptions to simulcast layers (one per room and layer its local receivers
 //! want, apart from the room's own) and the receivers' choices; [`speaker`] announces the
-//! room's active speaker.
+//! room's active speaker; [`presence_audit`] checks now and then that the presence store
+//! holds exactly this node's participants, and repairs it.
 
 mod fanout;
 mod history;
 mod layers;
 mod membership;
 mod presence;
+mod presence_audit;
 mod reaper;
 mod roster;
 mod speaker;
@@ -46,6 +48,7 @@ pub(crate) use history::{append_history, refollow_history};
 pub(crate) use layers::{choose as choose_layer, layer_published, media_dropped, tick as layers_tick};
 pub(crate) use membership::{join, leave};
 pub(crate) use presence::{republish_presence, resync_presence, retry_removals};
+pub(crate) use presence_audit::run as audit_presence;
 pub(crate) use reaper::reap_dead_nodes;
 pub(crate) use roster::publish_all as publish_rosters;
 
