@@ -208,6 +208,8 @@ def main():
         w(f"| chat: **lost / duplicated / reordered** / undelivered at stop / history gaps | "
           f"**{fmt(tot('chat', 'lost'))} / {fmt(tot('chat', 'duplicated'))} / {fmt(tot('chat', 'reordered'))}** / "
           f"{fmt(tot('chat', 'undelivered_at_stop'))} / {fmt(tot('chat', 'history_gaps'))} |")
+        w(f"| chat: missing, not owed: stored before the receiver joined / in reported history gaps | "
+          f"{fmt(tot('chat', 'missed_before_join'))} / {fmt(tot('chat', 'missed_in_reported_gaps'))} |")
         p50 = weighted(q(reports, ["chat", "latency_ms"], "p50"))
         p99 = max((v for v, _ in q(reports, ["chat", "latency_ms"], "p99")), default=None)
         mx = max((v for v, _ in q(reports, ["chat", "latency_ms"], "max")), default=None)

@@ -94,6 +94,63 @@ async fn a_small_cluster_run_loses_nothing_answers_calls_and_reconnects() {
     assert!(r["generator_rss_kib"].as_u64().unwrap() > 0, "{r}");
 }
 
+/// Issue 14: a member whose connection opens after the run started (ramping up outlasted
+/// its limit, as in the 28,000-connection run) joins a room that chats already; the node
+/// delivers it what the room stores after its join (`Joined.last_offset`). The generator
+/// used to expect every acknowledged message from each sender's first and reported those
+/// stored before the join as lost ("a later message from the same sender arrived").
+#[tokio::test]
+async fn members_joining_a_chatting_room_are_owed_only_what_follows_their_join() {
+    let nats = NatsServer::start().await;
+    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
+    let (a, b) = tokio::join!(TestNode::start(opts("alpha")), TestNode::start(opts("beta")));
+    let mut args = strings(&["bench", "--scenario", "cluster", "--jwt-secret", TEST_SECRET]);
+    for url in [a.ws_url(), b.ws_url()] {
+        args.extend(["--node".to_owned(), url]);
+    }
+    // The run starts at once (--ramp-limit 0) while 60 members connect one at a time over
+    // 3 s: each room's first members chat (every 0.2 s, and a member catches up on the
+    // turns it missed as soon as it is in) before its last ones have joined.
+    args.extend(strings(&[
+        "--clients",
+        "60",
+        "--connect-rate",
+        "20",
+        "--connect-concurrency",
+        "1",
+        "--ramp-limit",
+        "0",
+        "--chat-rate",
+        "300",
+        "--calls-per-min",
+        "0",
+        "--churn-percent",
+        "0",
+        "--duration",
+        "5",
+    ]));
+    let (ok, stdout, stderr) = cli(&args, None).await;
+    assert!(ok, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let chat = &r["chat"];
+    assert_eq!(r["connections_detail"]["held_at_end"], 60, "{r}");
+    assert!(chat["missed_before_join"].as_u64().unwrap() > 0, "no member joined a chatting room: {r}");
+    for field in ["lost", "duplicated", "reordered", "undelivered_at_stop", "missed_in_reported_gaps"] {
+        assert_eq!(chat[field], 0, "{field}: {r}");
+    }
+    assert_eq!(chat["delivered"], chat["expected"], "{r}");
+    // The report describes the messages it did not count: each stored at or before the
+    // receiver's first join.
+    let detail = chat["missing_detail"].as_array().expect("missing_detail");
+    assert!(!detail.is_empty() && detail.len() <= 5, "{r}");
+    for d in detail {
+        assert_eq!(d["class"], "before_join", "{d}");
+        assert!(d["offset"].as_u64().unwrap() <= d["receiver_floor"].as_u64().unwrap(), "{d}");
+        assert_eq!(d["receiver_joins"][0]["resume_from"], serde_json::Value::Null, "{d}");
+    }
+    assert_eq!(r["errors_by_code"], serde_json::json!({}), "{r}");
+}
+
 #[tokio::test]
 async fn a_share_beyond_the_descriptor_limit_is_refused_up_front() {
     let node = TestNode::start(NodeOptions::default()).await;

@@ -59,15 +59,20 @@ pub struct Slot {
     /// Bumped whenever the member drops a session (closing it or finding it lost), so the
     /// reader of a session the member dropped does not report its end as a loss.
     pub generation: AtomicU64,
-    /// Chat numbers handed out (`0..sent`), and those whose publish was not acknowledged.
+    /// Chat numbers handed out (`0..sent`), and each answered publish by number.
     pub sent: AtomicU64,
-    pub unacked: Mutex<Vec<u64>>,
+    pub sends: Mutex<Vec<SendRecord>>,
+    /// This member's sessions in its room: what it was owed, and the joins for the report.
+    pub journal: Mutex<Journal>,
     /// Receive side: one order check per room member (by position in the room).
     pub order: Mutex<Vec<SenderOrder>>,
     /// The room's last reliable offset this member has seen (resume point).
     pub last_offset: AtomicU64,
     /// Reconnects of this member (any reason).
     pub reconnects: AtomicU64,
+    /// The reader of the member's latest session (awaited after closing it on purpose, so
+    /// the resume point includes what the session had already received).
+    pub reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whether the member has a joined session now.
     pub connected: AtomicBool,
     /// Whether the member's chat loop has stopped (every publish answered or failed).
@@ -101,6 +106,91 @@ impl Slot {
     /// Replace the live client.
     pub fn set_client(&self, c: Option<Client>) {
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+}
+
+/// One chat publish, once answered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendRecord {
+    /// When it was sent and answered (`now_us`).
+    pub sent_us: u64,
+    pub answered_us: u64,
+    /// Its offset in the room's history, if acknowledged.
+    pub offset: Option<u64>,
+}
+
+/// Joins kept per member for the report (the first ones; later ones are only counted).
+const JOINS_KEPT: usize = 16;
+/// History gaps kept per member (a member with more is failing anyway).
+const GAPS_KEPT: usize = 64;
+
+/// One session of a member in its room.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinRecord {
+    /// When the join was answered (`now_us`).
+    pub at_us: u64,
+    pub resume_from: Option<u64>,
+    /// `Joined.last_offset`, `history_gap` and `replayed`.
+    pub last_offset: u64,
+    pub history_gap: bool,
+    pub replayed: u32,
+    /// When and why the member dropped the session (`now_us`).
+    pub ended: Option<(u64, &'static str)>,
+}
+
+/// What a member was owed of its room's messages and how its sessions went.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// The offset its first join started after (`Joined.last_offset` of a join without
+    /// resume, the resume point of one with); `None` until it joined.
+    pub floor: Option<u64>,
+    /// Offset ranges `(after, before)` its resuming joins reported missing
+    /// (`history_gap`); `before` is `u64::MAX` until the session's first message.
+    pub gaps: Vec<(u64, u64)>,
+    pub joins: Vec<JoinRecord>,
+    pub joins_not_kept: u64,
+}
+
+impl Journal {
+    /// A session joined, answered with `joined` (resuming after `resume_from`).
+    pub fn joined(&mut self, at_us: u64, resume_from: Option<u64>, joined: &switchboard_client::pb::Joined) {
+        self.floor.get_or_insert(resume_from.unwrap_or(joined.last_offset));
+        // An earlier gap no message closed: this join answers for the same point again.
+        if self.gaps.last().is_some_and(|g| g.1 == u64::MAX) {
+            self.gaps.pop();
+        }
+        if joined.history_gap && self.gaps.len() < GAPS_KEPT {
+            self.gaps.push((resume_from.unwrap_or(0), u64::MAX));
+        }
+        let record = JoinRecord {
+            at_us,
+            resume_from,
+            last_offset: joined.last_offset,
+            history_gap: joined.history_gap,
+            replayed: joined.replayed,
+            ended: None,
+        };
+        if self.joins.len() < JOINS_KEPT {
+            self.joins.push(record);
+        } else {
+            self.joins_not_kept += 1;
+        }
+    }
+
+    /// The session's first chat message arrived at `offset`: it closes an open gap.
+    pub fn first_message(&mut self, offset: u64) {
+        if let Some(g) = self.gaps.last_mut().filter(|g| g.1 == u64::MAX) {
+            g.1 = offset;
+        }
+    }
+
+    /// The member dropped its session (`why`).
+    pub fn ended(&mut self, at_us: u64, why: &'static str) {
+        if self.joins_not_kept == 0 {
+            if let Some(j) = self.joins.last_mut().filter(|j| j.ended.is_none()) {
+                j.ended = Some((at_us, why));
+            }
+        }
     }
 }
 
@@ -168,10 +258,12 @@ impl Fleet {
                     in_call: AtomicBool::new(false),
                     generation: AtomicU64::new(0),
                     sent: AtomicU64::new(0),
-                    unacked: Mutex::new(Vec::new()),
+                    sends: Mutex::new(Vec::new()),
+                    journal: Mutex::new(Journal::default()),
                     order: Mutex::new(vec![SenderOrder::default(); members]),
                     last_offset: AtomicU64::new(0),
                     reconnects: AtomicU64::new(0),
+                    reader: Mutex::new(None),
                     connected: AtomicBool::new(false),
                     chat_done: AtomicBool::new(false),
                 }

@@ -2,8 +2,8 @@
 //! check what its room delivers, and replace its connection when churned, told to go away
 //! (`GoAway`) or cut off, resuming the room from the last message it saw.
 
-use super::fleet::{Fleet, Phase, Wake, ROOM_SIZE};
-use super::order::{Seen, SenderOrder};
+use super::fleet::{Fleet, Phase, SendRecord, Wake, ROOM_SIZE};
+use super::order::Seen;
 use super::tally::Tally;
 use crate::bench::scenarios::{latency_us, now_us};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,6 +18,8 @@ pub const CHAT_KIND: &str = "chat";
 const CHAT_BYTES: usize = 64;
 /// Connection attempts while ramping up, and per reconnect.
 const TRIES: u32 = 4;
+/// Longest wait for a closed session's reader to finish what the session received.
+const READER_DRAIN: Duration = Duration::from_secs(10);
 /// Longest wait on a GoAway's reconnect hint.
 const GOAWAY_MAX: Duration = Duration::from_secs(10);
 
@@ -53,26 +55,35 @@ async fn open(fleet: &Arc<Fleet>, i: usize, attempt: usize, resume: Option<u64>)
     if resume.is_none() {
         slot.last_offset.store(joined.last_offset, Ordering::SeqCst);
     }
+    slot.journal.lock().unwrap_or_else(|e| e.into_inner()).joined(now_us(), resume, &joined);
     if joined.history_gap {
         fleet.tally.history_gaps.inc();
     }
     let generation = slot.generation.load(Ordering::SeqCst);
-    tokio::spawn(read(fleet.clone(), i, client.clone(), events, joined_at, generation));
+    let reader = tokio::spawn(read(fleet.clone(), i, client.clone(), events, joined_at, generation));
+    *slot.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
     slot.set_client(Some(client.clone()));
     slot.connected.store(true, Ordering::SeqCst);
     fleet.tally.connected.inc();
     Ok(client)
 }
 
-/// Close member `i`'s session `client` on purpose.
-async fn close(fleet: &Fleet, i: usize, client: &Client) {
-    forget(fleet, i);
+/// Close member `i`'s session `client` on purpose (`why`), and let its reader finish the
+/// messages the session received (at most [`READER_DRAIN`]): resuming from before them
+/// would deliver them twice.
+async fn close(fleet: &Fleet, i: usize, client: &Client, why: &'static str) {
+    forget(fleet, i, why);
     client.close().await;
+    let reader = fleet.slots[i].reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(reader) = reader {
+        let _ = tokio::time::timeout(READER_DRAIN, reader).await;
+    }
 }
 
-/// Member `i` has no session any more.
-fn forget(fleet: &Fleet, i: usize) {
+/// Member `i` has no session any more (`why`).
+fn forget(fleet: &Fleet, i: usize, why: &'static str) {
     let slot = &fleet.slots[i];
+    slot.journal.lock().unwrap_or_else(|e| e.into_inner()).ended(now_us(), why);
     slot.generation.fetch_add(1, Ordering::SeqCst);
     slot.set_client(None);
     if slot.connected.swap(false, Ordering::SeqCst) {
@@ -125,9 +136,9 @@ pub async fn run(fleet: Arc<Fleet>, i: usize, connect_at: Instant) {
         match open(&fleet, i, attempts, None).await {
             Ok(c) => {
                 Tally::record(&t.connect, t0.elapsed().as_micros() as u64);
-                // In the room before anyone chats: every message is expected from the first.
-                let members = slot.order.lock().unwrap_or_else(|e| e.into_inner()).len();
-                *slot.order.lock().unwrap_or_else(|e| e.into_inner()) = vec![SenderOrder::from_start(); members];
+                // What the member is owed starts after this join (`Journal::floor`): all of
+                // the room's messages if the run has not started, fewer if ramping up
+                // outlasted its limit and the room chats already.
                 client = Some(c);
                 break;
             }
@@ -176,7 +187,7 @@ pub async fn run(fleet: Arc<Fleet>, i: usize, connect_at: Instant) {
     slot.chat_done.store(true, Ordering::SeqCst);
     let _ = phase.wait_for(|p| *p == Phase::Close).await;
     if let Some(c) = slot.client() {
-        close(&fleet, i, &c).await;
+        close(&fleet, i, &c, "end of run").await;
     }
 }
 
@@ -186,17 +197,17 @@ async fn replace(fleet: &Arc<Fleet>, i: usize, c: Client, attempts: &mut usize) 
     match slot.take_wake() {
         Wake::None => Some(c),
         Wake::Churn => {
-            close(fleet, i, &c).await;
+            close(fleet, i, &c, "churn").await;
             reconnect(fleet, i, attempts, Instant::now()).await
         }
         Wake::GoAway => {
             let hint = Duration::from_millis(slot.goaway_after_ms.load(Ordering::SeqCst)).min(GOAWAY_MAX);
             tokio::time::sleep(hint).await;
-            close(fleet, i, &c).await;
+            close(fleet, i, &c, "GoAway").await;
             reconnect(fleet, i, attempts, Instant::now()).await
         }
         Wake::Lost => {
-            forget(fleet, i);
+            forget(fleet, i, "connection lost");
             reconnect(fleet, i, attempts, Instant::now()).await
         }
     }
@@ -208,10 +219,20 @@ async fn publish(fleet: &Fleet, i: usize, client: &Client) {
     let t = &fleet.tally;
     let seq = slot.sent.fetch_add(1, Ordering::SeqCst);
     t.chat_sent.inc();
-    match client.publish(&slot.room, chat_payload(i, seq), true, CHAT_KIND).await {
+    let sent_us = now_us();
+    let result = client.publish(&slot.room, chat_payload(i, seq), true, CHAT_KIND).await;
+    let record = SendRecord { sent_us, answered_us: now_us(), offset: result.as_ref().ok().copied() };
+    {
+        let mut sends = slot.sends.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = seq as usize;
+        if sends.len() <= seq {
+            sends.resize(seq + 1, SendRecord::default());
+        }
+        sends[seq] = record;
+    }
+    match result {
         Ok(_) => t.chat_acked.inc(),
         Err(e) => {
-            slot.unacked.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
             t.chat_failed.inc();
             t.client_error("publishing", &e);
         }
@@ -222,9 +243,15 @@ async fn publish(fleet: &Fleet, i: usize, client: &Client) {
 async fn read(fleet: Arc<Fleet>, i: usize, client: Client, mut events: Events, joined_at: u64, generation: u64) {
     let slot = &fleet.slots[i];
     let t = &fleet.tally;
+    let mut first_message = true;
     while let Some(ev) = events.recv().await {
         match ev {
-            Event::Message(m) if m.kind == CHAT_KIND => on_chat(&fleet, i, &m, joined_at),
+            Event::Message(m) if m.kind == CHAT_KIND => {
+                if std::mem::take(&mut first_message) {
+                    slot.journal.lock().unwrap_or_else(|e| e.into_inner()).first_message(m.offset);
+                }
+                on_chat(&fleet, i, &m, joined_at)
+            }
             Event::Call(e) => super::calls::on_event(&fleet, i, &client, &e),
             Event::GoAway(g) => {
                 t.goaways.inc();

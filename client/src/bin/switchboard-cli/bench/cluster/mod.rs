@@ -8,7 +8,10 @@
 //! signed with `--jwt-secret`). For `--duration` seconds:
 //! * every member chats (reliable messages, its share of `--chat-rate` / `--processes`), the
 //!   payload carrying the send time, the member and its sequence number; every receiver
-//!   checks each sender's messages arrive exactly once and in order (`order.rs`);
+//!   checks each sender's messages arrive exactly once and in order (`order.rs`): every
+//!   acknowledged one its room stored after the receiver first joined, but those in a
+//!   history gap a resuming join reported (the report describes the first missing ones:
+//!   offsets, times, the receiver's joins);
 //! * `--calls-per-min` / `--processes` 1:1 calls ring a random member, which answers; the
 //!   caller ends the call after `--call-hold` seconds (`calls.rs`);
 //! * `--churn-percent` of the members a minute close and reconnect, resuming their room from
@@ -32,6 +35,7 @@ use super::targets::{Target, TargetKind};
 use super::BenchArgs;
 use fleet::{Endpoints, Fleet, Phase, ROOM_SIZE};
 use hdrhistogram::Histogram;
+use order::Owed;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,6 +84,11 @@ pub struct ClusterArgs {
     /// nodes' built-in development secret.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Seconds ramping up may take before the run starts anyway (default: twice the ramp
+    /// at --connect-rate, plus 60). Members still connecting then join rooms that chat
+    /// already: they are owed only what their room stores after their join.
+    #[arg(long)]
+    pub ramp_limit: Option<f64>,
     /// Names this run's rooms and users (default: random), so history of an earlier run is
     /// never replayed into this one.
     #[arg(long)]
@@ -104,31 +113,96 @@ fn peak_rss_kib() -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// Chat totals over every receiver: (expected, lost, pending at stop).
-fn settle(fleet: &Fleet) -> (u64, u64, u64) {
-    let (mut expected, mut lost, mut pending) = (0, 0, 0);
-    let unacked: Vec<Vec<u64>> =
-        fleet.slots.iter().map(|s| s.unacked.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+/// Missing messages described in the report, at most: lost ones, and of each kind of
+/// missing message that was not owed.
+const LOST_DETAIL: usize = 20;
+const EXCUSED_DETAIL: usize = 5;
+
+/// Chat totals over every receiver.
+#[derive(Default)]
+struct Settlement {
+    /// Deliveries owed: acknowledged messages stored after the receiver's first join,
+    /// outside the history gaps its joins reported.
+    expected: u64,
+    lost: u64,
+    /// Owed, not arrived, at connected receivers.
+    pending: u64,
+    /// Missing and acknowledged but not owed: stored before the receiver's first join
+    /// (issue 14: these were counted as lost), or within a history gap a join reported.
+    before_join: u64,
+    in_reported_gap: u64,
+    /// The first few of each, described (see [`describe`]).
+    detail: Vec<serde_json::Value>,
+}
+
+/// One missing message of `from` (number `seq`) at receiver `to`, for the report; times
+/// in ms since `run_us` (the run's start, `now_us`).
+fn describe(fleet: &Fleet, class: &str, to: usize, from: usize, seq: u64, run_us: u64) -> serde_json::Value {
+    let rel = |us: u64| (us as f64 - run_us as f64) / 1000.0;
+    let send = fleet.slots[from].sends.lock().unwrap_or_else(|e| e.into_inner()).get(seq as usize).copied();
+    let journal = fleet.slots[to].journal.lock().unwrap_or_else(|e| e.into_inner());
+    let joins: Vec<_> = journal
+        .joins
+        .iter()
+        .map(|j| {
+            json!({"at_ms": rel(j.at_us), "resume_from": j.resume_from, "last_offset": j.last_offset,
+                   "history_gap": j.history_gap, "replayed": j.replayed,
+                   "ended_ms": j.ended.map(|e| rel(e.0)), "ended_by": j.ended.map(|e| e.1)})
+        })
+        .collect();
+    json!({"class": class, "receiver": to, "sender": from, "seq": seq,
+           "offset": send.and_then(|s| s.offset),
+           "sent_ms": send.map(|s| rel(s.sent_us)), "acked_ms": send.map(|s| rel(s.answered_us)),
+           "receiver_floor": journal.floor, "receiver_gaps": journal.gaps,
+           "receiver_joins": joins, "receiver_joins_not_listed": journal.joins_not_kept})
+}
+
+/// Settle every receiver's account of every other member of its room (`run_us`: the
+/// run's start for the details).
+fn settle(fleet: &Fleet, run_us: u64) -> Settlement {
+    let mut total = Settlement::default();
+    let acked: Vec<Vec<Option<u64>>> = fleet
+        .slots
+        .iter()
+        .map(|s| s.sends.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|r| r.offset).collect())
+        .collect();
+    let (mut lost_listed, mut before_listed, mut gap_listed) = (0, 0, 0);
     for (i, slot) in fleet.slots.iter().enumerate() {
         let first = i / ROOM_SIZE * ROOM_SIZE;
-        let order = slot.order.lock().unwrap_or_else(|e| e.into_inner());
+        let (floor, gaps) = {
+            let j = slot.journal.lock().unwrap_or_else(|e| e.into_inner());
+            (j.floor, j.gaps.clone())
+        };
+        let owed = Owed { floor, gaps: &gaps };
+        let order = slot.order.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let connected = slot.connected.load(Ordering::SeqCst);
         for (pos, o) in order.iter().enumerate() {
             let from = first + pos;
             if from == i {
                 continue;
             }
-            let sent = fleet.slots[from].sent.load(Ordering::SeqCst);
-            expected += sent - unacked[from].len() as u64;
-            let (l, p) = o.settle(sent, &unacked[from]);
-            lost += l;
+            let s = o.settle(&acked[from], owed);
+            total.expected += s.expected;
+            total.lost += s.lost.len() as u64 + s.overflow;
+            total.before_join += s.before_join.len() as u64;
+            total.in_reported_gap += s.in_reported_gap.len() as u64;
             // A member that is not connected is not waiting for anything.
             if connected {
-                pending += p;
+                total.pending += s.pending;
+            }
+            for (class, seqs, listed, most) in [
+                ("lost", &s.lost, &mut lost_listed, LOST_DETAIL),
+                ("before_join", &s.before_join, &mut before_listed, EXCUSED_DETAIL),
+                ("in_reported_gap", &s.in_reported_gap, &mut gap_listed, EXCUSED_DETAIL),
+            ] {
+                for &seq in seqs.iter().take(most.saturating_sub(*listed)) {
+                    total.detail.push(describe(fleet, class, i, from, seq, run_us));
+                    *listed += 1;
+                }
             }
         }
     }
-    (expected, lost, pending)
+    total
 }
 
 /// Run this process's share.
@@ -148,6 +222,10 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         "cluster: rates must not be negative"
     );
     anyhow::ensure!((0.0..=300.0).contains(&c.call_hold), "cluster: --call-hold must be within 0..=300 s");
+    anyhow::ensure!(
+        c.ramp_limit.is_none_or(|s| (0.0..=86_400.0).contains(&s)),
+        "cluster: --ramp-limit must be within 0..=86400 s"
+    );
     let limit = fdlimit::raise().map_err(|e| anyhow::anyhow!("raising the descriptor limit: {e}"))?;
     anyhow::ensure!(
         n as u64 + fdlimit::SPARE <= limit,
@@ -212,7 +290,10 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         })
         .collect();
     let t = &fleet.tally;
-    let ramp_limit = ramp * 2 + Duration::from_secs(60);
+    let ramp_limit = match c.ramp_limit {
+        Some(secs) => Duration::from_secs_f64(secs),
+        None => ramp * 2 + Duration::from_secs(60),
+    };
     let mut last_note = Instant::now();
     while t.ramped.get() < n as u64 && ramp_start.elapsed() < ramp_limit {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -231,6 +312,7 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
 
     // Run.
     let start = Instant::now() + Duration::from_millis(200);
+    let run_us = super::scenarios::now_us() + 200_000;
     phase_tx.send_replace(Phase::Run(start));
     let cpu = CpuMeter::start(&args.server_pids);
     let drivers = [
@@ -255,12 +337,13 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
     }
     loop {
         let chatting = fleet.slots.iter().any(|s| !s.chat_done.load(Ordering::SeqCst));
-        if !chatting && settle(&fleet).2 == 0 || drain_start.elapsed() >= GRACE {
+        if !chatting && settle(&fleet, run_us).pending == 0 || drain_start.elapsed() >= GRACE {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (expected, lost, pending) = settle(&fleet);
+    let settled = settle(&fleet, run_us);
+    let (expected, lost, pending) = (settled.expected, settled.lost, settled.pending);
     let gen_rss = rss_kib(std::process::id());
     phase_tx.send_replace(Phase::Close);
     let closed = tokio::time::timeout(CLOSE_LIMIT, futures_util::future::join_all(members)).await.is_ok();
@@ -294,6 +377,8 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
                "send_failed": t.chat_failed.get(), "expected": expected, "delivered": t.chat_delivered.get(),
                "replayed": t.chat_replayed.get(), "lost": lost, "duplicated": t.duplicated.get(),
                "reordered": t.reordered.get(), "gaps_seen": t.gaps.get(), "undelivered_at_stop": pending,
+               "missed_before_join": settled.before_join, "missed_in_reported_gaps": settled.in_reported_gap,
+               "missing_detail": settled.detail,
                "history_gaps": t.history_gaps.get(), "latency_ms": quantiles(&latency),
                "replay_latency_ms": quantiles(&Tally::snapshot(&t.replay_latency))}),
     );
@@ -325,13 +410,16 @@ pub async fn run(args: &BenchArgs, target: &Target, rss_before: Option<u64>) -> 
         ),
         format!(
             "  chat {} sent, {} delivered: p50 {:.2} ms p99 {:.2} ms; lost {lost} duplicated {} reordered {} \
-             undelivered at stop {pending}",
+             undelivered at stop {pending} (not owed, so not lost: {} stored before the receiver joined, {} in \
+             reported history gaps)",
             t.chat_sent.get(),
             t.chat_delivered.get(),
             ms(&latency, 0.5),
             ms(&latency, 0.99),
             t.duplicated.get(),
-            t.reordered.get()
+            t.reordered.get(),
+            settled.before_join,
+            settled.in_reported_gap
         ),
         format!(
             "  calls {} placed, {} answered, {} failed: setup p50 {:.2} ms p99 {:.2} ms",
