@@ -118,7 +118,7 @@ async fn start(name: &str) -> Option<Cluster> {
         .map(String::from)
         .to_vec(),
         // Calls' transitions and the repair after a heal show in the log tails on failure.
-        log_level: "warn,switchboard_relay::calls=info,switchboard_relay::heal=info,switchboard_relay::node=info,switchboard_relay::bus::nats=info,switchboard_relay::rooms::roster=info,switchboard_relay::rooms::presence=info,switchboard_relay::rooms::reaper=info".into(),
+        log_level: "warn,switchboard_relay::calls=info,switchboard_relay::heal=info,switchboard_relay::node=info,switchboard_relay::bus::nats=info,switchboard_relay::rooms::roster=info,switchboard_relay::rooms::presence=info,switchboard_relay::rooms::presence_audit=info,switchboard_relay::rooms::reaper=info".into(),
         ..Default::default()
     };
     Cluster::start_or_skip(config).await
@@ -150,6 +150,65 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what} did not converge within {WAIT:?}: {}", last.unwrap_or_default());
+}
+
+/// The JetStream streams' leaders and replicas as each NATS server sees them (`/jsz`), for
+/// the log: `nats1: KV_sb_calls leader nats3 [nats1 current, nats2 lag 3]; ...`.
+async fn stream_leaders(cluster: &Cluster, streams: &[&str]) -> String {
+    let mut out = Vec::new();
+    for i in 0..cluster.nats_count() {
+        let Some(jsz) = cluster.nats_monitor(i, "/jsz?accounts=true&streams=true").await else {
+            out.push(format!("nats{}: no answer", i + 1));
+            continue;
+        };
+        let mut seen = Vec::new();
+        let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+        for stream in accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default()) {
+            let name = stream["name"].as_str().unwrap_or_default();
+            if !streams.contains(&name) {
+                continue;
+            }
+            let cluster = &stream["cluster"];
+            let replicas: Vec<String> = cluster["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}{}{}",
+                        r["name"].as_str().unwrap_or("?"),
+                        if r["current"].as_bool() == Some(true) { " current" } else { " not current" },
+                        r["lag"].as_u64().filter(|l| *l > 0).map(|l| format!(" lag {l}")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            seen.push(format!(
+                "{name} leader {} [{}]",
+                cluster["leader"].as_str().unwrap_or("none"),
+                replicas.join(", ")
+            ));
+        }
+        out.push(format!("nats{}: {}", i + 1, seen.join("; ")));
+    }
+    out.join(" | ")
+}
+
+/// Move `stream`'s leader to `server` (a leader stepdown with a preferred placement,
+/// nats-server 2.11+), retried until the stream reports it there.
+async fn move_leader(js: &async_nats::jetstream::Context, stream: &str, server: &str) {
+    let request = serde_json::json!({ "placement": { "preferred": server } });
+    wait_for(WAIT, &format!("{stream}'s leader on {server}"), || async {
+        let leader = |info: async_nats::jetstream::stream::Info| info.cluster.and_then(|c| c.leader);
+        let info = js.get_stream(stream).await.ok()?.info().await.ok().cloned();
+        if info.and_then(leader).as_deref() == Some(server) {
+            return Some(());
+        }
+        let _: Result<serde_json::Value, _> = js.request(format!("STREAM.LEADER.STEPDOWN.{stream}"), &request).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        None
+    })
+    .await;
 }
 
 async fn c2_record_ended(kv: &async_nats::jetstream::kv::Store, call: &str) -> bool {
@@ -224,6 +283,15 @@ async fn run(fault: Fault) {
     })
     .await;
 
+    const STREAMS: [&str; 2] = ["KV_sb_calls", "KV_sb_presence"];
+    if matches!(fault, Fault::NatsSplit) {
+        // The hard case for the majority side: the buckets' stream leaders on nats3, so
+        // nats1 and nats2 must elect new ones for anything to be written during the split.
+        for stream in STREAMS {
+            move_leader(&js, stream, "nats3").await;
+        }
+    }
+    eprintln!("[{:.1?}] streams before the fault: {}", began.elapsed(), stream_leaders(&cluster, &STREAMS).await);
     eprintln!("[{:.1?}] workload running: fault {} at {}", began.elapsed(), fault.name(), wall_clock());
     let faulted = Instant::now();
     fault.apply(&mut cluster).expect("the fault");
@@ -248,7 +316,12 @@ async fn run(fault: Fault) {
         end_attempts += 1;
         match c1_callee.client.call_end(&c1).await {
             Ok(()) => break,
-            Err(e) if ended.elapsed() < WAIT => eprintln!("ending c1 during the fault: {e}"),
+            Err(e) if ended.elapsed() < WAIT => {
+                eprintln!("ending c1 during the fault: {e}");
+                if end_attempts % 10 == 1 {
+                    eprintln!("  streams: {}", stream_leaders(&cluster, &STREAMS).await);
+                }
+            }
             Err(e) => panic!("ending c1: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -279,26 +352,36 @@ async fn run(fault: Fault) {
     eprintln!("[{:.1?}] healing at {}", began.elapsed(), wall_clock());
     fault.heal(&mut cluster).expect("heal");
     let healed = Instant::now();
-    // What members see first (the target), then the bucket (it waits for JetStream), and
-    // the members' views once more: a repair of the bucket must not make them flap.
-    converge("presence as members see it after the heal", || async { presence_mismatch(&members) }).await;
-    let views_after = healed.elapsed();
-    eprintln!("[{:.1?}] members' presence views converged at {}", began.elapsed(), wall_clock());
-    converge("the presence bucket after the heal", || async { stored_presence_mismatch(&presence_kv, &members).await })
+    // Presence (what members see first, the target; then the bucket, which waits for
+    // JetStream; then the members' views once more: a repair of the bucket must not make
+    // them flap) and calls side by side, each timed from the heal.
+    let presence = async {
+        converge("presence as members see it after the heal", || async { presence_mismatch(&members) }).await;
+        let views_after = healed.elapsed();
+        eprintln!("[{:.1?}] members' presence views converged at {}", began.elapsed(), wall_clock());
+        converge("the presence bucket after the heal", || async {
+            stored_presence_mismatch(&presence_kv, &members).await
+        })
         .await;
-    let bucket_after = healed.elapsed();
-    eprintln!("[{:.1?}] presence bucket converged at {}", began.elapsed(), wall_clock());
-    let flapped = presence_mismatch(&members);
-    let calls_after = converge("calls after the heal", || async {
-        if !c2_record_ended(&calls_kv, &c2).await {
-            return Some("c2 still ringing after its ring timeout".into());
-        }
-        match call_mismatch(&calls_kv, &c1, &[&c1_caller, &c1_callee]).await {
-            Some(m) => Some(m),
-            None => call_mismatch(&calls_kv, &c2, &[&c2_caller, &c2_callee]).await,
-        }
-    })
-    .await;
+        let bucket_after = healed.elapsed();
+        eprintln!("[{:.1?}] presence bucket converged at {}", began.elapsed(), wall_clock());
+        (views_after, bucket_after, presence_mismatch(&members))
+    };
+    let calls = async {
+        converge("calls after the heal", || async {
+            if !c2_record_ended(&calls_kv, &c2).await {
+                return Some("c2 still ringing after its ring timeout".into());
+            }
+            match call_mismatch(&calls_kv, &c1, &[&c1_caller, &c1_callee]).await {
+                Some(m) => Some(m),
+                None => call_mismatch(&calls_kv, &c2, &[&c2_caller, &c2_callee]).await,
+            }
+        })
+        .await;
+        eprintln!("[{:.1?}] calls converged at {}", began.elapsed(), wall_clock());
+        healed.elapsed()
+    };
+    let ((views_after, bucket_after, flapped), calls_after) = tokio::join!(presence, calls);
     let healed_for = healed.elapsed();
 
     // Stop publishing; every acknowledged message reaches every member once, in order.
@@ -344,8 +427,8 @@ async fn run(fault: Fault) {
     eprintln!(
         "PARTITION {}: fault held {fault_len:.1?} (noticed in presence after {noticed:.1?}); after the heal: members' \
          presence views converged in {views_after:.1?}, the presence bucket in {bucket_after:.1?}, calls in \
-         {calls_after:.1?} (all by {healed_for:.1?}), deliveries complete \
-         {delivered_after:.1?} later; {acked} messages acknowledged ({refused} attempts refused and retried), \
+         {calls_after:.1?} (all by {healed_for:.1?}), deliveries complete {delivered_after:.1?} later; {acked} \
+         messages acknowledged ({refused} attempts refused and retried), \
          {expected} deliveries due: {missing} lost, {duplicated} duplicated, {out_of_order} out of order, {unacked} \
          unacknowledged attempts delivered; room members' disconnects {disconnects}; ending c1 from the majority \
          side took {c1_end_took:.1?} ({end_attempts} attempts); c2 ended during the fault: {c2_ended_in_fault}; \
@@ -359,6 +442,12 @@ async fn run(fault: Fault) {
         views_after <= CONVERGED,
         "members' presence views took {views_after:.1?} after the heal (target {CONVERGED:?})"
     );
+    // Calls must converge (within WAIT, `converge` above) but are not held to CONVERGED:
+    // with the other core busy they once took 22.6 s after the heal, waiting for JetStream
+    // to elect the calls bucket's leader again (RELIABILITY.md, case b).
+    if calls_after > CONVERGED {
+        eprintln!("calls took {calls_after:.1?} after the heal: over the {CONVERGED:?} target");
+    }
     assert!(expected > 0, "nothing was checked");
 
     for m in members.iter().filter(|m| !m.left) {
@@ -372,13 +461,10 @@ async fn run(fault: Fault) {
     assert_eq!(netns::namespaces_with_prefix(&tag), Vec::<String>::new(), "namespaces left after the drop");
 }
 
-// Out of the test command: on this 2-core machine the majority side's JetStream sometimes
-// stays without a stream leader for the calls bucket for the whole 60 s (ending c1 failed
-// 54 times with "no stream found"), about one run in eight; and in 1 of 6 runs the presence
-// bucket lacked records for 60 s that the nodes' acknowledged writes had put back
-// (RELIABILITY.md). The members' views converged within 15 s in every run.
+// In the test command since the presence audit (a node rewrites its records the bucket
+// lost) and with the buckets' leaders moved to nats3 before every split (the majority must
+// elect new ones each run); figures in RELIABILITY.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "case (b), run by hand: cargo test -p switchboard-tests --test partition_cluster -- --ignored --test-threads 1"]
 async fn nats_split_two_one() {
     run(Fault::NatsSplit).await;
 }

@@ -88,8 +88,26 @@ fn log_config(
     }
 }
 
+/// What the NATS client says when no server answers for a JetStream stream: a publish
+/// (`no stream found for given subject`) or a direct get (`requested JetStream resource
+/// does not exist`) found nobody subscribed. The streams exist (every bucket is replicated
+/// on every server with `--nats-replicas 3`); this is a stream without a leader on this
+/// node's side: one being elected after its leader's server or route was lost, or a
+/// minority side of a split that cannot elect one.
+const NO_LEADER: [&str; 2] = ["no stream found for given subject", "requested JetStream resource does not exist"];
+
+/// A JetStream failure as a bus error: [`BusError::Unavailable`] with what it means when
+/// the stream has no leader ([`NO_LEADER`]; the error kinds differ per operation, their
+/// text carries the cause), else [`BusError::Other`].
 fn other(e: impl std::fmt::Display) -> BusError {
-    BusError::Other(e.to_string())
+    let text = e.to_string();
+    if NO_LEADER.iter().any(|m| text.contains(m)) {
+        return BusError::Unavailable(format!(
+            "{text}: JetStream has no leader for this store on this side right now (electing one after a NATS \
+             server or route was lost, or no quorum in a split); retry"
+        ));
+    }
+    BusError::Other(text)
 }
 
 impl NatsBus {
@@ -706,5 +724,19 @@ impl Bus for NatsBus {
 
     fn kind(&self) -> &'static str {
         "nats"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_without_a_leader_is_unavailable_with_its_meaning() {
+        match other("failed getting entry: no stream found for given subject") {
+            BusError::Unavailable(m) => assert!(m.contains("no leader"), "{m}"),
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(other("bad call record"), BusError::Other(_)));
     }
 }

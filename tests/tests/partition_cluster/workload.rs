@@ -9,7 +9,7 @@ use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_client::{ClientConfig, Event, Events, ReconnectPolicy, ReconnectingClient};
+use switchboard_client::{ClientConfig, ClientError, ErrorCode, Event, Events, ReconnectPolicy, ReconnectingClient};
 use switchboard_protocol::pb::{self, CallState};
 use switchboard_tests::netns::{Cluster, HostRuntime};
 use switchboard_tests::token;
@@ -70,7 +70,27 @@ impl Member {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mut joined_at = Instant::now();
         if let Some(room) = room {
-            let joined = client.join(room).await?;
+            // A join is refused (`UNAVAILABLE`) while the presence bucket has no leader on
+            // the node's side (a split, or one being elected): retried, as an app would.
+            let started = Instant::now();
+            let mut refused = 0;
+            let joined = loop {
+                match client.join(room).await {
+                    Err(ClientError::Server { code: ErrorCode::Unavailable, message })
+                        if started.elapsed() < Duration::from_secs(60) =>
+                    {
+                        refused += 1;
+                        if refused == 1 {
+                            eprintln!("{user} joining {room}: {message}; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    other => break other?,
+                }
+            };
+            if refused > 0 {
+                eprintln!("{user} joined {room} after {:.1?} ({refused} refusals)", started.elapsed());
+            }
             joined_at = Instant::now();
             let mut s = seen.lock().unwrap();
             for p in joined.participants {
