@@ -27,13 +27,24 @@ struct Args {
     /// HAProxy's global `maxconn` (default: the template's 8,000); raise it for large runs.
     #[arg(long)]
     haproxy_maxconn: Option<u32>,
+    /// HAProxy hosts (`haproxy`, `haproxy2`, ...), each over every node: one takes at most
+    /// about half its descriptor limit in WebSocket clients.
+    #[arg(long, default_value_t = 1)]
+    balancers: usize,
+    /// nginx worker processes, each with its own descriptors (one per WebTransport client).
+    #[arg(long, default_value_t = 1)]
+    nginx_workers: usize,
+    /// Addresses added to each load host besides its own, for clients to bind to.
+    #[arg(long, default_value_t = 0)]
+    load_addresses: usize,
     /// HS256 secret of the nodes' tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", default_value = "local-cluster-secret-change-me-0123456789")]
     jwt_secret: String,
     /// Name of the lab (part of the namespace names).
     #[arg(long, default_value = "cluster")]
     name: String,
-    /// Write the hosts, one `ROLE NAME ADDRESS NAMESPACE` line each, to this file.
+    /// Write the hosts, one `ROLE NAME ADDRESS NAMESPACE [MORE,ADDRESSES]` line each, to this
+    /// file (a load host's added addresses, comma separated, in a fifth column).
     #[arg(long)]
     hosts_file: Option<std::path::PathBuf>,
     /// Only remove the namespaces of labs whose process is gone, then exit.
@@ -56,24 +67,31 @@ async fn main() -> anyhow::Result<()> {
         node_args: args.node_args,
         jwt_secret: args.jwt_secret,
         haproxy_maxconn: args.haproxy_maxconn,
+        balancers: args.balancers,
+        nginx_workers: args.nginx_workers,
+        load_addresses: args.load_addresses,
         ..ClusterConfig::default()
     };
     let mut cluster = Cluster::start(config).await?;
     if let Some(path) = &args.hosts_file {
         let mut file = std::fs::File::create(path)?;
-        let mut hosts: Vec<(&str, _)> = Vec::new();
-        hosts.extend((0..cluster.nats_count()).map(|i| ("nats", cluster.nats_host(i))));
-        hosts.extend((0..cluster.node_count()).map(|i| ("node", cluster.node_host(i))));
-        hosts.push(("haproxy", cluster.haproxy_host()));
-        hosts.push(("nginx", cluster.nginx_host()));
-        hosts.extend(cluster.load_hosts().iter().map(|h| ("load", h)));
-        for (role, h) in hosts {
-            writeln!(file, "{role} {} {} {}", h.name(), h.addr(), h.namespace())?;
+        let mut hosts: Vec<(&str, _, String)> = Vec::new();
+        hosts.extend((0..cluster.nats_count()).map(|i| ("nats", cluster.nats_host(i), String::new())));
+        hosts.extend((0..cluster.node_count()).map(|i| ("node", cluster.node_host(i), String::new())));
+        hosts.extend(cluster.haproxy_hosts().into_iter().map(|h| ("haproxy", h, String::new())));
+        hosts.push(("nginx", cluster.nginx_host(), String::new()));
+        for (i, h) in cluster.load_hosts().iter().enumerate() {
+            let more: Vec<String> = cluster.load_addresses(i).iter().map(|a| a.to_string()).collect();
+            hosts.push(("load", h, more.join(",")));
+        }
+        for (role, h, more) in hosts {
+            let line = format!("{role} {} {} {} {more}", h.name(), h.addr(), h.namespace());
+            writeln!(file, "{}", line.trim_end())?;
         }
     }
     print!("{}", cluster.describe());
     println!("logs: {}", cluster.work_dir().display());
-    println!("WebSocket through HAProxy:     {}", cluster.ws_url());
+    println!("WebSocket through HAProxy:     {}", cluster.ws_urls().join(" "));
     println!("WebTransport through nginx:   {} (--cert-hash {})", cluster.wt_url(), cluster.cert_hash());
     println!("NATS:                         {}", cluster.nats_url());
     println!("ready: cluster {} up; SIGINT or SIGTERM tears it down", cluster.lab().tag());

@@ -336,6 +336,20 @@ impl Lab {
         sh(&["ip", "-n", &self.router, "link", "set", &host.router_if(), "up"])
     }
 
+    /// Give `host` `count` more addresses on its link, `10.77.<i>.3` onwards (a load host
+    /// emulating clients behind many addresses; bind to them, e.g. `switchboard-cli bench
+    /// --source-ip`). Faults apply to them as to the host's own: they are per link.
+    pub fn add_addresses(&self, host: &Host, count: usize) -> anyhow::Result<Vec<Ipv4Addr>> {
+        ensure!(count <= 250, "at most 250 more addresses per host");
+        let mut added = Vec::with_capacity(count);
+        for k in 0..count {
+            let ip = Ipv4Addr::new(10, 77, host.index as u8, 3 + k as u8);
+            sh(&["ip", "-n", &host.ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            added.push(ip);
+        }
+        Ok(added)
+    }
+
     /// Drop everything between `a` and `b` (both directions) at the router.
     pub fn partition(&self, a: &Host, b: &Host) -> anyhow::Result<()> {
         for (x, y) in [(a, b), (b, a)] {

@@ -9,12 +9,21 @@
 //!   3 times when there are 3 NATS servers, one shared WebTransport certificate
 //!   ([`Cluster::cert_hash`]) so a client behind the UDP balancer trusts whichever node it
 //!   lands on;
-//! - `haproxy`: HAProxy on [`HTTP_PORT`] over the nodes' HTTP ports
-//!   (`deploy/haproxy/haproxy.cfg.tmpl`: least connections, only ready nodes);
+//! - `haproxy` (and `haproxy2..haproxyB` with [`ClusterConfig::balancers`]): HAProxy on
+//!   [`HTTP_PORT`] over the nodes' HTTP ports (`deploy/haproxy/haproxy.cfg.tmpl`: least
+//!   connections, only ready nodes); several stand for a DNS name with several balancer
+//!   addresses, each client using one ([`Cluster::ws_urls`]);
 //! - `nginx`: nginx's `stream` module on UDP [`WT_PORT`] over the nodes' WebTransport ports,
-//!   `hash $remote_addr consistent` (`deploy/nginx/wt-udp.conf.tmpl`);
+//!   `hash $remote_addr consistent` (`deploy/nginx/wt-udp.conf.tmpl`), with
+//!   [`ClusterConfig::nginx_workers`] worker processes;
 //! - `load1..loadK`: hosts for clients (nothing runs there until a test puts it there, e.g.
-//!   with [`Host::runtime`] or [`Host::command`]).
+//!   with [`Host::runtime`] or [`Host::command`]), each with
+//!   [`ClusterConfig::load_addresses`] more addresses ([`Cluster::load_addresses`]).
+//!
+//! Every process here has a descriptor limit (20,000 on the machines this runs on, not
+//! raisable there); a large run spreads what needs descriptors: HAProxy takes two per
+//! WebSocket client (so `balancers`), an nginx worker one per WebTransport client
+//! (`nginx_workers`), a node one per WebSocket client (nodes).
 //!
 //! Faults: [`Cluster::cut_link`] / [`Cluster::restore_link`] (the host's link down/up),
 //! [`Cluster::partition`] / [`Cluster::heal`] (iptables DROP between two groups of hosts at
@@ -106,11 +115,19 @@ pub struct ClusterConfig {
     /// HAProxy's global `maxconn` (concurrent client connections); `None` keeps the
     /// template's (8,000). HAProxy sizes its own descriptor limit from it.
     pub haproxy_maxconn: Option<u32>,
+    /// HAProxy hosts (at least 1), each over every node.
+    pub balancers: usize,
+    /// nginx worker processes (at least 1); the kernel spreads client flows over them
+    /// (`reuseport`), each with its own descriptors.
+    pub nginx_workers: usize,
+    /// Addresses added to each load host besides its own (`10.77.<i>.3` onwards).
+    pub load_addresses: usize,
 }
 
 impl Default for ClusterConfig {
-    /// 3 NATS servers, 4 nodes, 2 load hosts, the test secret, `warn` logs, NATS stopped with
-    /// SIGTERM, 60 s to start, 40 s to stop.
+    /// 3 NATS servers, 4 nodes, 1 HAProxy, 1 nginx worker, 2 load hosts with one address
+    /// each, the test secret, `warn` logs, NATS stopped with SIGTERM, 60 s to start, 40 s to
+    /// stop.
     fn default() -> Self {
         Self {
             name: "cluster".into(),
@@ -124,6 +141,9 @@ impl Default for ClusterConfig {
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(40),
             haproxy_maxconn: None,
+            balancers: 1,
+            nginx_workers: 1,
+            load_addresses: 0,
         }
     }
 }
@@ -151,9 +171,10 @@ pub struct Cluster {
     // Processes before the lab: fields drop in order, so they die before their namespaces.
     nats: Vec<HostProcess>,
     nodes: Vec<HostProcess>,
-    haproxy: HostProcess,
+    haproxy: Vec<HostProcess>,
     nginx: HostProcess,
     loads: Vec<Host>,
+    load_addresses: Vec<Vec<std::net::Ipv4Addr>>,
     config: ClusterConfig,
     cert_hash: String,
     lab: Lab,
@@ -201,8 +222,8 @@ impl Cluster {
     /// Make the hosts, start every piece and wait until each serves: NATS healthy with its
     /// routes, every node ready, HAProxy routing to a ready node, nginx listening.
     pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
-        if config.nats == 0 || config.nodes == 0 {
-            return Err(anyhow::anyhow!("at least one NATS server and one node").into());
+        if config.nats == 0 || config.nodes == 0 || config.balancers == 0 || config.nginx_workers == 0 {
+            return Err(anyhow::anyhow!("at least one NATS server, node, HAProxy and nginx worker").into());
         }
         check_tools()?;
         let mut lab = Lab::start(&config.name)?;
@@ -216,10 +237,14 @@ impl Cluster {
             (1..=config.nats).map(|i| lab.host(&format!("nats{i}"))).collect::<anyhow::Result<Vec<_>>>()?;
         let node_hosts =
             (1..=config.nodes).map(|i| lab.host(&format!("node{i}"))).collect::<anyhow::Result<Vec<_>>>()?;
-        let haproxy_host = lab.host("haproxy")?;
+        let haproxy_hosts = (1..=config.balancers)
+            .map(|i| lab.host(&if i == 1 { "haproxy".into() } else { format!("haproxy{i}") }))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let nginx_host = lab.host("nginx")?;
         let loads =
             (1..=config.load_hosts).map(|i| lab.host(&format!("load{i}"))).collect::<anyhow::Result<Vec<_>>>()?;
+        let load_addresses =
+            loads.iter().map(|h| lab.add_addresses(h, config.load_addresses)).collect::<anyhow::Result<Vec<_>>>()?;
 
         let nats = (0..config.nats)
             .map(|i| pieces::nats(&nats_hosts, i, &config, &dir.0))
@@ -227,9 +252,13 @@ impl Cluster {
         let nats_url = nats_url(&nats_hosts);
         let nodes =
             node_hosts.iter().enumerate().map(|(i, h)| pieces::node(h, i, &nats_url, &config, &dir.0)).collect();
-        let haproxy = pieces::haproxy(&haproxy_host, &node_hosts, config.haproxy_maxconn, &dir.0)?;
-        let nginx = pieces::nginx(&nginx_host, &node_hosts, &dir.0)?;
-        let mut cluster = Self { nats, nodes, haproxy, nginx, loads, config, cert_hash, lab, dir };
+        let haproxy = haproxy_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| pieces::haproxy(h, i, &node_hosts, config.haproxy_maxconn, &dir.0))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let nginx = pieces::nginx(&nginx_host, &node_hosts, config.nginx_workers, &dir.0)?;
+        let mut cluster = Self { nats, nodes, haproxy, nginx, loads, load_addresses, config, cert_hash, lab, dir };
 
         // All NATS servers first (a JetStream cluster is healthy only with a quorum), then
         // the nodes together, then the balancers in front of them.
@@ -246,8 +275,10 @@ impl Cluster {
             cluster.wait_node(i).await?;
         }
         let limit = cluster.config.ready_timeout;
-        cluster.haproxy.start()?;
-        ready::http_ok(&mut cluster.haproxy, HTTP_PORT, "/readyz", "HAProxy routing to a ready node", limit).await?;
+        for h in &mut cluster.haproxy {
+            h.start()?;
+            ready::http_ok(h, HTTP_PORT, "/readyz", "HAProxy routing to a ready node", limit).await?;
+        }
         cluster.nginx.start()?;
         ready::udp_bound(&mut cluster.nginx, WT_PORT, limit).await?;
         Ok(cluster)
@@ -282,9 +313,14 @@ impl Cluster {
         self.nodes[i].host()
     }
 
-    /// HAProxy's host.
+    /// The (first) HAProxy's host.
     pub fn haproxy_host(&self) -> &Host {
-        self.haproxy.host()
+        self.haproxy[0].host()
+    }
+
+    /// Every HAProxy's host ([`ClusterConfig::balancers`]).
+    pub fn haproxy_hosts(&self) -> Vec<&Host> {
+        self.haproxy.iter().map(|p| p.host()).collect()
     }
 
     /// nginx's (the UDP balancer's) host.
@@ -300,6 +336,11 @@ impl Cluster {
     /// Every load host.
     pub fn load_hosts(&self) -> &[Host] {
         &self.loads
+    }
+
+    /// Load host `i`'s addresses besides its own ([`ClusterConfig::load_addresses`]).
+    pub fn load_addresses(&self, i: usize) -> &[std::net::Ipv4Addr] {
+        &self.load_addresses[i]
     }
 
     /// Number of nodes.
@@ -322,9 +363,14 @@ impl Cluster {
         nats_url(&self.nats.iter().map(|s| s.host().clone()).collect::<Vec<_>>())
     }
 
-    /// WebSocket URL through HAProxy: `ws://<haproxy>:8080/ws`.
+    /// WebSocket URL through the (first) HAProxy: `ws://<haproxy>:8080/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}:{HTTP_PORT}/ws", self.haproxy_host().addr())
+    }
+
+    /// WebSocket URLs through every HAProxy, in host order.
+    pub fn ws_urls(&self) -> Vec<String> {
+        self.haproxy.iter().map(|p| format!("ws://{}:{HTTP_PORT}/ws", p.host().addr())).collect()
     }
 
     /// WebTransport URL through nginx: `https://<nginx>:4433/wt` (trust [`Self::cert_hash`]).
@@ -496,12 +542,19 @@ impl Cluster {
             let a = p.host().addr();
             line(p, format!("http://{a}:{HTTP_PORT} ws://{a}:{HTTP_PORT}/ws https://{a}:{WT_PORT}/wt"));
         }
-        let (ws, wt) = (self.ws_url(), self.wt_url());
-        line(&mut self.haproxy, format!("{ws} (WebSocket balancer)"));
+        let wt = self.wt_url();
+        for p in &mut self.haproxy {
+            let ws = format!("ws://{}:{HTTP_PORT}/ws", p.host().addr());
+            line(p, format!("{ws} (WebSocket balancer)"));
+        }
         line(&mut self.nginx, format!("{wt} (WebTransport UDP balancer)"));
-        for h in &self.loads {
+        for (h, more) in self.loads.iter().zip(&self.load_addresses) {
+            let more = match (more.first(), more.last()) {
+                (Some(a), Some(b)) => format!(" (and {a}..{b})"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "{:<8} {:<12} {:<10} load host: ip netns exec {}\n",
+                "{:<8} {:<12} {:<10} load host{more}: ip netns exec {}\n",
                 h.name(),
                 h.addr(),
                 "-",
@@ -515,7 +568,8 @@ impl Cluster {
         self.nats
             .iter_mut()
             .chain(self.nodes.iter_mut())
-            .chain([&mut self.haproxy, &mut self.nginx])
+            .chain(self.haproxy.iter_mut())
+            .chain([&mut self.nginx])
             .find(|p| p.host().namespace() == host.namespace())
     }
 
@@ -537,7 +591,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for p in self.nats.iter().chain(&self.nodes).chain([&self.haproxy, &self.nginx]) {
+            for p in self.nats.iter().chain(&self.nodes).chain(&self.haproxy).chain([&self.nginx]) {
                 let tail = p.log_tail(15);
                 if !tail.is_empty() {
                     eprintln!("--- {} ({}) log tail:\n{tail}", p.host().name(), p.log_path().display());

@@ -102,9 +102,16 @@ pub fn node(host: &Host, index: usize, nats_url: &str, config: &ClusterConfig, d
         .env("RUST_LOG", &config.log_level)
 }
 
-/// HAProxy on `host` over the nodes' HTTP ports, from `deploy/haproxy/haproxy.cfg.tmpl`,
-/// with the template's global `maxconn` replaced by `maxconn` if given.
-pub fn haproxy(host: &Host, nodes: &[Host], maxconn: Option<u32>, dir: &Path) -> anyhow::Result<HostProcess> {
+/// HAProxy number `index` (0-based) on `host` over the nodes' HTTP ports, from
+/// `deploy/haproxy/haproxy.cfg.tmpl`, with the template's global `maxconn` replaced by
+/// `maxconn` if given.
+pub fn haproxy(
+    host: &Host,
+    index: usize,
+    nodes: &[Host],
+    maxconn: Option<u32>,
+    dir: &Path,
+) -> anyhow::Result<HostProcess> {
     let mut template = std::fs::read_to_string(deploy_dir().join("haproxy/haproxy.cfg.tmpl"))
         .context("reading deploy/haproxy/haproxy.cfg.tmpl")?;
     if let Some(maxconn) = maxconn {
@@ -126,15 +133,16 @@ pub fn haproxy(host: &Host, nodes: &[Host], maxconn: Option<u32>, dir: &Path) ->
         .collect();
     let cfg =
         template.replace("{{FRONTEND}}", &format!("0.0.0.0:{HTTP_PORT}")).replace("{{SERVERS}}", &servers.join("\n"));
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg).context("writing haproxy.cfg")?;
+    let name = if index == 0 { "haproxy".to_string() } else { format!("haproxy{}", index + 1) };
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, cfg).with_context(|| format!("writing {name}.cfg"))?;
     let args = vec![OsString::from("-f"), path.into_os_string(), OsString::from("-db")];
-    Ok(HostProcess::new(host, haproxy_binary(), args, dir.join("haproxy.log")))
+    Ok(HostProcess::new(host, haproxy_binary(), args, dir.join(format!("{name}.log"))))
 }
 
 /// nginx on `host` balancing UDP over the nodes' WebTransport ports by client address, from
-/// `deploy/nginx/wt-udp.conf.tmpl`.
-pub fn nginx(host: &Host, nodes: &[Host], dir: &Path) -> anyhow::Result<HostProcess> {
+/// `deploy/nginx/wt-udp.conf.tmpl`, with `workers` worker processes.
+pub fn nginx(host: &Host, nodes: &[Host], workers: usize, dir: &Path) -> anyhow::Result<HostProcess> {
     let template = std::fs::read_to_string(deploy_dir().join("nginx/wt-udp.conf.tmpl"))
         .context("reading deploy/nginx/wt-udp.conf.tmpl")?;
     let servers: Vec<String> = nodes.iter().map(|h| format!("        server {}:{WT_PORT};", h.addr())).collect();
@@ -148,6 +156,7 @@ pub fn nginx(host: &Host, nodes: &[Host], dir: &Path) -> anyhow::Result<HostProc
         .replace("{{PID}}", &dir.join("nginx.pid").display().to_string())
         .replace("{{ERROR_LOG}}", &dir.join("nginx.log").display().to_string())
         .replace("{{LISTEN}}", &WT_PORT.to_string())
+        .replace("{{WORKERS}}", &workers.to_string())
         .replace("{{SERVERS}}", &servers.join("\n"));
     let path = dir.join("nginx.conf");
     std::fs::write(&path, cfg).context("writing nginx.conf")?;

@@ -86,6 +86,11 @@ pub struct BenchArgs {
     /// ephemeral ports of one source address).
     #[arg(long, default_value_t = 1)]
     pub source_addrs: u8,
+    /// In a netns lab: a source address of this load host to bind clients to (repeat; they
+    /// are used in turn). Emulates clients behind many addresses, so a balancer that hashes
+    /// the client address spreads them as it would real clients.
+    #[arg(long = "source-ip")]
+    pub source_ips: Vec<Ipv4Addr>,
     /// PID of a server process, to report its RSS and CPU use; repeat for several nodes
     /// (figures are summed).
     #[arg(long = "server-pid")]
@@ -153,10 +158,20 @@ impl BenchArgs {
                 LAB_NET.1
             );
         }
-        // In a lab the kernel picks the source (the client host's own address).
+        // In a lab the kernel picks the source (the client host's own address) unless
+        // --source-ip names the host's addresses.
         anyhow::ensure!(!lab_targets || self.source_addrs <= 1, "--source-addrs is for loopback targets");
+        anyhow::ensure!(
+            self.source_ips.is_empty() || lab_targets,
+            "--source-ip is for netns lab targets ({}/{}); use --source-addrs on loopback",
+            LAB_NET.0,
+            LAB_NET.1
+        );
+        if let Some(ip) = self.source_ips.iter().find(|ip| !in_lab_net(&ip.to_string())) {
+            anyhow::bail!("--source-ip {ip} is outside the netns lab's {}/{}", LAB_NET.0, LAB_NET.1);
+        }
         let source_ips = if lab_targets {
-            Vec::new()
+            self.source_ips.iter().map(|&ip| IpAddr::V4(ip)).collect()
         } else {
             (1..=self.source_addrs.max(1)).map(|i| IpAddr::from([127, 0, 0, i])).collect()
         };
