@@ -34,11 +34,16 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// Nodes `alpha` and `beta` clustered on `nats`.
+async fn two_nodes(nats: &NatsServer) -> (TestNode, TestNode) {
+    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
+    tokio::join!(TestNode::start(opts("alpha")), TestNode::start(opts("beta")))
+}
+
 #[tokio::test]
 async fn a_small_cluster_run_loses_nothing_answers_calls_and_reconnects() {
     let nats = NatsServer::start().await;
-    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
-    let (a, b) = tokio::join!(TestNode::start(opts("alpha")), TestNode::start(opts("beta")));
+    let (a, b) = two_nodes(&nats).await;
     let hashes = format!("{},{}", a.cert_hash().await, b.cert_hash().await);
     let mut args = strings(&["--cert-hash", &hashes, "bench", "--scenario", "cluster", "--jwt-secret", TEST_SECRET]);
     for url in [a.ws_url(), b.ws_url(), a.wt_url(), b.wt_url()] {
@@ -102,8 +107,7 @@ async fn a_small_cluster_run_loses_nothing_answers_calls_and_reconnects() {
 #[tokio::test]
 async fn members_joining_a_chatting_room_are_owed_only_what_follows_their_join() {
     let nats = NatsServer::start().await;
-    let opts = |id: &str| NodeOptions { nats_url: Some(nats.url()), node_id: Some(id.into()), ..Default::default() };
-    let (a, b) = tokio::join!(TestNode::start(opts("alpha")), TestNode::start(opts("beta")));
+    let (a, b) = two_nodes(&nats).await;
     let mut args = strings(&["bench", "--scenario", "cluster", "--jwt-secret", TEST_SECRET]);
     for url in [a.ws_url(), b.ws_url()] {
         args.extend(["--node".to_owned(), url]);
